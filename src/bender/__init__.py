@@ -1,0 +1,26 @@
+"""bender: neural networks trained with a bent chain rule, on PyTorch.
+
+Feedback alignment, direct feedback alignment, binary networks with straight-through
+estimators, RBF-style layers, and any rule in which the backward pass is not the exact gradient.
+"""
+
+from bender import functional, mappings
+from bender.layers import GenConv, GenDense
+from bender.mappings import register_mapping
+from bender.nonlinearities import HardSigmoid, HardtanhAdaSTE, SignSTE, StocSignSTE
+from bender.tracing import activations
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "GenConv",
+    "GenDense",
+    "HardSigmoid",
+    "HardtanhAdaSTE",
+    "SignSTE",
+    "StocSignSTE",
+    "activations",
+    "functional",
+    "mappings",
+    "register_mapping",
+]

@@ -1,0 +1,21 @@
+"""Autograd primitives with a bent backward pass: similarities, STE activations, DFA loss."""
+
+from bender.functional.conv import conv, conv_asym_dx, conv_blocked_dx
+from bender.functional.dense import matmul, matmul_asym_dx, matmul_blocked_dx
+from bender.functional.radial import radial_sim, radial_sim_asym
+from bender.functional.ste import hard_sigmoid, hardtanh_adaste, sign_ste, stoc_sign_ste
+
+__all__ = [
+    "conv",
+    "conv_asym_dx",
+    "conv_blocked_dx",
+    "hard_sigmoid",
+    "hardtanh_adaste",
+    "matmul",
+    "matmul_asym_dx",
+    "matmul_blocked_dx",
+    "radial_sim",
+    "radial_sim_asym",
+    "sign_ste",
+    "stoc_sign_ste",
+]

@@ -1,0 +1,23 @@
+"""Small argument checks shared by the primitives: fail early, name expected vs given."""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+
+def check_same_shape(name: str, given: Tensor, reference_name: str, reference: Tensor) -> None:
+    """Raise ``ValueError`` unless ``given`` has the shape of ``reference``."""
+    if given.shape != reference.shape:
+        raise ValueError(
+            f"{name} must have the shape of {reference_name} {tuple(reference.shape)}, "
+            f"got {tuple(given.shape)}"
+        )
+
+
+def check_features(x: Tensor, weight: Tensor) -> None:
+    """Raise ``ValueError`` unless the last dim of ``x`` is ``weight``'s input size."""
+    if x.dim() == 0 or x.shape[-1] != weight.shape[1]:
+        raise ValueError(
+            f"input must have {weight.shape[1]} features in its last dim "
+            f"(weight is {tuple(weight.shape)}), got input of shape {tuple(x.shape)}"
+        )

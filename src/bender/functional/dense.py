@@ -1,0 +1,79 @@
+"""Dense similarity primitives: ``x Wᵀ`` with an exact, asymmetric or blocked input gradient.
+
+Notation (PyTorch layout): input ``x`` is ``N×in``, weight ``W`` is ``out×in``, the incoming
+gradient ``δ = ∂L/∂(x Wᵀ)`` is ``N×out``. Leading dims beyond the batch are allowed: ``x`` may be
+``(*, in)``, as for :func:`torch.nn.functional.linear`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from bender.functional._checks import check_features, check_same_shape
+
+
+class BentLinear(torch.autograd.Function):
+    """``y = x Wᵀ + b`` whose input gradient uses ``feedback`` in place of ``W``.
+
+    Backward: ``∂x = δ · feedback`` (no input gradient when ``feedback`` is ``None``),
+    ``∂W = δᵀ x``, ``∂b = Σ_n δ_n``; ``feedback`` itself never receives a gradient.
+    ``feedback = W`` is ordinary backprop, a fixed random ``B`` is feedback alignment
+    (Lillicrap et al. 2016), ``None`` blocks the gradient (direct feedback alignment).
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, feedback: Tensor | None, bias: Tensor | None):
+        ctx.save_for_backward(x, feedback)
+        ctx.has_bias = bias is not None
+        return F.linear(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        x, feedback = ctx.saved_tensors
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0] and feedback is not None:
+            grad_x = grad @ feedback
+        grad_2d = grad.reshape(-1, grad.shape[-1])
+        if ctx.needs_input_grad[1]:
+            grad_w = grad_2d.T @ x.reshape(-1, x.shape[-1])
+        if ctx.has_bias and ctx.needs_input_grad[3]:
+            grad_b = grad_2d.sum(0)
+        return grad_x, grad_w, None, grad_b
+
+
+def bent_linear(
+    x: Tensor, weight: Tensor, feedback: Tensor | None, bias: Tensor | None = None
+) -> Tensor:
+    """Checked entry point of :class:`BentLinear` (shapes verified before any compute)."""
+    check_features(x, weight)
+    if feedback is not None and feedback is not weight:
+        check_same_shape("feedback matrix B", feedback, "the weight W", weight)
+    return BentLinear.apply(x, weight, feedback, bias)
+
+
+def matmul(x: Tensor, weight: Tensor) -> Tensor:
+    """``x Wᵀ`` with the exact gradient: ``∂x = δ W``, ``∂W = δᵀ x``."""
+    return bent_linear(x, weight, weight)
+
+
+def matmul_asym_dx(x: Tensor, weight: Tensor, feedback: Tensor) -> Tensor:
+    """``x Wᵀ`` with feedback alignment: ``∂x = δ B`` (``B`` fixed, shape of ``W``), ``∂W = δᵀ x``.
+
+    Differs from backprop only in ``∂x``, which uses the fixed random matrix ``B`` instead of
+    ``W`` (Lillicrap et al., "Random synaptic feedback weights support error backpropagation
+    for deep learning", Nat. Commun. 2016, arXiv:1411.0247). ``B`` gets no gradient.
+    """
+    if feedback is None:
+        raise ValueError("matmul_asym_dx needs a feedback matrix B of the weight's shape, got None")
+    return bent_linear(x, weight, feedback)
+
+
+def matmul_blocked_dx(x: Tensor, weight: Tensor) -> Tensor:
+    """``x Wᵀ`` whose input gets no gradient: ``∂x = 0`` (not propagated), ``∂W = δᵀ x``.
+
+    The layer still learns from the error that reaches its output; nothing flows past it.
+    Used by direct feedback alignment (Nøkland 2016, arXiv:1609.01596).
+    """
+    return bent_linear(x, weight, None)

@@ -1,0 +1,98 @@
+"""Activations with a custom backward: straight-through estimators and AdaSTE.
+
+Each states its forward, its pseudo-gradient, and where that differs from the exact derivative.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def hard_sigmoid(x: Tensor) -> Tensor:
+    """``hardσ(x) = max(0, min(1, (x + 1) / 2))``; exact gradient (``1/2`` inside ``(−1, 1)``).
+
+    Note the slope: this is Bender.jl's (and BinaryConnect's) hard sigmoid, not
+    :func:`torch.nn.functional.hardsigmoid`, which uses ``(x + 3) / 6``.
+    """
+    return ((x + 1) * 0.5).clamp(0, 1)
+
+
+class SignSTEFunction(torch.autograd.Function):
+    """Forward ``sign(x)``; backward the identity ``∂x = g`` (straight-through)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        return torch.sign(x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        return grad
+
+
+class StocSignSTEFunction(torch.autograd.Function):
+    """Forward ``+1`` with probability ``hardσ(x)``, else ``−1``; backward the identity."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, generator: torch.Generator | None) -> Tensor:
+        u = torch.rand(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+        return torch.where(u < hard_sigmoid(x), 1.0, -1.0).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        return grad, None
+
+
+class HardtanhAdaSTEFunction(torch.autograd.Function):
+    """Forward ``hardtanh(x)``; backward the adaptive straight-through rule (see below)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        ctx.save_for_backward(x)
+        return x.clamp(-1, 1)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        (x,) = ctx.saved_tensors
+        one = torch.ones((), dtype=x.dtype, device=x.device)
+        zero = torch.zeros((), dtype=x.dtype, device=x.device)
+        below, above = x <= -1, x >= 1
+        scale = torch.where(below, torch.where(grad < 0, 2 / (1 - x), zero), one)
+        scale = torch.where(above, torch.where(grad > 0, 2 / (1 + x), zero), scale)
+        return grad * scale
+
+
+def sign_ste(x: Tensor) -> Tensor:
+    """``sign(x)`` with the straight-through estimator: ``∂x = g`` (the exact derivative is 0).
+
+    ``sign(0) = 0`` as in Julia and :func:`torch.sign`. Reference: Bengio, Léonard, Courville,
+    "Estimating or propagating gradients through stochastic neurons", arXiv:1308.3432.
+    """
+    return SignSTEFunction.apply(x)
+
+
+def stoc_sign_ste(x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """Stochastic sign: ``+1`` with probability ``hardσ(x)``, else ``−1``; ``∂x = g``.
+
+    Pass a :class:`torch.Generator` (on ``x``'s device) for reproducible draws. Reference:
+    Courbariaux, Bengio, David, "BinaryConnect", arXiv:1511.00363.
+    """
+    return StocSignSTEFunction.apply(x, generator)
+
+
+def hardtanh_adaste(x: Tensor) -> Tensor:
+    """``hardtanh(x) = clamp(x, −1, 1)`` with the AdaSTE pseudo-gradient.
+
+    With incoming gradient ``g`` the backward returns
+
+    - ``0`` where ``x ≤ −1, g ≥ 0`` or ``x ≥ 1, g ≤ 0`` (the step would push further out);
+    - ``g · 2/(1 − x)`` where ``x ≤ −1, g < 0`` and ``g · 2/(1 + x)`` where ``x ≥ 1, g > 0``
+      (pulled back towards the interval with a shrinking weight);
+    - ``g`` elsewhere (inside ``(−1, 1)``, as the exact derivative).
+
+    Reference: Le, Høier, Lin, Zach, "AdaSTE: An adaptive straight-through estimator to train
+    binary neural networks", CVPR 2022, arXiv:2112.02880. Bender.jl's ``hardtanh_AdaSTE`` means
+    this rule but computes its "elsewhere" mask wrongly and adds ``g`` to every element; bender
+    implements the rule as stated in the paper.
+    """
+    return HardtanhAdaSTEFunction.apply(x)

@@ -1,0 +1,282 @@
+"""Generalised layers: a weight, an optional fixed feedback matrix, extra slots, and a mapping.
+
+``layer(x) = activation(mapping(layer, x))``. The mapping decides the backward pass (see
+:mod:`bender.mappings`); the layer only holds the tensors and checks shapes.
+
+Mapping from Bender.jl: ``W`` → ``weight`` (``out×in`` here, as Flux), ``V`` → ``feedback``
+(Bender.jl stores ``V`` with ``Wᵀ``'s shape because Julia is column-major and feature-first; here
+it has exactly ``weight``'s shape), ``b`` → ``bias``, ``α β μ λ`` → ``alpha beta mu lambda_``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from bender.mappings import Mapping, conv_linear, linear, mapping_name, resolve_mapping
+
+Init = Callable[[Tensor], Tensor]
+Activation = Callable[[Tensor], Tensor]
+EXTRA_SLOTS = ("alpha", "beta", "mu", "lambda_")
+
+
+def _shape(t: Tensor) -> str:
+    return "×".join(str(s) for s in t.shape)
+
+
+class _GenLayer(nn.Module):
+    """What GenDense and GenConv share: feedback buffer, extra slots, activation, mapping."""
+
+    weight: nn.Parameter
+    feedback: Tensor | None
+    bias: nn.Parameter | None
+    default_mapping: Mapping
+
+    def _setup(
+        self,
+        weight_shape: tuple[int, ...],
+        activation: Activation | None,
+        forward: Mapping | str,
+        feedback: bool | Tensor | None,
+        bias: bool,
+        init: Init | None,
+        extras: dict[str, float | Tensor | None],
+        generator: torch.Generator | None,
+        factory: dict,
+    ) -> None:
+        init = init or nn.init.xavier_uniform_
+        self.weight = nn.Parameter(torch.empty(weight_shape, **factory))
+        init(self.weight.data)
+        self.bias = nn.Parameter(torch.zeros(weight_shape[0], **factory)) if bias else None
+        self.register_buffer("feedback", self._make_feedback(feedback, init))
+        for name, value in extras.items():
+            param = None
+            if value is not None:
+                param = nn.Parameter(torch.as_tensor(value, **factory).clone())
+            self.register_parameter(name, param)
+        if activation is not None and not callable(activation):
+            raise TypeError(f"activation must be callable or None, got {activation!r}")
+        self.activation = activation
+        self.mapping = resolve_mapping(forward)
+        self.generator = generator
+        if getattr(self.mapping, "needs_feedback", False) and self.feedback is None:
+            raise ValueError(
+                f"forward mapping {mapping_name(self.mapping)} needs a feedback matrix; "
+                "pass feedback=True (fixed random, same init as the weight) or a tensor of "
+                f"shape {tuple(weight_shape)}"
+            )
+
+    def _make_feedback(self, feedback: bool | Tensor | None, init: Init) -> Tensor | None:
+        w = self.weight
+        if feedback is None or feedback is False:
+            return None
+        if feedback is True:
+            b = torch.empty_like(w, requires_grad=False)
+            init(b)
+            return b
+        if not isinstance(feedback, Tensor):
+            raise TypeError(f"feedback must be a bool or a Tensor, got {type(feedback).__name__}")
+        if feedback.shape != w.shape:
+            raise ValueError(
+                f"feedback matrix must have the weight's shape {tuple(w.shape)}, "
+                f"got {tuple(feedback.shape)}"
+            )
+        return feedback.detach().to(dtype=w.dtype, device=w.device)
+
+    def _apply_mapping(self, x: Tensor) -> Tensor:
+        y = self.mapping(self, x)
+        return y if self.activation is None else self.activation(y)
+
+    def _describe(self, sizes: str) -> str:
+        parts = [sizes]
+        if self.activation is not None:
+            act = self.activation
+            parts.append(repr(act) if isinstance(act, nn.Module) else mapping_name(act))
+        if self.mapping is not self.default_mapping:
+            parts.append(f"forward={mapping_name(self.mapping)}")
+        parts.append(f"weight {_shape(self.weight)}")
+        if self.feedback is not None:
+            parts.append(f"feedback {_shape(self.feedback)}")
+        if self.bias is None:
+            parts.append("bias=False")
+        extras = [n for n in EXTRA_SLOTS if getattr(self, n) is not None]
+        if extras:
+            parts.append("extra " + " ".join(extras))
+        return f"{type(self).__name__}({', '.join(parts)})"
+
+
+class GenDense(_GenLayer):
+    """Dense layer ``activation(forward(layer, x))``, by default ``x Wᵀ + b`` with backprop.
+
+    Args:
+        in_features, out_features: sizes; ``weight`` is ``out_features × in_features``.
+        activation: callable or ``nn.Module`` applied to the pre-activation (``None``: identity).
+        forward: a mapping ``(layer, x) -> pre-activation`` or its registered name.
+        feedback: ``True`` makes a fixed random feedback matrix of the weight's shape with the
+            weight's init; a tensor of that shape is used as given. Stored as a buffer.
+        bias: whether to learn a bias (initialised to zero).
+        init: in-place initialiser for weight and feedback (default Glorot-uniform as Flux).
+        alpha, beta, mu, lambda_: optional extra trainable slots for custom mappings.
+        generator: RNG for stochastic mappings (``linear_stoc_binary_weights``).
+
+    Shapes: input ``(*, in_features)`` → output ``(*, out_features)``, like ``nn.Linear``;
+    leading dims are flattened into the batch for the mapping and restored afterwards.
+    """
+
+    default_mapping = staticmethod(linear)
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        activation: Activation | None = None,
+        *,
+        forward: Mapping | str = linear,
+        feedback: bool | Tensor | None = False,
+        bias: bool = True,
+        init: Init | None = None,
+        alpha: float | Tensor | None = None,
+        beta: float | Tensor | None = None,
+        mu: float | Tensor | None = None,
+        lambda_: float | Tensor | None = None,
+        generator: torch.Generator | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        for name, value in (("in_features", in_features), ("out_features", out_features)):
+            if not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        self.in_features = in_features
+        self.out_features = out_features
+        extras = {"alpha": alpha, "beta": beta, "mu": mu, "lambda_": lambda_}
+        self._setup(
+            (out_features, in_features),
+            activation,
+            forward,
+            feedback,
+            bias,
+            init,
+            extras,
+            generator,
+            {"device": device, "dtype": dtype},
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() == 0 or x.shape[-1] != self.in_features:
+            raise ValueError(
+                f"GenDense({self.in_features} → {self.out_features}) expects inputs of shape "
+                f"(*, {self.in_features}), got {tuple(x.shape)}"
+            )
+        if x.dim() == 2:
+            return self._apply_mapping(x)
+        y = self._apply_mapping(x.reshape(-1, self.in_features))
+        return y.reshape(*x.shape[:-1], y.shape[-1])
+
+    def __repr__(self) -> str:
+        return self._describe(f"{self.in_features} → {self.out_features}")
+
+
+def _tuple(name: str, value: int | Sequence[int], dims: int) -> tuple[int, ...]:
+    if isinstance(value, str):
+        raise ValueError(
+            f"{name} must be an int or a tuple of {dims} ints, got the string {value!r}"
+        )
+    t = (value,) * dims if isinstance(value, int) else tuple(value)
+    if len(t) != dims or not all(isinstance(v, int) for v in t):
+        raise ValueError(f"{name} must be an int or a tuple of {dims} ints, got {value!r}")
+    return t
+
+
+class GenConv(_GenLayer):
+    """N-d convolution layer (1-, 2- or 3-d) ``activation(forward(layer, x))``.
+
+    ``kernel_size`` is an int (a 2-d square kernel) or a tuple whose length (1, 2 or 3) sets the
+    dimensionality. ``weight`` is ``out_channels × in_channels/groups × kernel_size``; stride,
+    padding and dilation are ints or tuples, as in ``nn.Conv2d``. ``feedback``, ``init``, extra
+    slots and ``generator`` as in :class:`GenDense`. Input ``(N, C_in, *spatial)`` or unbatched
+    ``(C_in, *spatial)``.
+    """
+
+    default_mapping = staticmethod(conv_linear)
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | Sequence[int],
+        activation: Activation | None = None,
+        *,
+        stride: int | Sequence[int] = 1,
+        padding: int | Sequence[int] = 0,
+        dilation: int | Sequence[int] = 1,
+        groups: int = 1,
+        forward: Mapping | str = conv_linear,
+        feedback: bool | Tensor | None = False,
+        bias: bool = True,
+        init: Init | None = None,
+        alpha: float | Tensor | None = None,
+        beta: float | Tensor | None = None,
+        mu: float | Tensor | None = None,
+        lambda_: float | Tensor | None = None,
+        generator: torch.Generator | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        kernel = (kernel_size, kernel_size) if isinstance(kernel_size, int) else tuple(kernel_size)
+        if not 1 <= len(kernel) <= 3:
+            raise ValueError(
+                f"kernel_size must describe a 1-, 2- or 3-d kernel, got {kernel_size!r} "
+                f"({len(kernel)} dims)"
+            )
+        dims = len(kernel)
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(
+                f"in_channels ({in_channels}) and out_channels ({out_channels}) must both be "
+                f"divisible by groups ({groups})"
+            )
+        self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
+        self.kernel_size = _tuple("kernel_size", kernel, dims)
+        self.stride = _tuple("stride", stride, dims)
+        self.padding = _tuple("padding", padding, dims)
+        self.dilation = _tuple("dilation", dilation, dims)
+        extras = {"alpha": alpha, "beta": beta, "mu": mu, "lambda_": lambda_}
+        shape = (out_channels, in_channels // groups, *self.kernel_size)
+        self._setup(
+            shape,
+            activation,
+            forward,
+            feedback,
+            bias,
+            init,
+            extras,
+            generator,
+            {"device": device, "dtype": dtype},
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        dims = len(self.kernel_size)
+        batched = x.dim() == dims + 2
+        if not (batched or x.dim() == dims + 1) or x.shape[-dims - 1] != self.in_channels:
+            raise ValueError(
+                f"GenConv with a {dims}-d kernel and {self.in_channels} input channels expects "
+                f"inputs of shape (N, {self.in_channels}, {dims} spatial dims) or unbatched "
+                f"({self.in_channels}, {dims} spatial dims), got {tuple(x.shape)}"
+            )
+        if batched:
+            return self._apply_mapping(x)
+        return self._apply_mapping(x.unsqueeze(0)).squeeze(0)
+
+    def __repr__(self) -> str:
+        k = "×".join(map(str, self.kernel_size))
+        sizes = f"{self.in_channels} → {self.out_channels}, kernel {k}"
+        for name, default in (("stride", 1), ("padding", 0), ("dilation", 1)):
+            value = getattr(self, name)
+            if any(v != default for v in value):
+                sizes += f", {name}={value}"
+        if self.groups != 1:
+            sizes += f", groups={self.groups}"
+        return self._describe(sizes)

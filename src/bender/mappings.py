@@ -1,0 +1,153 @@
+"""Forward mappings: plain functions ``mapping(layer, x) -> pre-activation``.
+
+A layer (:class:`~bender.layers.GenDense`, :class:`~bender.layers.GenConv`) calls its mapping
+with itself and a batched input; the mapping reads what it needs from the layer (``weight``,
+``feedback``, ``bias``, the extra slots ``alpha beta mu lambda_``, conv settings) and returns
+the pre-activation. Writing a new learning rule means writing one such function.
+
+Dense mappings get ``x`` as ``N×in``; conv mappings get ``N×C×spatial``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from bender.functional.conv import bent_conv, conv
+from bender.functional.dense import bent_linear
+from bender.functional.radial import bent_radial
+from bender.functional.ste import sign_ste, stoc_sign_ste
+
+Mapping = Callable[[nn.Module, Tensor], Tensor]
+
+MAPPINGS: dict[str, Mapping] = {}
+
+
+def register_mapping(fn: Mapping | None = None, *, needs_feedback: bool = False, name: str = ""):
+    """Register ``fn`` under ``name`` (default: its ``__name__``) so layers accept the name.
+
+    ``needs_feedback=True`` makes layers refuse this mapping at construction when they have no
+    feedback matrix. Usable bare (``@register_mapping``) or with arguments.
+    """
+
+    def wrap(f: Mapping) -> Mapping:
+        f.needs_feedback = needs_feedback  # type: ignore[attr-defined]
+        MAPPINGS[name or f.__name__] = f
+        return f
+
+    return wrap if fn is None else wrap(fn)
+
+
+def resolve_mapping(forward: Mapping | str) -> Mapping:
+    """Return the mapping for a callable or a registered name; raise a clear error otherwise."""
+    if isinstance(forward, str):
+        if forward not in MAPPINGS:
+            known = ", ".join(sorted(MAPPINGS))
+            raise ValueError(f"unknown forward mapping {forward!r}; known mappings: {known}")
+        return MAPPINGS[forward]
+    if not callable(forward):
+        raise TypeError(
+            "forward must be a callable (layer, x) -> pre-activation or the name of a "
+            f"registered mapping, got {type(forward).__name__}: {forward!r}"
+        )
+    return forward
+
+
+def mapping_name(forward: Mapping) -> str:
+    """The name a mapping prints under."""
+    return getattr(forward, "__name__", repr(forward))
+
+
+def feedback_of(layer: nn.Module, mapping: str) -> Tensor:
+    """The layer's feedback matrix; a clear error instead of an ``AttributeError`` on ``None``."""
+    feedback = getattr(layer, "feedback", None)
+    if feedback is None:
+        raise ValueError(
+            f"forward mapping {mapping} needs a feedback matrix, but this "
+            f"{type(layer).__name__} has none; create the layer with feedback=True "
+            "(random fixed matrix) or feedback=<tensor of the weight's shape>"
+        )
+    return feedback
+
+
+def _conv_settings(layer: nn.Module) -> dict[str, Any]:
+    return {
+        "stride": layer.stride,
+        "padding": layer.padding,
+        "dilation": layer.dilation,
+        "groups": layer.groups,
+    }
+
+
+@register_mapping
+def linear(layer: nn.Module, x: Tensor) -> Tensor:
+    """``x Wᵀ + b`` with the exact gradient (ordinary backprop)."""
+    return F.linear(x, layer.weight, layer.bias)
+
+
+@register_mapping(needs_feedback=True)
+def linear_asym_dx(layer: nn.Module, x: Tensor) -> Tensor:
+    """``x Wᵀ + b`` with feedback alignment: ``∂x = δ B``, ``∂W = δᵀ x``, ``∂b = Σ δ``."""
+    return bent_linear(x, layer.weight, feedback_of(layer, "linear_asym_dx"), layer.bias)
+
+
+@register_mapping
+def linear_blocked_dx(layer: nn.Module, x: Tensor) -> Tensor:
+    """``x Wᵀ + b``; ``W`` and ``b`` learn, no gradient reaches ``x`` (for DFA)."""
+    return bent_linear(x, layer.weight, None, layer.bias)
+
+
+@register_mapping
+def radial(layer: nn.Module, x: Tensor) -> Tensor:
+    """``−‖x_n − W_j‖² + b_j`` (an RBF-like layer) with the exact gradient."""
+    return bent_radial(x, layer.weight, layer.weight, layer.bias)
+
+
+@register_mapping(needs_feedback=True)
+def radial_asym_dx(layer: nn.Module, x: Tensor) -> Tensor:
+    """``−‖x_n − W_j‖² + b_j`` with ``B`` in place of ``W`` in the backward pass."""
+    return bent_radial(x, layer.weight, feedback_of(layer, "radial_asym_dx"), layer.bias)
+
+
+@register_mapping
+def linear_binary_weights(layer: nn.Module, x: Tensor) -> Tensor:
+    """``x sign(W)ᵀ + b``; the latent real ``W`` learns through the straight-through estimator."""
+    return F.linear(x, sign_ste(layer.weight), layer.bias)
+
+
+@register_mapping
+def linear_stoc_binary_weights(layer: nn.Module, x: Tensor, generator: Any | None = None) -> Tensor:
+    """``x Sᵀ + b`` with ``S = stoc_sign_ste(W)`` drawn anew each call; STE backward.
+
+    ``generator`` defaults to the layer's ``generator`` attribute (``None``: the global RNG).
+    """
+    generator = generator if generator is not None else getattr(layer, "generator", None)
+    return F.linear(x, stoc_sign_ste(layer.weight, generator), layer.bias)
+
+
+@register_mapping
+def conv_linear(layer: nn.Module, x: Tensor) -> Tensor:
+    """Convolution with ``W`` plus bias, exact gradient."""
+    return conv(x, layer.weight, layer.bias, **_conv_settings(layer))
+
+
+@register_mapping(needs_feedback=True)
+def conv_linear_asym_dx(layer: nn.Module, x: Tensor) -> Tensor:
+    """Convolution plus bias with feedback alignment: ``∂x`` through the feedback kernel ``B``."""
+    feedback = feedback_of(layer, "conv_linear_asym_dx")
+    return bent_conv(x, layer.weight, feedback, layer.bias, **_conv_settings(layer))
+
+
+@register_mapping
+def conv_linear_blocked_dx(layer: nn.Module, x: Tensor) -> Tensor:
+    """Convolution plus bias; kernel and bias learn, no gradient reaches ``x`` (for DFA)."""
+    return bent_conv(x, layer.weight, None, layer.bias, **_conv_settings(layer))
+
+
+@register_mapping
+def conv_binary_weights(layer: nn.Module, x: Tensor) -> Tensor:
+    """Convolution with ``sign(W)`` plus bias; latent ``W`` learns through the STE."""
+    return conv(x, sign_ste(layer.weight), layer.bias, **_conv_settings(layer))

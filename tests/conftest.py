@@ -1,0 +1,43 @@
+"""Shared fixtures: batch sizes, dtypes, tolerances and the data folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+BATCH_SIZES = [1, 37]
+DTYPES = [torch.float32, torch.float64]
+DATA_ROOT = Path(
+    os.environ.get("BENDER_TEST_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")
+)
+
+
+def close(actual: torch.Tensor, expected: torch.Tensor) -> None:
+    """assert_close with tolerances that suit the dtype (sums are reordered by BLAS)."""
+    tol = 1e-4 if actual.dtype == torch.float32 else 1e-10
+    torch.testing.assert_close(actual, expected, rtol=tol, atol=tol)
+
+
+@pytest.fixture(params=BATCH_SIZES, ids=lambda n: f"n{n}")
+def batch(request) -> int:
+    return request.param
+
+
+@pytest.fixture(params=DTYPES, ids=lambda d: str(d).removeprefix("torch."))
+def dtype(request) -> torch.dtype:
+    return request.param
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(1234)
+
+
+@pytest.fixture(scope="session")
+def data_root() -> Path:
+    if not (DATA_ROOT / "MNIST" / "raw").is_dir():
+        pytest.skip(f"MNIST not found under {DATA_ROOT}; set BENDER_TEST_DATA")
+    return DATA_ROOT

@@ -1,0 +1,74 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from bender.functional import conv, conv_asym_dx, conv_blocked_dx
+from bender.layers import GenConv
+from tests.conftest import close
+
+PLAIN = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+# (dims, in, out, kernel, stride, padding, dilation, groups, spatial size)
+CASES = [
+    (1, 4, 6, (3,), 2, 1, 1, 2, (11,)),
+    (2, 3, 5, (3, 2), 1, (1, 0), 1, 1, (8, 7)),
+    (2, 4, 4, (3, 3), 2, 2, 2, 4, (9, 9)),
+    (3, 2, 4, (2, 3, 2), 1, 1, (1, 2, 1), 2, (5, 6, 5)),
+]
+
+
+def _ids(case):
+    return f"{case[0]}d-s{case[4]}-g{case[7]}"
+
+
+@pytest.mark.parametrize("case", CASES, ids=_ids)
+def test_conv_asym_dx(case, batch, dtype):
+    dims, cin, cout, k, stride, pad, dil, groups, size = case
+    x = torch.randn(batch, cin, *size, dtype=dtype, requires_grad=True)
+    w = torch.randn(cout, cin // groups, *k, dtype=dtype, requires_grad=True)
+    b = torch.randn_like(w)
+    y = conv_asym_dx(x, w, b, stride, pad, dil, groups)
+    close(y, PLAIN[dims](x.detach(), w.detach(), None, stride, pad, dil, groups))
+    delta = torch.randn_like(y)
+    y.backward(delta)
+    # Expected: ∂x is the input gradient of a plain convolution with B (transposed conv of δ
+    # with B); ∂W is the weight gradient of the plain convolution with W.
+    xr = x.detach().clone().requires_grad_()
+    PLAIN[dims](xr, b, None, stride, pad, dil, groups).backward(delta)
+    wr = w.detach().clone().requires_grad_()
+    PLAIN[dims](x.detach(), wr, None, stride, pad, dil, groups).backward(delta)
+    close(x.grad, xr.grad)
+    close(w.grad, wr.grad)
+    assert not torch.allclose(x.grad, torch.zeros_like(x))
+
+
+@pytest.mark.parametrize("case", CASES[:2], ids=_ids)
+def test_conv_blocked_dx(case, dtype):
+    dims, cin, cout, k, stride, pad, dil, groups, size = case
+    x = torch.randn(3, cin, *size, dtype=dtype, requires_grad=True)
+    w = torch.randn(cout, cin // groups, *k, dtype=dtype, requires_grad=True)
+    y = conv_blocked_dx(x, w, stride, pad, dil, groups)
+    delta = torch.randn_like(y)
+    y.backward(delta)
+    assert x.grad is None
+    wr = w.detach().clone().requires_grad_()
+    PLAIN[dims](x.detach(), wr, None, stride, pad, dil, groups).backward(delta)
+    close(w.grad, wr.grad)
+
+
+def test_gradcheck_conv_linear():
+    layer = GenConv(2, 3, (2, 3), stride=2, padding=1, dtype=torch.float64)
+    x = torch.randn(2, 2, 5, 6, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(
+        lambda x, w, b: conv(x, w, b, 2, 1), (x, layer.weight, layer.bias)
+    )
+
+
+def test_conv_errors():
+    with pytest.raises(
+        ValueError, match=r"shape of the kernel W \(4, 3, 3, 3\), got \(4, 3, 2, 2\)"
+    ):
+        conv_asym_dx(torch.randn(1, 3, 5, 5), torch.randn(4, 3, 3, 3), torch.randn(4, 3, 2, 2))
+    with pytest.raises(ValueError, match="1 to 3 spatial dims"):
+        conv(torch.randn(1, 3, 5, 5, 5, 5), torch.randn(4, 3, 1, 1, 1, 1))
+    with pytest.raises(ValueError, match="batched input of 4 dims"):
+        conv_asym_dx(torch.randn(3, 5, 5), torch.randn(4, 3, 3, 3), torch.randn(4, 3, 3, 3))

@@ -1,0 +1,95 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from bender.functional import matmul, matmul_asym_dx, matmul_blocked_dx
+from bender.functional.dense import bent_linear
+from tests.conftest import close
+
+
+def _tensors(batch, dtype, n_in=7, n_out=5):
+    x = torch.randn(batch, n_in, dtype=dtype, requires_grad=True)
+    w = torch.randn(n_out, n_in, dtype=dtype, requires_grad=True)
+    b = torch.randn(n_out, n_in, dtype=dtype)
+    delta = torch.randn(batch, n_out, dtype=dtype)
+    return x, w, b, delta
+
+
+def test_matmul_exact(batch, dtype):
+    x, w, _, delta = _tensors(batch, dtype)
+    y = matmul(x, w)
+    close(y, x.detach() @ w.detach().T)
+    y.backward(delta)
+    close(x.grad, torch.einsum("no,oi->ni", delta, w.detach()))
+    close(w.grad, torch.einsum("no,ni->oi", delta, x.detach()))
+
+
+def test_matmul_asym_dx_uses_feedback_for_input_only(batch, dtype):
+    x, w, b, delta = _tensors(batch, dtype)
+    y = matmul_asym_dx(x, w, b)
+    close(y, x.detach() @ w.detach().T)
+    y.backward(delta)
+    close(x.grad, torch.einsum("no,oi->ni", delta, b))
+    close(w.grad, torch.einsum("no,ni->oi", delta, x.detach()))
+
+
+def test_fa_differs_from_backprop_in_dx_but_not_dw(dtype):
+    x, w, b, delta = _tensors(16, dtype)
+    matmul_asym_dx(x, w, b).backward(delta)
+    fa_dx, fa_dw = x.grad.clone(), w.grad.clone()
+    x.grad = w.grad = None
+    F.linear(x, w).backward(delta)
+    assert not torch.allclose(fa_dx, x.grad)
+    close(fa_dw, w.grad)
+
+
+def test_matmul_blocked_dx_sends_nothing_to_input(batch, dtype):
+    x, w, _, delta = _tensors(batch, dtype)
+    y = matmul_blocked_dx(x, w)
+    close(y, x.detach() @ w.detach().T)
+    y.backward(delta)
+    assert x.grad is None
+    close(w.grad, torch.einsum("no,ni->oi", delta, x.detach()))
+
+
+def test_bias_and_leading_dims(dtype):
+    x = torch.randn(3, 4, 7, dtype=dtype, requires_grad=True)
+    w = torch.randn(5, 7, dtype=dtype, requires_grad=True)
+    bias = torch.randn(5, dtype=dtype, requires_grad=True)
+    fb = torch.randn(5, 7, dtype=dtype)
+    delta = torch.randn(3, 4, 5, dtype=dtype)
+    y = bent_linear(x, w, fb, bias)
+    close(y, torch.einsum("abi,oi->abo", x.detach(), w.detach()) + bias.detach())
+    y.backward(delta)
+    close(x.grad, torch.einsum("abo,oi->abi", delta, fb))
+    close(w.grad, torch.einsum("abo,abi->oi", delta, x.detach()))
+    close(bias.grad, delta.sum((0, 1)))
+
+
+def test_inputs_without_grad_and_feedback_gets_none():
+    x = torch.randn(4, 7)
+    w = torch.randn(5, 7, requires_grad=True)
+    b = torch.randn(5, 7, requires_grad=True)
+    matmul_asym_dx(x, w, b).sum().backward()
+    assert w.grad is not None and b.grad is None
+
+
+def test_gradcheck_matmul():
+    x = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(2, 4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(matmul, (x, w))
+
+
+def test_wrong_feedback_shape_raises():
+    with pytest.raises(ValueError, match=r"shape of the weight W \(5, 7\), got \(7, 5\)"):
+        matmul_asym_dx(torch.randn(2, 7), torch.randn(5, 7), torch.randn(7, 5))
+
+
+def test_wrong_input_features_raise():
+    with pytest.raises(ValueError, match=r"7 features .* got input of shape \(2, 6\)"):
+        matmul(torch.randn(2, 6), torch.randn(5, 7))
+
+
+def test_missing_feedback_raises():
+    with pytest.raises(ValueError, match="needs a feedback matrix"):
+        matmul_asym_dx(torch.randn(2, 7), torch.randn(5, 7), None)

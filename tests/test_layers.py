@@ -1,0 +1,162 @@
+import io
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from bender import GenConv, GenDense, SignSTE
+
+
+def test_gendense_defaults_follow_bender():
+    layer = GenDense(300, 100, feedback=True)
+    bound = math.sqrt(6 / (300 + 100))  # Glorot-uniform
+    for t in (layer.weight, layer.feedback):
+        assert t.shape == (100, 300)
+        assert t.abs().max() <= bound
+        assert t.abs().max() > 0.9 * bound  # actually spread over the range
+    assert torch.equal(layer.bias, torch.zeros(100))
+    assert not torch.equal(layer.weight, layer.feedback)
+    assert [n for n, _ in layer.named_parameters()] == ["weight", "bias"]
+    assert [n for n, _ in layer.named_buffers()] == ["feedback"]
+    assert layer.activation is None
+
+
+def test_gendense_feedback_tensor_and_shape_check():
+    b = torch.randn(4, 3)
+    layer = GenDense(3, 4, feedback=b)
+    assert torch.equal(layer.feedback, b)
+    with pytest.raises(ValueError, match=r"weight's shape \(4, 3\), got \(3, 4\)"):
+        GenDense(3, 4, feedback=torch.randn(3, 4))
+    with pytest.raises(TypeError, match="feedback must be a bool or a Tensor"):
+        GenDense(3, 4, feedback="yes")
+
+
+def test_gendense_custom_init_and_no_bias():
+    layer = GenDense(3, 4, init=nn.init.ones_, bias=False, feedback=True)
+    assert torch.equal(layer.weight, torch.ones(4, 3)) and torch.equal(
+        layer.feedback, torch.ones(4, 3)
+    )
+    assert layer.bias is None
+    assert torch.equal(layer(torch.ones(2, 3)), torch.full((2, 4), 3.0))
+
+
+def test_gendense_input_shape_rule():
+    layer = GenDense(5, 3, nn.Tanh())
+    x = torch.randn(2, 4, 5)
+    y = layer(x)
+    assert y.shape == (2, 4, 3)
+    torch.testing.assert_close(y, torch.tanh(x @ layer.weight.detach().T + layer.bias.detach()))
+    assert layer(torch.randn(5)).shape == (3,)
+    with pytest.raises(
+        ValueError,
+        match=r"GenDense\(5 → 3\) expects inputs of shape \(\*, 5\), got \(2, 1, 28, 28\)",
+    ):
+        layer(torch.randn(2, 1, 28, 28))
+
+
+def test_extra_slots_are_trainable_parameters():
+    layer = GenDense(3, 2, alpha=0.5, lambda_=torch.tensor([1.0, 2.0]))
+    names = [n for n, _ in layer.named_parameters()]
+    assert names == ["weight", "bias", "alpha", "lambda_"]
+    assert layer.beta is None and layer.mu is None
+    assert layer.alpha.item() == 0.5 and layer.alpha.requires_grad
+
+
+def test_state_dict_round_trip_restores_everything():
+    a = GenDense(6, 4, SignSTE(), forward="linear_asym_dx", feedback=True, alpha=1.0, mu=2.0)
+    buf = io.BytesIO()
+    torch.save(a.state_dict(), buf)
+    buf.seek(0)
+    b = GenDense(6, 4, SignSTE(), forward="linear_asym_dx", feedback=True, alpha=0.0, mu=0.0)
+    b.load_state_dict(torch.load(buf))
+    for name in ("weight", "bias", "feedback", "alpha", "mu"):
+        assert torch.equal(getattr(a, name), getattr(b, name)), name
+    assert set(a.state_dict()) == {"weight", "bias", "feedback", "alpha", "mu"}
+
+
+def test_to_moves_feedback():
+    layer = GenDense(3, 2, forward="linear_asym_dx", feedback=True).to(torch.float64)
+    assert layer.feedback.dtype == torch.float64 and layer.weight.dtype == torch.float64
+    conv = GenConv(1, 2, 3, forward="conv_linear_asym_dx", feedback=True).double()
+    assert conv.feedback.dtype == torch.float64
+    if torch.cuda.is_available():
+        assert layer.cuda().feedback.is_cuda
+
+
+def test_repr():
+    layer = GenDense(784, 128, nn.ReLU(), forward="linear_asym_dx", feedback=True, alpha=1.0)
+    assert repr(layer) == (
+        "GenDense(784 → 128, ReLU(), forward=linear_asym_dx, weight 128×784, "
+        "feedback 128×784, extra alpha)"
+    )
+    assert repr(GenDense(3, 2, torch.relu)) == "GenDense(3 → 2, relu, weight 2×3)"
+    conv = GenConv(3, 8, (5, 5), stride=2, groups=1, forward="conv_linear_asym_dx", feedback=True)
+    assert repr(conv) == (
+        "GenConv(3 → 8, kernel 5×5, stride=(2, 2), forward=conv_linear_asym_dx, "
+        "weight 8×3×5×5, feedback 8×3×5×5)"
+    )
+
+
+@pytest.mark.parametrize("kernel", [3, (3,), (3, 3), (1, 3, 3)])
+def test_genconv_dims_and_shapes(kernel):
+    dims = 2 if isinstance(kernel, int) else len(kernel)
+    layer = GenConv(4, 6, kernel, nn.ReLU(), padding=1, groups=2, feedback=True)
+    assert layer.weight.shape == (
+        6,
+        2,
+        *((kernel,) * 2 if dims == 2 and isinstance(kernel, int) else kernel),
+    )
+    assert layer.feedback.shape == layer.weight.shape
+    x = torch.randn(2, 4, *([7] * dims))
+    y = layer(x)
+    assert y.shape[:2] == (2, 6) and (y >= 0).all()
+    assert layer(x[0]).shape == y.shape[1:]
+
+
+def test_genconv_errors():
+    with pytest.raises(ValueError, match=r"1-, 2- or 3-d kernel, got \(1, 1, 1, 1\) \(4 dims\)"):
+        GenConv(1, 1, (1, 1, 1, 1))
+    with pytest.raises(ValueError, match="divisible by groups"):
+        GenConv(3, 4, 3, groups=2)
+    with pytest.raises(
+        ValueError, match="padding must be an int or a tuple of 2 ints, got the string 'same'"
+    ):
+        GenConv(3, 4, 3, padding="same")
+    with pytest.raises(ValueError, match=r"weight's shape \(4, 3, 3, 3\)"):
+        GenConv(3, 4, 3, feedback=torch.randn(4, 3, 2, 2))
+    layer = GenConv(3, 4, 3)
+    with pytest.raises(
+        ValueError, match=r"expects inputs of shape \(N, 3, 2 spatial dims\).*got \(2, 1, 8, 8\)"
+    ):
+        layer(torch.randn(2, 1, 8, 8))
+
+
+def test_bad_sizes_and_activation():
+    with pytest.raises(ValueError, match="in_features must be a positive int, got 0"):
+        GenDense(0, 3)
+    with pytest.raises(TypeError, match="activation must be callable"):
+        GenDense(3, 2, "relu")
+
+
+def test_fa_sequential_trains_with_adam_and_feedback_stays_fixed():
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        GenDense(20, 32, nn.ReLU(), forward="linear_asym_dx", feedback=True),
+        GenDense(32, 16, nn.ReLU(), forward="linear_asym_dx", feedback=True),
+        GenDense(16, 3, forward="linear_asym_dx", feedback=True),
+    )
+    feedback_before = [m.feedback.clone() for m in model]
+    x = torch.randn(256, 20)
+    y = (x[:, :3] * torch.tensor([1.0, -2.0, 0.5])).argmax(1)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(60):
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
+    for m, before in zip(model, feedback_before, strict=True):
+        assert torch.equal(m.feedback, before)

@@ -1,0 +1,179 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from bender import GenConv, GenDense, mappings
+from bender.mappings import MAPPINGS, register_mapping, resolve_mapping
+from tests.conftest import close
+
+
+def _dense(dtype, forward, feedback=True):
+    return GenDense(6, 4, forward=forward, feedback=feedback, dtype=dtype)
+
+
+def _run(layer, x, delta):
+    x = x.clone().requires_grad_()
+    y = layer(x)
+    y.backward(delta)
+    return x, y
+
+
+def test_linear_is_backprop(batch, dtype):
+    layer = _dense(dtype, mappings.linear, feedback=False)
+    with torch.no_grad():
+        layer.bias.normal_()
+    x, delta = torch.randn(batch, 6, dtype=dtype), torch.randn(batch, 4, dtype=dtype)
+    xg, y = _run(layer, x, delta)
+    w = layer.weight.detach()
+    close(y, x @ w.T + layer.bias.detach())
+    close(xg.grad, delta @ w)
+    close(layer.weight.grad, delta.T @ x)
+    close(layer.bias.grad, delta.sum(0))
+
+
+def test_linear_asym_dx(batch, dtype):
+    layer = _dense(dtype, mappings.linear_asym_dx)
+    x, delta = torch.randn(batch, 6, dtype=dtype), torch.randn(batch, 4, dtype=dtype)
+    xg, y = _run(layer, x, delta)
+    w, b = layer.weight.detach(), layer.feedback
+    close(y, x @ w.T)
+    close(xg.grad, torch.einsum("no,oi->ni", delta, b))
+    close(layer.weight.grad, torch.einsum("no,ni->oi", delta, x))
+    close(layer.bias.grad, delta.sum(0))
+
+
+def test_linear_blocked_dx(batch, dtype):
+    layer = _dense(dtype, mappings.linear_blocked_dx, feedback=False)
+    x, delta = torch.randn(batch, 6, dtype=dtype), torch.randn(batch, 4, dtype=dtype)
+    xg, y = _run(layer, x, delta)
+    close(y, x @ layer.weight.detach().T)
+    assert xg.grad is None
+    close(layer.weight.grad, torch.einsum("no,ni->oi", delta, x))
+    close(layer.bias.grad, delta.sum(0))
+
+
+@pytest.mark.parametrize("asym", [False, True])
+def test_radial_mappings(batch, dtype, asym):
+    layer = _dense(dtype, mappings.radial_asym_dx if asym else mappings.radial, feedback=asym)
+    x, delta = torch.randn(batch, 6, dtype=dtype), torch.randn(batch, 4, dtype=dtype)
+    xg, y = _run(layer, x, delta)
+    w = layer.weight.detach()
+    f = layer.feedback if asym else w
+    close(y, -(torch.cdist(x, w) ** 2))
+    r, c = delta.sum(1, keepdim=True), delta.sum(0)
+    close(xg.grad, 2 * torch.einsum("no,oi->ni", delta, f) - 2 * r * x)
+    close(layer.weight.grad, 2 * torch.einsum("no,ni->oi", delta, x) - 2 * c[:, None] * f)
+    close(layer.bias.grad, c)
+
+
+def test_linear_binary_weights(batch, dtype):
+    layer = _dense(dtype, mappings.linear_binary_weights, feedback=False)
+    x, delta = torch.randn(batch, 6, dtype=dtype), torch.randn(batch, 4, dtype=dtype)
+    xg, y = _run(layer, x, delta)
+    s = torch.where(layer.weight.detach() > 0, 1.0, -1.0).to(dtype)
+    close(y, x @ s.T)
+    close(xg.grad, delta @ s)  # the input sees the binary weights
+    close(layer.weight.grad, delta.T @ x)  # latent weights: straight-through
+
+
+def test_linear_stoc_binary_weights_reproducible(batch, dtype):
+    layer = _dense(dtype, "linear_stoc_binary_weights", feedback=False)
+    x, delta = torch.randn(batch, 6, dtype=dtype), torch.randn(batch, 4, dtype=dtype)
+    y1 = mappings.linear_stoc_binary_weights(layer, x, torch.Generator().manual_seed(3))
+    y2 = mappings.linear_stoc_binary_weights(layer, x, torch.Generator().manual_seed(3))
+    assert torch.equal(y1, y2)
+    # reconstruct the drawn signs from the same generator, independently of the layer
+    u = torch.rand(layer.weight.shape, generator=torch.Generator().manual_seed(3), dtype=dtype)
+    p = ((layer.weight.detach() + 1) / 2).clamp(0, 1)
+    s = torch.where(u < p, 1.0, -1.0).to(dtype)
+    close(y1, x @ s.T)
+    layer.generator = torch.Generator().manual_seed(3)
+    xg, _ = _run(layer, x, delta)
+    close(xg.grad, delta @ s)
+    close(layer.weight.grad, delta.T @ x)
+
+
+CONV_PLAIN = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+
+
+@pytest.mark.parametrize("kernel", [(3,), (3, 3), (2, 2, 2)], ids=["1d", "2d", "3d"])
+@pytest.mark.parametrize(
+    "name", ["conv_linear", "conv_linear_asym_dx", "conv_linear_blocked_dx", "conv_binary_weights"]
+)
+def test_conv_mappings(name, kernel, batch, dtype):
+    dims = len(kernel)
+    layer = GenConv(
+        2,
+        3,
+        kernel,
+        forward=name,
+        feedback=name.endswith("asym_dx"),
+        stride=1,
+        padding=1,
+        dtype=dtype,
+    )
+    with torch.no_grad():
+        layer.bias.normal_()
+    conv = CONV_PLAIN[dims]
+    x = torch.randn(batch, 2, *([5] * dims), dtype=dtype)
+    w, bias = layer.weight.detach(), layer.bias.detach()
+    used = torch.where(w > 0, 1.0, -1.0).to(dtype) if name == "conv_binary_weights" else w
+    expected_y = conv(x, used, bias, 1, 1)
+    delta = torch.randn_like(expected_y)
+    xg, y = _run(layer, x, delta)
+    close(y, expected_y)
+    # expected gradients from plain convolutions: input grad through the kernel the rule names
+    back = {"conv_linear": used, "conv_linear_asym_dx": layer.feedback, "conv_binary_weights": used}
+    if name in back:
+        xr = x.clone().requires_grad_()
+        conv(xr, back[name], None, 1, 1).backward(delta)
+        close(xg.grad, xr.grad)
+    else:
+        assert xg.grad is None
+    wr = used.clone().requires_grad_()
+    conv(x, wr, None, 1, 1).backward(delta)
+    close(layer.weight.grad, wr.grad)
+    close(layer.bias.grad, delta.sum([d for d in range(delta.dim()) if d != 1]))
+
+
+def test_custom_mapping_is_a_plain_function():
+    def scaled_linear(layer, x):
+        return layer.alpha * F.linear(x, layer.weight, layer.bias)
+
+    layer = GenDense(3, 2, forward=scaled_linear, alpha=2.0)
+    x = torch.randn(4, 3)
+    close(layer(x), 2.0 * (x @ layer.weight.detach().T))
+    layer(x).sum().backward()
+    assert layer.alpha.grad is not None
+
+
+def test_register_and_resolve_by_name():
+    @register_mapping(name="test_double_linear")
+    def double(layer, x):
+        return 2 * F.linear(x, layer.weight, layer.bias)
+
+    try:
+        assert resolve_mapping("test_double_linear") is double
+        layer = GenDense(3, 2, forward="test_double_linear")
+        assert "forward=double" in repr(layer)
+    finally:
+        del MAPPINGS["test_double_linear"]
+
+
+def test_unknown_and_non_callable_forward():
+    with pytest.raises(
+        ValueError, match=r"unknown forward mapping 'lienar'; known mappings: .*linear_asym_dx"
+    ):
+        GenDense(3, 2, forward="lienar")
+    with pytest.raises(TypeError, match="forward must be a callable"):
+        GenDense(3, 2, forward=42)
+
+
+def test_mapping_needing_feedback_on_layer_without_it():
+    with pytest.raises(
+        ValueError, match="linear_asym_dx needs a feedback matrix; pass feedback=True"
+    ):
+        GenDense(3, 2, forward="linear_asym_dx")
+    layer = GenDense(3, 2)
+    with pytest.raises(ValueError, match="needs a feedback matrix, but this GenDense has none"):
+        mappings.linear_asym_dx(layer, torch.randn(1, 3))
