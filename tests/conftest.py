@@ -39,5 +39,17 @@ def _seed() -> None:
 @pytest.fixture(scope="session")
 def data_root() -> Path:
     if not (DATA_ROOT / "MNIST" / "raw").is_dir():
-        pytest.skip(f"MNIST not found under {DATA_ROOT}; set BENDER_TEST_DATA")
+        pytest.fail(f"MNIST not found under {DATA_ROOT}; set BENDER_DATA to the data folder")
     return DATA_ROOT
+
+
+@pytest.fixture(scope="session")
+def mnist(data_root):
+    from bender.data import load
+
+    return load("mnist", data_root)
+
+
+@pytest.fixture(scope="session")
+def small_mnist(mnist):
+    return mnist.subset(2048, 1000)

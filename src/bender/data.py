@@ -1,0 +1,184 @@
+"""MNIST and Fashion-MNIST as in-memory tensors, batched on the target device.
+
+Files are read from torchvision's layout, ``<root>/MNIST/raw/train-images-idx3-ubyte`` etc. The
+root is the ``root`` argument, else the ``BENDER_DATA`` environment variable, else a per-user
+cache (``$XDG_CACHE_HOME/bender`` or ``~/.cache/bender``) where torchvision, when installed
+(``pip install bender-torch[download]``) and online, may download the files.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+DATASETS = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}
+FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+def data_root(root: str | os.PathLike | None = None) -> Path:
+    """The data folder: ``root``, else ``$BENDER_DATA``, else the per-user cache."""
+    if root is not None:
+        return Path(root).expanduser()
+    if os.environ.get("BENDER_DATA"):
+        return Path(os.environ["BENDER_DATA"]).expanduser()
+    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(cache) / "bender"
+
+
+def read_idx(path: str | os.PathLike) -> Tensor:
+    """Read one IDX file (the MNIST format; ``.gz`` too) into a tensor of its stored dtype."""
+    path = Path(path)
+    raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
+        raise ValueError(f"{path} is not an IDX file (bad magic number {raw[:4].hex()})")
+    ndim = raw[3]
+    shape = tuple(int(d) for d in np.frombuffer(raw, ">i4", ndim, offset=4))
+    dtype = np.dtype(_IDX_DTYPES[raw[2]])
+    expected = 4 + 4 * ndim + dtype.itemsize * int(np.prod(shape))
+    if len(raw) != expected:
+        raise ValueError(f"{path}: header says {shape} ({expected} bytes), file has {len(raw)}")
+    array = np.frombuffer(raw, dtype, offset=4 + 4 * ndim).reshape(shape)
+    return torch.from_numpy(array.astype(dtype.newbyteorder("="), copy=True))
+
+
+@dataclass
+class Split:
+    """One split in memory: inputs ``x`` (float, in [0, 1]) and integer labels ``y``."""
+
+    x: Tensor
+    y: Tensor
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def to(self, device: torch.device | str) -> Split:
+        return Split(self.x.to(device), self.y.to(device))
+
+    def subset(self, n: int) -> Split:
+        """The first ``n`` examples (for quick runs and tests)."""
+        return Split(self.x[:n], self.y[:n])
+
+
+@dataclass
+class Dataset:
+    """A train and a test split with the dataset's name and number of classes."""
+
+    name: str
+    train: Split
+    test: Split
+    num_classes: int = 10
+
+    def to(self, device: torch.device | str) -> Dataset:
+        return Dataset(self.name, self.train.to(device), self.test.to(device), self.num_classes)
+
+    def subset(self, n_train: int, n_test: int) -> Dataset:
+        return Dataset(
+            self.name, self.train.subset(n_train), self.test.subset(n_test), self.num_classes
+        )
+
+
+def _find(folder: Path, name: str) -> Path | None:
+    for candidate in (folder / name, folder / f"{name}.gz"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _download(name: str, root: Path) -> bool:
+    """Let torchvision fetch the raw files; ``False`` when it is not installed or offline."""
+    try:
+        from torchvision import datasets
+    except Exception:
+        return False
+    cls = getattr(datasets, DATASETS[name])
+    try:
+        for train in (True, False):
+            cls(str(root), train=train, download=True)
+    except Exception:
+        return False
+    return True
+
+
+def load(
+    name: str = "mnist",
+    root: str | os.PathLike | None = None,
+    *,
+    flatten: bool = True,
+    download: bool = True,
+    dtype: torch.dtype = torch.float32,
+) -> Dataset:
+    """Load MNIST or Fashion-MNIST into memory.
+
+    ``x`` is ``N×784`` (``flatten=True``, for dense nets) or ``N×1×28×28`` (for conv nets),
+    scaled to [0, 1]; ``y`` holds int64 labels 0–9. Raises ``FileNotFoundError`` naming the folder
+    and the four expected files when they are missing and cannot be downloaded.
+    """
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    base = data_root(root)
+    folder = base / DATASETS[name] / "raw"
+    needed = [f for pair in FILES.values() for f in pair]
+    if any(_find(folder, f) is None for f in needed) and not (download and _download(name, base)):
+        missing = [f for f in needed if _find(folder, f) is None]
+        raise FileNotFoundError(
+            f"{name} not found: expected the files {', '.join(needed)} in {folder} "
+            f"(missing: {', '.join(missing)}). Put them there (torchvision's layout), or point "
+            "bender at another data root with --data-dir / load(root=...) / BENDER_DATA."
+        )
+    splits = {}
+    for split, (images, labels) in FILES.items():
+        x = read_idx(_find(folder, images)).to(dtype).div_(255)
+        y = read_idx(_find(folder, labels)).long()
+        if len(x) != len(y):
+            raise ValueError(f"{folder}: {len(x)} images but {len(y)} labels in the {split} split")
+        splits[split] = Split(x.reshape(len(x), -1) if flatten else x.unsqueeze(1), y)
+    return Dataset(name, splits["train"], splits["test"])
+
+
+class Batches:
+    """Mini-batches of a :class:`Split` on its own device, reshuffled every epoch.
+
+    Iterating once is one epoch. The order comes from a generator seeded with ``seed``, so a
+    fresh ``Batches`` with the same seed yields the same sequence of epochs. With ``drop_last``
+    (Bender.jl's ``partial=false``) the last incomplete batch is skipped.
+    """
+
+    def __init__(
+        self,
+        split: Split,
+        batch_size: int,
+        *,
+        shuffle: bool = True,
+        drop_last: bool = True,
+        seed: int = 0,
+    ) -> None:
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        self.split, self.batch_size = split, batch_size
+        self.shuffle, self.drop_last = shuffle, drop_last
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        n, b = len(self.split), self.batch_size
+        return n // b if self.drop_last else -(-n // b)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        x, y = self.split.x, self.split.y
+        n = len(self) * self.batch_size if self.drop_last else len(y)
+        if self.shuffle:
+            order = torch.randperm(len(y), generator=self.generator)[:n].to(y.device)
+            for idx in order.split(self.batch_size):
+                yield x.index_select(0, idx), y.index_select(0, idx)
+        else:
+            yield from zip(x[:n].split(self.batch_size), y[:n].split(self.batch_size), strict=True)

@@ -1,0 +1,102 @@
+"""Named experiments: the Bender.jl tutorials' networks and their backprop baselines.
+
+Every recipe trains with the tutorials' settings unless told otherwise: MNIST flattened to 784
+floats in [0, 1], mini-batches of 64 reshuffled each epoch (last partial batch dropped), Adam with
+learning rate 3e-4, logit cross-entropy, 10 epochs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from itertools import pairwise
+
+import pandas as pd
+import torch
+from torch import nn
+
+from bender.data import Dataset
+from bender.layers import GenDense
+from bender.mappings import Mapping, linear, linear_asym_dx, linear_binary_weights
+from bender.nonlinearities import SignSTE
+from bender.training import train
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A named network with the number the Bender.jl tutorial reached (``reference``)."""
+
+    name: str
+    summary: str
+    build: Callable[[], nn.Module]
+    reference: str = ""
+
+
+def mlp(
+    sizes: tuple[int, ...],
+    forward: Mapping,
+    hidden_activation: Callable[[], nn.Module] = nn.ReLU,
+    feedback: bool = False,
+) -> nn.Sequential:
+    """``GenDense`` layers of the given sizes; every layer but the last gets the activation."""
+    layers = []
+    for i, (n_in, n_out) in enumerate(pairwise(sizes)):
+        act = hidden_activation() if i < len(sizes) - 2 else None
+        layers.append(GenDense(n_in, n_out, act, forward=forward, feedback=feedback))
+    return nn.Sequential(*layers)
+
+
+SMALL, LARGE = (784, 128, 64, 10), (784, 512, 256, 10)
+
+RECIPES: dict[str, Recipe] = {
+    r.name: r
+    for r in [
+        Recipe(
+            "fa-mlp",
+            "feedback alignment, MLP 784-128-64-10, relu (Bender.jl FA tutorial)",
+            lambda: mlp(SMALL, linear_asym_dx, feedback=True),
+            "Bender.jl tutorial: acc_test 0.959 after 10 epochs",
+        ),
+        Recipe(
+            "fa-mlp-large",
+            "feedback alignment, MLP 784-512-256-10, relu (Bender.jl DFA notebook's net)",
+            lambda: mlp(LARGE, linear_asym_dx, feedback=True),
+            "Bender.jl notebook: acc_test 0.973 after 10 epochs",
+        ),
+        Recipe(
+            "binary-mlp",
+            "binary weights + sign_ste activations, MLP 784-128-64-10 (Bender.jl BNN tutorial)",
+            lambda: mlp(SMALL, linear_binary_weights, SignSTE),
+            "Bender.jl tutorial: acc_test 0.869 after 10 epochs",
+        ),
+        Recipe(
+            "bp-mlp",
+            "backprop baseline, MLP 784-128-64-10, relu",
+            lambda: mlp(SMALL, linear),
+        ),
+        Recipe(
+            "bp-mlp-large",
+            "backprop baseline, MLP 784-512-256-10, relu",
+            lambda: mlp(LARGE, linear),
+        ),
+    ]
+}
+
+
+def get(name: str) -> Recipe:
+    """The recipe called ``name``; an error listing the valid names otherwise."""
+    if name not in RECIPES:
+        raise KeyError(f"unknown recipe {name!r}; valid recipes: {', '.join(RECIPES)}")
+    return RECIPES[name]
+
+
+def build(name: str, seed: int = 0) -> nn.Module:
+    """Build recipe ``name``'s network with its initialisation seeded by ``seed``."""
+    recipe = get(name)
+    torch.manual_seed(seed)
+    return recipe.build()
+
+
+def run(name: str, data: Dataset, *, seed: int = 0, **train_kwargs) -> pd.DataFrame:
+    """Build and train recipe ``name``; ``train_kwargs`` go to :func:`bender.training.train`."""
+    return train(build(name, seed), data, seed=seed, **train_kwargs)

@@ -1,0 +1,146 @@
+"""Training and evaluation loops that return the per-epoch table of the Bender.jl tutorials."""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections.abc import Callable, Sequence
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from bender.data import Batches, Dataset, Split
+
+LossFn = Callable[[Tensor, Tensor], Tensor]
+Callback = Callable[[dict, nn.Module], None]
+COLUMNS = ["epoch", "loss_train", "loss_test", "acc_train", "acc_test", "seconds"]
+
+
+def _mse_one_hot(output: Tensor, target: Tensor) -> Tensor:
+    return F.mse_loss(output, F.one_hot(target, output.shape[-1]).to(output.dtype))
+
+
+LOSSES: dict[str, LossFn] = {"cross_entropy": F.cross_entropy, "mse": _mse_one_hot}
+OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
+    "adam": torch.optim.Adam,
+    "adamw": torch.optim.AdamW,
+    "sgd": torch.optim.SGD,
+}
+
+
+def _choose(kind: str, value, table: dict):
+    if callable(value) and not isinstance(value, str):
+        return value
+    if value not in table:
+        raise ValueError(f"unknown {kind} {value!r}; choose one of {', '.join(table)}")
+    return table[value]
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` is CUDA when available, else the CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    split: Split,
+    loss: str | LossFn = "cross_entropy",
+    batch_size: int = 10_000,
+) -> tuple[float, float]:
+    """Mean loss and accuracy of ``model`` over a whole split, in eval mode and without grad."""
+    loss_fn = _choose("loss", loss, LOSSES)
+    was_training = model.training
+    model.eval()
+    total_loss = torch.zeros((), dtype=torch.float64, device=split.x.device)
+    correct = torch.zeros((), dtype=torch.int64, device=split.x.device)
+    for x, y in zip(split.x.split(batch_size), split.y.split(batch_size), strict=True):
+        out = model(x)
+        total_loss += loss_fn(out, y).double() * len(y)
+        correct += (out.argmax(-1) == y).sum()
+    model.train(was_training)
+    return total_loss.item() / len(split), correct.item() / len(split)
+
+
+def train(
+    model: nn.Module,
+    data: Dataset,
+    *,
+    epochs: int = 10,
+    lr: float = 3e-4,
+    batch_size: int = 64,
+    optimizer: str | Callable[..., torch.optim.Optimizer] = "adam",
+    loss: str | LossFn = "cross_entropy",
+    device: str | torch.device = "auto",
+    seed: int = 0,
+    callbacks: Sequence[Callback] | None = None,
+    progress: bool = False,
+) -> pd.DataFrame:
+    """Train ``model`` on ``data.train``; after every epoch evaluate on train and test.
+
+    Returns a DataFrame with one row per epoch: ``epoch, loss_train, loss_test, acc_train,
+    acc_test, seconds`` (``seconds``: training time of the epoch, evaluation excluded). Batches
+    are shuffled by a generator seeded with ``seed`` and the last partial batch is dropped;
+    ``torch.manual_seed(seed)`` is also set for stochastic layers (seed the model's own
+    initialisation before building it). Each callback is called as ``cb(row, model)`` after
+    every epoch. A non-finite training loss stops training with a warning; the rows of the
+    completed epochs are returned and the message is in ``df.attrs["stopped"]``.
+    """
+    for name, value in (("epochs", epochs), ("batch_size", batch_size)):
+        if not isinstance(value, int) or value <= 0:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    if not lr > 0:
+        raise ValueError(f"lr must be positive, got {lr!r}")
+    loss_fn = _choose("loss", loss, LOSSES)
+    make_optimizer = _choose("optimizer", optimizer, OPTIMIZERS)
+    device = resolve_device(device)
+    torch.manual_seed(seed)
+    model.to(device)
+    data = data.to(device)
+    opt = make_optimizer(model.parameters(), lr=lr)
+    batches = Batches(data.train, batch_size, seed=seed)
+    rows: list[dict] = []
+    table = pd.DataFrame(rows, columns=COLUMNS)
+    for epoch in range(1, epochs + 1):
+        model.train()
+        start = time.perf_counter()
+        running = torch.zeros((), device=device)
+        steps = _progress(batches, epoch, epochs) if progress else batches
+        for step, (x, y) in enumerate(steps, 1):
+            opt.zero_grad(set_to_none=True)
+            batch_loss = loss_fn(model(x), y)
+            batch_loss.backward()
+            opt.step()
+            running += batch_loss.detach()
+            if step % 100 == 0 and not math.isfinite(running.item()):
+                break
+        seconds = time.perf_counter() - start
+        if not math.isfinite(running.item()):
+            message = (
+                f"training loss became {running.item()} in epoch {epoch}; stopped after "
+                f"{epoch - 1} complete epoch(s). Try a smaller learning rate (lr={lr})."
+            )
+            warnings.warn(message, RuntimeWarning, stacklevel=2)
+            table.attrs["stopped"] = message
+            return table
+        loss_train, acc_train = evaluate(model, data.train, loss_fn)
+        loss_test, acc_test = evaluate(model, data.test, loss_fn)
+        row = dict(
+            zip(COLUMNS, (epoch, loss_train, loss_test, acc_train, acc_test, seconds), strict=True)
+        )
+        rows.append(row)
+        table = pd.DataFrame(rows, columns=COLUMNS)
+        for callback in callbacks or ():
+            callback(row, model)
+    return table
+
+
+def _progress(batches: Batches, epoch: int, epochs: int):
+    from tqdm.auto import tqdm
+
+    return tqdm(batches, desc=f"epoch {epoch}/{epochs}", leave=False, unit="batch")

@@ -1,0 +1,132 @@
+import json
+
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from bender import cli, recipes
+
+
+def _train(tmp_path, data_root, *extra):
+    out = tmp_path / "run"
+    args = [
+        "train",
+        "fa-mlp",
+        "--epochs",
+        "2",
+        "--limit",
+        "1500",
+        "--data-dir",
+        str(data_root),
+        "--out",
+        str(out),
+        "--no-progress",
+        *extra,
+    ]
+    return cli.main(args), out
+
+
+def test_recipes_lists_one_line_each(capsys):
+    assert cli.main(["recipes"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == len(recipes.RECIPES)
+    assert lines[0].startswith("fa-mlp ") and "784-128-64-10" in lines[0]
+
+
+def test_train_writes_all_outputs(tmp_path, data_root, capsys):
+    code, out = _train(tmp_path, data_root)
+    assert code == 0
+    assert {p.name for p in out.iterdir()} == {
+        "metrics.csv",
+        "metrics.json",
+        "curves.png",
+        "model.pt",
+    }
+    table = pd.read_csv(out / "metrics.csv")
+    assert list(table.columns) == ["epoch", "loss_train", "loss_test", "acc_train", "acc_test"]
+    assert table["epoch"].tolist() == [1, 2]
+    record = json.loads((out / "metrics.json").read_text())
+    assert (
+        record["recipe"] == "fa-mlp"
+        and len(record["epochs"]) == 2
+        and "seconds" in record["epochs"][0]
+    )
+    state = torch.load(out / "model.pt")
+    model = recipes.build("fa-mlp")
+    model.load_state_dict(state)
+    assert "0.feedback" in state
+    assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    printed = capsys.readouterr().out
+    assert "loss_train" in printed and "acc_test" in printed
+
+
+def test_same_seed_gives_identical_metrics_csv(tmp_path, data_root):
+    _, a = _train(tmp_path / "a", data_root, "--seed", "3")
+    _, b = _train(tmp_path / "b", data_root, "--seed", "3")
+    assert (a / "metrics.csv").read_bytes() == (b / "metrics.csv").read_bytes()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["train", "fa-mlp", "--epochs", "0"],
+        ["train", "fa-mlp", "--lr", "-0.1"],
+        ["train", "fa-mlp", "--batch-size", "0"],
+        ["train", "fa-mlp", "--epochs", "two"],
+        ["train", "not-a-recipe"],
+        ["train", "fa-mlp", "--dataset", "cifar"],
+    ],
+)
+def test_usage_errors_exit_2(args, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(args)
+    assert exit_info.value.code == 2
+    if "not-a-recipe" in args:
+        assert "valid recipes: fa-mlp" in capsys.readouterr().err
+
+
+def test_missing_data_exits_1_with_the_folder(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("bender.data._download", lambda name, root: False)
+    code = cli.main(["train", "fa-mlp", "--data-dir", str(tmp_path), "--out", str(tmp_path / "o")])
+    assert code == 1
+    assert str(tmp_path / "MNIST" / "raw") in capsys.readouterr().err
+
+
+class _BreaksInEpochTwo(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = recipes.mlp((784, 16, 10), recipes.linear)
+        self.calls = 0
+
+    def forward(self, x):
+        if self.training:
+            self.calls += 1
+        return self.net(x) * (float("nan") if self.calls > 30 else 1.0)
+
+
+def test_failed_run_keeps_results_so_far(tmp_path, data_root, monkeypatch, capsys):
+    broken = recipes.Recipe("broken", "diverges in epoch 2", _BreaksInEpochTwo)
+    monkeypatch.setitem(recipes.RECIPES, "broken", broken)
+    out = tmp_path / "run"
+    with pytest.warns(RuntimeWarning):
+        code = cli.main(
+            [
+                "train",
+                "broken",
+                "--epochs",
+                "3",
+                "--limit",
+                "1500",
+                "--data-dir",
+                str(data_root),
+                "--out",
+                str(out),
+                "--no-progress",
+            ]
+        )
+    assert code == 1
+    assert pd.read_csv(out / "metrics.csv")["epoch"].tolist() == [1]
+    assert "stopped" in json.loads((out / "metrics.json").read_text())
+    assert (out / "model.pt").exists()
+    assert "results so far" in capsys.readouterr().err

@@ -1,0 +1,91 @@
+import pytest
+import torch
+
+from bender.data import Batches, Split, data_root, load, read_idx
+
+TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
+TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+
+
+def test_mnist_shapes_ranges_and_label_counts(mnist):
+    assert mnist.train.x.shape == (60000, 784) and mnist.test.x.shape == (10000, 784)
+    assert mnist.train.x.dtype == torch.float32 and mnist.train.y.dtype == torch.int64
+    assert mnist.train.x.min() == 0 and mnist.train.x.max() == 1
+    assert mnist.train.y.bincount().tolist() == TRAIN_COUNTS
+    assert mnist.test.y.bincount().tolist() == TEST_COUNTS
+    assert mnist.num_classes == 10
+
+
+def test_image_layout_and_fashion_mnist(data_root, mnist):
+    fashion = load("fashion-mnist", data_root, flatten=False)
+    assert fashion.train.x.shape == (60000, 1, 28, 28)
+    assert fashion.train.y.bincount().tolist() == [6000] * 10
+    assert fashion.test.y.bincount().tolist() == [1000] * 10
+    images = load("mnist", data_root, flatten=False)
+    assert torch.equal(images.train.x.reshape(60000, 784), mnist.train.x)
+
+
+def test_read_idx_parses_header_and_rejects_garbage(tmp_path):
+    path = tmp_path / "tiny-idx3-ubyte"
+    body = bytes(range(24))
+    path.write_bytes(bytes([0, 0, 8, 3, 0, 0, 0, 2, 0, 0, 0, 3, 0, 0, 0, 4]) + body)
+    assert torch.equal(read_idx(path), torch.arange(24, dtype=torch.uint8).reshape(2, 3, 4))
+    bad = tmp_path / "bad"
+    bad.write_bytes(b"\x12\x34\x08\x01" + bytes(8))
+    with pytest.raises(ValueError, match="not an IDX file"):
+        read_idx(bad)
+    short = tmp_path / "short"
+    short.write_bytes(bytes([0, 0, 8, 1, 0, 0, 0, 9, 1, 2]))
+    with pytest.raises(ValueError, match=r"header says \(9,\)"):
+        read_idx(short)
+
+
+def test_missing_folder_error_names_folder_and_files(tmp_path):
+    with pytest.raises(FileNotFoundError) as err:
+        load("mnist", tmp_path, download=False)
+    message = str(err.value)
+    assert str(tmp_path / "MNIST" / "raw") in message
+    for name in (
+        "train-images-idx3-ubyte",
+        "train-labels-idx1-ubyte",
+        "t10k-images-idx3-ubyte",
+        "t10k-labels-idx1-ubyte",
+    ):
+        assert name in message
+    with pytest.raises(ValueError, match="unknown dataset 'cifar'"):
+        load("cifar", tmp_path)
+
+
+def test_data_root_precedence(monkeypatch, tmp_path):
+    monkeypatch.setenv("BENDER_DATA", str(tmp_path / "env"))
+    assert data_root(tmp_path / "arg") == tmp_path / "arg"
+    assert data_root() == tmp_path / "env"
+    monkeypatch.delenv("BENDER_DATA")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert data_root() == tmp_path / "cache" / "bender"
+
+
+def _epoch(batches):
+    return torch.cat([y for _, y in batches])
+
+
+def test_batches_shuffle_is_seeded_and_drops_the_last_partial_batch():
+    split = Split(torch.arange(100.0).unsqueeze(1), torch.arange(100))
+    a, b = Batches(split, 16, seed=3), Batches(split, 16, seed=3)
+    assert len(a) == 6
+    first_a, second_a = _epoch(a), _epoch(a)
+    assert torch.equal(first_a, _epoch(b)) and torch.equal(second_a, _epoch(b))
+    assert not torch.equal(first_a, second_a)  # reshuffled every epoch
+    assert len(first_a) == 96 and len(first_a.unique()) == 96
+    assert not torch.equal(first_a, _epoch(Batches(split, 16, seed=4)))
+    for x, y in Batches(split, 16, seed=0):
+        assert x.shape == (16, 1) and torch.equal(x[:, 0].long(), y)  # pairs stay together
+
+
+def test_batches_in_order_and_partial():
+    split = Split(torch.zeros(10, 2), torch.arange(10))
+    sizes = [len(y) for _, y in Batches(split, 4, shuffle=False, drop_last=False)]
+    assert sizes == [4, 4, 2]
+    assert torch.equal(_epoch(Batches(split, 4, shuffle=False)), torch.arange(8))
+    with pytest.raises(ValueError, match="batch_size must be positive, got 0"):
+        Batches(split, 0)

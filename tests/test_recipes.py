@@ -1,0 +1,39 @@
+import pytest
+import torch
+from torch import nn
+
+from bender import GenDense, SignSTE, mappings, recipes
+
+
+@pytest.mark.parametrize(
+    ("name", "sizes", "mapping"),
+    [
+        ("fa-mlp", [784, 128, 64, 10], mappings.linear_asym_dx),
+        ("fa-mlp-large", [784, 512, 256, 10], mappings.linear_asym_dx),
+        ("binary-mlp", [784, 128, 64, 10], mappings.linear_binary_weights),
+        ("bp-mlp", [784, 128, 64, 10], mappings.linear),
+        ("bp-mlp-large", [784, 512, 256, 10], mappings.linear),
+    ],
+)
+def test_recipe_architectures(name, sizes, mapping):
+    model = recipes.build(name)
+    layers = list(model)
+    assert all(isinstance(layer, GenDense) for layer in layers)
+    assert [layers[0].in_features] + [layer.out_features for layer in layers] == sizes
+    assert all(layer.mapping is mapping for layer in layers)
+    hidden = SignSTE if name == "binary-mlp" else nn.ReLU
+    assert all(isinstance(layer.activation, hidden) for layer in layers[:-1])
+    assert layers[-1].activation is None
+    assert all((layer.feedback is not None) == name.startswith("fa") for layer in layers)
+    assert model(torch.rand(3, 784)).shape == (3, 10)
+
+
+def test_build_is_seeded():
+    a, b, c = recipes.build("fa-mlp", 1), recipes.build("fa-mlp", 1), recipes.build("fa-mlp", 2)
+    assert torch.equal(a[0].weight, b[0].weight) and torch.equal(a[0].feedback, b[0].feedback)
+    assert not torch.equal(a[0].weight, c[0].weight)
+
+
+def test_unknown_recipe_lists_valid_ones():
+    with pytest.raises(KeyError, match="unknown recipe 'fa'; valid recipes: fa-mlp, fa-mlp-large"):
+        recipes.get("fa")

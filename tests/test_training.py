@@ -1,0 +1,81 @@
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bender import recipes
+from bender.training import COLUMNS, evaluate, train
+
+
+def test_train_returns_per_epoch_table(small_mnist):
+    seen = []
+    table = train(
+        recipes.build("bp-mlp"), small_mnist, epochs=2, callbacks=[lambda row, m: seen.append(row)]
+    )
+    assert list(table.columns) == COLUMNS
+    assert table["epoch"].tolist() == [1, 2]
+    assert table["loss_train"].iloc[1] < table["loss_train"].iloc[0]
+    assert (
+        ((table[["acc_train", "acc_test"]] >= 0) & (table[["acc_train", "acc_test"]] <= 1))
+        .all()
+        .all()
+    )
+    assert (table["seconds"] > 0).all()
+    assert [r["epoch"] for r in seen] == [1, 2]
+
+
+def test_evaluate_matches_a_direct_computation(small_mnist):
+    model = recipes.build("bp-mlp")
+    model.train()
+    loss, acc = evaluate(model, small_mnist.test, batch_size=300)
+    assert model.training  # mode restored
+    with torch.no_grad():
+        out = model(small_mnist.test.x)
+    assert loss == pytest.approx(F.cross_entropy(out, small_mnist.test.y).item(), rel=1e-5)
+    assert acc == pytest.approx((out.argmax(1) == small_mnist.test.y).float().mean().item())
+
+
+def test_same_seed_same_numbers(small_mnist):
+    runs = [recipes.run("fa-mlp", small_mnist, seed=5, epochs=2) for _ in range(2)]
+    cols = COLUMNS[:-1]
+    assert runs[0][cols].equals(runs[1][cols])
+    other = recipes.run("fa-mlp", small_mnist, seed=6, epochs=2)
+    assert not runs[0][cols].equals(other[cols])
+
+
+def test_nan_loss_stops_and_keeps_completed_epochs(small_mnist):
+    model = recipes.build("bp-mlp")
+    steps_per_epoch = len(small_mnist.train) // 64
+    calls = {"n": 0}
+
+    def flaky_loss(out, y):
+        if model.training:
+            calls["n"] += 1
+            if calls["n"] > steps_per_epoch + 5:  # breaks in epoch 2
+                return F.cross_entropy(out, y) * float("nan")
+        return F.cross_entropy(out, y)
+
+    with pytest.warns(RuntimeWarning, match="training loss became nan in epoch 2"):
+        table = train(model, small_mnist, epochs=3, loss=flaky_loss)
+    assert table["epoch"].tolist() == [1]
+    assert "stopped after 1 complete epoch" in table.attrs["stopped"]
+
+
+def test_bad_arguments(small_mnist):
+    model = nn.Sequential(nn.Linear(784, 10))
+    with pytest.raises(ValueError, match="epochs must be a positive int, got 0"):
+        train(model, small_mnist, epochs=0)
+    with pytest.raises(ValueError, match="lr must be positive"):
+        train(model, small_mnist, lr=-1.0)
+    with pytest.raises(
+        ValueError, match="unknown optimizer 'adamm'; choose one of adam, adamw, sgd"
+    ):
+        train(model, small_mnist, optimizer="adamm")
+    with pytest.raises(ValueError, match="unknown loss 'hinge'"):
+        train(model, small_mnist, loss="hinge")
+
+
+def test_plain_modules_and_other_optimizers_train(small_mnist):
+    model = nn.Sequential(nn.Linear(784, 32), nn.ReLU(), nn.Linear(32, 10))
+    table = train(model, small_mnist, epochs=1, optimizer="sgd", lr=0.1, loss="mse")
+    assert table["acc_test"].iloc[0] > 0.3
