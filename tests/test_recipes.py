@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from bender import GenDense, SignSTE, mappings, recipes
+from bender import DFA, GenDense, SignSTE, mappings, recipes
 
 
 @pytest.mark.parametrize(
@@ -13,10 +13,16 @@ from bender import GenDense, SignSTE, mappings, recipes
         ("binary-mlp", [784, 128, 64, 10], mappings.linear_binary_weights),
         ("bp-mlp", [784, 128, 64, 10], mappings.linear),
         ("bp-mlp-large", [784, 512, 256, 10], mappings.linear),
+        ("dfa-mlp", [784, 128, 64, 10], mappings.linear_blocked_dx),
+        ("dfa-mlp-large", [784, 512, 256, 10], mappings.linear_blocked_dx),
     ],
 )
 def test_recipe_architectures(name, sizes, mapping):
     model = recipes.build(name)
+    if name.startswith("dfa"):
+        assert isinstance(model, DFA)
+        assert model.feedback.shape == (sum(sizes[1:-1]), 10)
+        model = model.model
     layers = list(model)
     assert all(isinstance(layer, GenDense) for layer in layers)
     assert [layers[0].in_features] + [layer.out_features for layer in layers] == sizes

@@ -5,6 +5,8 @@ estimators, RBF-style layers, and any rule in which the backward pass is not the
 """
 
 from bender import functional, mappings
+from bender.dfa import DFA
+from bender.functional.direct_feedback import direct_feedback_loss
 from bender.layers import GenConv, GenDense
 from bender.mappings import register_mapping
 from bender.nonlinearities import HardSigmoid, HardtanhAdaSTE, SignSTE, StocSignSTE
@@ -13,6 +15,7 @@ from bender.tracing import activations
 __version__ = "0.1.0"
 
 __all__ = [
+    "DFA",
     "GenConv",
     "GenDense",
     "HardSigmoid",
@@ -20,6 +23,7 @@ __all__ = [
     "SignSTE",
     "StocSignSTE",
     "activations",
+    "direct_feedback_loss",
     "functional",
     "mappings",
     "register_mapping",

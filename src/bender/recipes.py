@@ -16,8 +16,15 @@ import torch
 from torch import nn
 
 from bender.data import Dataset
+from bender.dfa import DFA
 from bender.layers import GenDense
-from bender.mappings import Mapping, linear, linear_asym_dx, linear_binary_weights
+from bender.mappings import (
+    Mapping,
+    linear,
+    linear_asym_dx,
+    linear_binary_weights,
+    linear_blocked_dx,
+)
 from bender.nonlinearities import SignSTE
 from bender.training import train
 
@@ -68,6 +75,16 @@ RECIPES: dict[str, Recipe] = {
             "binary weights + sign_ste activations, MLP 784-128-64-10 (Bender.jl BNN tutorial)",
             lambda: mlp(SMALL, linear_binary_weights, SignSTE),
             "Bender.jl tutorial: acc_test 0.869 after 10 epochs",
+        ),
+        Recipe(
+            "dfa-mlp",
+            "direct feedback alignment, MLP 784-128-64-10, relu (Nøkland 2016)",
+            lambda: DFA(mlp(SMALL, linear_blocked_dx), 10),
+        ),
+        Recipe(
+            "dfa-mlp-large",
+            "direct feedback alignment, MLP 784-512-256-10, relu (Nøkland 2016)",
+            lambda: DFA(mlp(LARGE, linear_blocked_dx), 10),
         ),
         Recipe(
             "bp-mlp",

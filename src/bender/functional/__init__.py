@@ -2,6 +2,7 @@
 
 from bender.functional.conv import conv, conv_asym_dx, conv_blocked_dx
 from bender.functional.dense import matmul, matmul_asym_dx, matmul_blocked_dx
+from bender.functional.direct_feedback import direct_feedback_loss
 from bender.functional.radial import radial_sim, radial_sim_asym
 from bender.functional.ste import hard_sigmoid, hardtanh_adaste, sign_ste, stoc_sign_ste
 
@@ -9,6 +10,7 @@ __all__ = [
     "conv",
     "conv_asym_dx",
     "conv_blocked_dx",
+    "direct_feedback_loss",
     "hard_sigmoid",
     "hardtanh_adaste",
     "matmul",

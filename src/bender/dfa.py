@@ -1,0 +1,138 @@
+"""Train any ``nn.Sequential`` of bender layers with direct feedback alignment."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from bender.functional.direct_feedback import (
+    check_feedback_shapes,
+    inject_direct_feedback,
+    per_sample_size,
+)
+from bender.layers import GenConv, GenDense
+
+LEARNING_LAYERS = (GenDense, GenConv)
+
+
+def _blocks(model: nn.Sequential) -> tuple[list[nn.Module], list[nn.Module]]:
+    """Split ``model`` into a parameter-free prefix and one block per learning layer.
+
+    A block is a ``GenDense``/``GenConv`` followed by the parameter-free modules after it
+    (activations, pooling, flatten, dropout); its output is where direct feedback arrives.
+    """
+    prefix: list[nn.Module] = []
+    blocks: list[list[nn.Module]] = []
+    for index, module in enumerate(model):
+        if isinstance(module, LEARNING_LAYERS):
+            blocks.append([module])
+        elif next(module.parameters(), None) is not None:
+            raise TypeError(
+                f"layer {index} ({type(module).__name__}) has parameters but cannot take direct "
+                "feedback alignment; DFA trains GenDense and GenConv layers (with parameter-free "
+                "modules such as activations, pooling or flatten between them)"
+            )
+        else:
+            (blocks[-1] if blocks else prefix).append(module)
+    if not blocks:
+        raise TypeError("DFA needs at least one GenDense or GenConv layer in the model")
+    return prefix, [b[0] if len(b) == 1 else nn.Sequential(*b) for b in blocks]
+
+
+class DFA(nn.Module):
+    """Wrap an ``nn.Sequential`` so that ``loss.backward()`` performs direct feedback alignment.
+
+    Each learning layer (``GenDense``/``GenConv``) gets its input detached, so no gradient flows
+    from a layer to the one below it; the output of hidden block ``i`` receives ``e B_iᵀ``, with
+    ``e = ∂L/∂y`` the error at the network output, from one product with the stacked feedback
+    matrix. Any loss works: ``F.cross_entropy(dfa(x), y).backward()``. Hidden layers are usually
+    built with ``forward=linear_blocked_dx`` (Bender.jl's DFA layers); the detach makes any
+    mapping safe.
+
+    Args:
+        model: the network, an ``nn.Sequential``.
+        num_outputs: expected size ``C`` of the network output (checked), or ``None``.
+        input_shape: shape of one input sample; needed only when the first learning layer is a
+            ``GenConv`` (``GenDense`` tells its own ``in_features``).
+        feedback: optional list of matrices ``B_i`` of shape ``(d_i, C)``; by default they are
+            drawn Glorot-uniform. Stored stacked as the buffer ``feedback`` (``Σ d_i × C``).
+    """
+
+    def __init__(
+        self,
+        model: nn.Sequential,
+        num_outputs: int | None = None,
+        *,
+        input_shape: Sequence[int] | None = None,
+        feedback: Sequence[Tensor] | None = None,
+    ) -> None:
+        super().__init__()
+        if not isinstance(model, nn.Sequential):
+            raise TypeError(f"DFA wraps an nn.Sequential, got {type(model).__name__}")
+        self.model = model
+        # the same modules as in ``model``, kept in plain lists so they are registered once
+        self.prefix, self.blocks = _blocks(model)
+        hidden, output = self._dry_run(input_shape)
+        classes = output.shape[-1]
+        if num_outputs is not None and classes != num_outputs:
+            raise ValueError(
+                f"the model's output has {classes} features, but num_outputs={num_outputs}"
+            )
+        self.num_outputs = classes
+        self.sizes = [per_sample_size(h) for h in hidden]
+        weight = next(model.parameters())
+        if feedback is None:
+            feedback = [torch.empty(d, classes) for d in self.sizes]
+            for b in feedback:
+                nn.init.xavier_uniform_(b)
+        check_feedback_shapes(feedback, hidden, classes)
+        stacked = torch.cat([b.detach() for b in feedback]) if hidden else torch.empty(0, classes)
+        self.register_buffer("feedback", stacked.to(weight.device, weight.dtype))
+
+    @torch.no_grad()
+    def _dry_run(self, input_shape: Sequence[int] | None) -> tuple[list[Tensor], Tensor]:
+        first = self.blocks[0] if isinstance(self.blocks[0], LEARNING_LAYERS) else self.blocks[0][0]
+        if input_shape is None:
+            if not isinstance(first, GenDense) or self.prefix:
+                raise ValueError(
+                    "DFA cannot infer the input size of this model; pass input_shape, the shape "
+                    "of one sample, e.g. input_shape=(1, 28, 28)"
+                )
+            input_shape = (first.in_features,)
+        weight = first.weight
+        x = torch.zeros(1, *input_shape, dtype=weight.dtype, device=weight.device)
+        was_training = self.model.training
+        self.model.eval()
+        outputs = self._outputs(x)
+        self.model.train(was_training)
+        return outputs[:-1], outputs[-1]
+
+    def _outputs(self, x: Tensor) -> list[Tensor]:
+        for module in self.prefix:
+            x = module(x)
+        outputs = []
+        for i, block in enumerate(self.blocks):
+            x = block(x if i == 0 else x.detach())
+            outputs.append(x)
+        return outputs
+
+    @property
+    def feedback_matrices(self) -> list[Tensor]:
+        """The matrices ``B_i`` (views into the stacked buffer), one per hidden output."""
+        return list(self.feedback.split(self.sizes))
+
+    def forward(self, x: Tensor) -> Tensor:
+        *hidden, output = self._outputs(x)
+        if not torch.is_grad_enabled():
+            return output
+        return inject_direct_feedback(output, hidden, self.feedback)
+
+    def __repr__(self) -> str:
+        sizes = " + ".join(map(str, self.sizes)) or "0"
+        inner = repr(self.model).replace("\n", "\n  ")
+        return (
+            f"DFA(feedback {self.feedback.shape[0]}×{self.num_outputs} = hidden outputs "
+            f"{sizes}, model={inner})"
+        )

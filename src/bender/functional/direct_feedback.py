@@ -1,0 +1,111 @@
+"""Direct feedback alignment: the output error sent straight to every hidden layer.
+
+With ``e = ∂L/∂y`` the error at the network output ``y`` (``N×C``) and ``B_i`` a fixed random
+matrix of shape ``d_i × C`` per hidden output ``h_i`` (``d_i`` features per sample, feature maps
+flattened), the backward pass gives ``h_i`` the gradient ``e B_iᵀ`` instead of the one
+backpropagated from the layer above. With layers that pass no gradient to their input
+(``linear_blocked_dx``), hidden layer ``i``'s local error is ``(e B_iᵀ) ⊙ σ'(a_i)``
+(Nøkland, "Direct feedback alignment provides learning in deep neural networks", NeurIPS 2016,
+arXiv:1609.01596).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+
+class DirectFeedback(torch.autograd.Function):
+    """Identity on ``output``; backward: ``e`` to ``output``, ``e B_iᵀ`` to each ``hidden[i]``.
+
+    ``feedback`` is all ``B_i`` stacked row-wise (``Σ d_i × C``), so every projection comes from
+    one matrix product ``e · feedbackᵀ``, split afterwards. ``feedback`` gets no gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, output: Tensor, feedback: Tensor, sizes: Sequence[int], *hidden: Tensor):
+        ctx.save_for_backward(feedback)
+        ctx.sizes = list(sizes)
+        ctx.shapes = [h.shape for h in hidden]
+        return output.view_as(output)
+
+    @staticmethod
+    def backward(ctx, error: Tensor):
+        (feedback,) = ctx.saved_tensors
+        projected = error.reshape(len(error), -1) @ feedback.T
+        parts = projected.split(ctx.sizes, dim=1)
+        hidden = [p.reshape(shape) for p, shape in zip(parts, ctx.shapes, strict=True)]
+        return (error, None, None, *hidden)
+
+
+def per_sample_size(t: Tensor) -> int:
+    """Number of features per sample of a batched tensor (all dims after the first)."""
+    return t[0].numel() if t.dim() > 1 else 1
+
+
+def check_feedback_shapes(feedback: Sequence[Tensor], hidden: Sequence[Tensor], classes: int):
+    """Raise a ``ValueError`` naming the first ``B_i`` whose shape is not ``(d_i, classes)``."""
+    if len(feedback) != len(hidden):
+        raise ValueError(
+            f"direct feedback needs one matrix per hidden output: {len(hidden)} hidden outputs, "
+            f"got {len(feedback)} feedback matrices"
+        )
+    for i, (b, h) in enumerate(zip(feedback, hidden, strict=True)):
+        expected = (per_sample_size(h), classes)
+        if tuple(b.shape) != expected:
+            raise ValueError(
+                f"feedback matrix {i} must have shape {expected} (features of hidden output {i} "
+                f"of shape {tuple(h.shape)} × number of outputs), got {tuple(b.shape)}"
+            )
+
+
+def inject_direct_feedback(output: Tensor, hidden: Sequence[Tensor], feedback: Tensor) -> Tensor:
+    """``output`` unchanged, wired so that backward sends ``e B_iᵀ`` to ``hidden[i]``."""
+    if not hidden:
+        return output
+    sizes = [per_sample_size(h) for h in hidden]
+    return DirectFeedback.apply(output, feedback, sizes, *hidden)
+
+
+def _check_target(target: Tensor, output: Tensor) -> None:
+    classes = output.shape[-1]
+    if target.is_floating_point():
+        if target.shape != output.shape:
+            raise ValueError(
+                f"a floating-point target must have the output's shape {tuple(output.shape)} "
+                f"({classes} classes), got {tuple(target.shape)}"
+            )
+    elif target.shape != output.shape[:-1]:
+        raise ValueError(
+            f"class-index targets must have shape {tuple(output.shape[:-1])}, "
+            f"got {tuple(target.shape)}"
+        )
+    elif target.numel() and (target.min() < 0 or target.max() >= classes):
+        raise ValueError(
+            f"targets must be class indices in [0, {classes}) for an output with {classes} "
+            f"classes, got values in [{target.min().item()}, {target.max().item()}]"
+        )
+
+
+def direct_feedback_loss(
+    loss_fn: Callable[[Tensor, Tensor], Tensor],
+    target: Tensor,
+    outputs: Sequence[Tensor],
+    feedback: Sequence[Tensor],
+) -> Tensor:
+    """``loss_fn(outputs[-1], target)`` whose backward is direct feedback alignment.
+
+    ``outputs`` is every layer's output (see :func:`bender.activations`), ``feedback`` one fixed
+    matrix ``B_i`` of shape ``(d_i, C)`` per hidden output ``outputs[i]``, ``i < len − 1``.
+    Backward: the last output gets its ordinary error ``e = ∂L/∂y``; hidden output ``i`` gets
+    ``e B_iᵀ``, reshaped like that output (Bender.jl's ``direct_feedback_loss``).
+    """
+    if not outputs:
+        raise ValueError("outputs must hold at least the network's output")
+    *hidden, output = outputs
+    _check_target(target, output)
+    check_feedback_shapes(feedback, hidden, output.shape[-1])
+    stacked = torch.cat(list(feedback)) if hidden else None
+    return loss_fn(inject_direct_feedback(output, hidden, stacked), target)

@@ -1,0 +1,213 @@
+import io
+from itertools import pairwise
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from bender import DFA, GenConv, GenDense, activations, direct_feedback_loss
+from bender.training import train
+from tests.conftest import close
+
+
+def _mlp(sizes, dtype=torch.float32):
+    layers = [
+        GenDense(
+            a,
+            b,
+            nn.ReLU() if i < len(sizes) - 2 else None,
+            forward="linear_blocked_dx",
+            dtype=dtype,
+        )
+        for i, (a, b) in enumerate(pairwise(sizes))
+    ]
+    for layer in layers:  # non-zero biases so σ'(a) is not trivially tied to the weights
+        nn.init.uniform_(layer.bias, -0.1, 0.1)
+    return nn.Sequential(*layers)
+
+
+def _expected_grads(net, feedback, x, target, reduction="mean"):
+    """Independent DFA gradients: e = ∂L/∂y of softmax cross-entropy, then per-layer formulas."""
+    with torch.no_grad():
+        inputs, pre = [x], []
+        for layer in net:
+            a = inputs[-1] @ layer.weight.T + layer.bias
+            pre.append(a)
+            inputs.append(torch.relu(a) if layer.activation is not None else a)
+        y = inputs[-1]
+        e = torch.softmax(y, -1) - F.one_hot(target, y.shape[-1]).to(y.dtype)
+        if reduction == "mean":
+            e = e / len(x)
+        grads = []
+        for i in range(len(net)):
+            # output layer: the ordinary error; hidden layer i: (e B_iᵀ) ⊙ relu'(a_i)
+            last = i == len(net) - 1
+            local = e if last else (e @ feedback[i].T) * (pre[i] > 0).to(e.dtype)
+            grads.append((local.T @ inputs[i], local.sum(0)))
+        return grads, e
+
+
+@pytest.mark.parametrize("use_wrapper", [False, True], ids=["direct_feedback_loss", "DFA"])
+def test_dfa_weight_gradients_match_the_formulas(batch, dtype, use_wrapper):
+    net = _mlp([12, 9, 7, 4], dtype)
+    x = torch.randn(batch, 12, dtype=dtype)
+    target = torch.randint(0, 4, (batch,))
+    if use_wrapper:
+        model = DFA(net, 4)
+        feedback = model.feedback_matrices
+        loss = F.cross_entropy(model(x), target)
+    else:
+        feedback = [torch.randn(9, 4, dtype=dtype), torch.randn(7, 4, dtype=dtype)]
+        loss = direct_feedback_loss(F.cross_entropy, target, activations(net, x), feedback)
+    close(loss, F.cross_entropy(net(x), target))
+    loss.backward()
+    expected, _ = _expected_grads(net, feedback, x, target)
+    for layer, (dw, db) in zip(net, expected, strict=True):
+        close(layer.weight.grad, dw)
+        close(layer.bias.grad, db)
+
+
+def test_output_layer_gradient_equals_backprop(dtype):
+    net = _mlp([10, 8, 3], dtype)
+    x, target = torch.randn(16, 10, dtype=dtype), torch.randint(0, 3, (16,))
+    F.cross_entropy(DFA(net, 3)(x), target).backward()
+    dfa_grad = net[1].weight.grad.clone()
+    net.zero_grad()
+    hidden = net[0](x).detach()
+    bp = F.linear(hidden, net[1].weight, net[1].bias)
+    F.cross_entropy(bp, target).backward()
+    close(dfa_grad, net[1].weight.grad)
+
+
+def test_hidden_outputs_get_exactly_the_projection_and_nothing_from_above(dtype):
+    net = _mlp([10, 8, 6, 3], dtype)
+    x, target = torch.randn(5, 10, dtype=dtype), torch.randint(0, 3, (5,))
+    feedback = [torch.randn(8, 3, dtype=dtype), torch.randn(6, 3, dtype=dtype)]
+    outs = activations(net, x)
+    for h in outs:
+        h.retain_grad()
+    direct_feedback_loss(F.cross_entropy, target, outs, feedback).backward()
+    _, e = _expected_grads(net, feedback, x, target)
+    close(outs[2].grad, e)
+    close(outs[0].grad, e @ feedback[0].T)  # nothing added by layer 2's backward
+    close(outs[1].grad, e @ feedback[1].T)
+
+
+def test_batch_gradient_is_sum_of_single_sample_gradients(dtype):
+    net = _mlp([12, 9, 7, 4], dtype)
+    model = DFA(net, 4)
+    x, target = torch.randn(64, 12, dtype=dtype), torch.randint(0, 4, (64,))
+    F.cross_entropy(model(x), target, reduction="sum").backward()
+    batch_grads = [p.grad.clone() for p in net.parameters()]
+    net.zero_grad()
+    for i in range(64):
+        F.cross_entropy(model(x[i : i + 1]), target[i : i + 1], reduction="sum").backward()
+    for batch_grad, p in zip(batch_grads, net.parameters(), strict=True):
+        close(batch_grad, p.grad)
+
+
+class _CountMatmuls(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket in (torch.ops.aten.mm, torch.ops.aten.addmm, torch.ops.aten.bmm):
+            self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def test_all_hidden_projections_come_from_one_matmul():
+    net = _mlp([20, 16, 12, 8, 4])  # 3 hidden outputs
+    model = DFA(net, 4)
+    assert model.feedback.shape == (16 + 12 + 8, 4)
+    loss = F.cross_entropy(model(torch.randn(32, 20)), torch.randint(0, 4, (32,)))
+    with _CountMatmuls() as counter:
+        loss.backward()
+    assert counter.count == 1 + len(net)  # one projection + one weight gradient per layer
+
+
+def test_conv_feature_maps_are_flattened_for_the_projection():
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        GenConv(1, 3, 3, nn.ReLU(), padding=1, forward="conv_linear_blocked_dx"),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        GenDense(3 * 4 * 4, 5, forward="linear_blocked_dx"),
+    )
+    model = DFA(net, 5, input_shape=(1, 8, 8))
+    assert model.sizes == [48]
+    x, target = torch.randn(6, 1, 8, 8), torch.randint(0, 5, (6,))
+    F.cross_entropy(model(x), target).backward()
+    # expected: the pooled, flattened block output receives e Bᵀ, reshaped to (6, 3, 4, 4)
+    conv = net[0]
+    w = conv.weight.detach().clone().requires_grad_()
+    pooled = F.max_pool2d(torch.relu(F.conv2d(x, w, conv.bias.detach(), padding=1)), 2)
+    with torch.no_grad():
+        logits = net[3](pooled.flatten(1))
+        e = (torch.softmax(logits, -1) - F.one_hot(target, 5)) / 6
+    pooled.backward((e @ model.feedback.T).reshape(6, 3, 4, 4))
+    close(conv.weight.grad, w.grad)
+
+
+def test_dfa_trains_and_keeps_feedback_fixed(mnist):
+    model = DFA(_mlp([784, 64, 32, 10]), 10)
+    before = model.feedback.clone()
+    table = train(model, mnist.subset(10_000, 2_000), epochs=3, lr=1e-3)
+    assert table["loss_train"].iloc[-1] < table["loss_train"].iloc[0]
+    assert table["acc_test"].iloc[-1] > 0.75  # chance is 0.1
+    assert torch.equal(model.feedback, before)
+    assert "feedback" not in dict(model.named_parameters())
+
+
+def test_state_dict_round_trip():
+    a = DFA(_mlp([6, 5, 3]), 3)
+    buf = io.BytesIO()
+    torch.save(a.state_dict(), buf)
+    buf.seek(0)
+    b = DFA(_mlp([6, 5, 3]), 3)
+    b.load_state_dict(torch.load(buf))
+    assert torch.equal(a.feedback, b.feedback)
+    assert torch.equal(a.model[0].weight, b.model[0].weight)
+    assert "DFA(feedback 5×3" in repr(a)
+
+
+def test_no_grad_forward_is_the_plain_model():
+    net = _mlp([6, 5, 3])
+    x = torch.randn(4, 6)
+    with torch.no_grad():
+        torch.testing.assert_close(DFA(net)(x), net(x))
+
+
+def test_bad_inputs_raise_clear_errors():
+    net = _mlp([6, 5, 4, 3])
+    with pytest.raises(
+        ValueError, match=r"feedback matrix 1 must have shape \(4, 3\).*got \(3, 4\)"
+    ):
+        DFA(net, 3, feedback=[torch.randn(5, 3), torch.randn(3, 4)])
+    with pytest.raises(ValueError, match="2 hidden outputs, got 1 feedback matrices"):
+        DFA(net, 3, feedback=[torch.randn(5, 3)])
+    with pytest.raises(ValueError, match="output has 3 features, but num_outputs=10"):
+        DFA(net, 10)
+    with pytest.raises(
+        TypeError, match=r"layer 1 \(Linear\) has parameters but cannot take direct"
+    ):
+        DFA(nn.Sequential(GenDense(6, 5), nn.Linear(5, 3)))
+    with pytest.raises(TypeError, match=r"wraps an nn\.Sequential, got GenDense"):
+        DFA(GenDense(6, 3))
+    with pytest.raises(TypeError, match="at least one GenDense or GenConv"):
+        DFA(nn.Sequential(nn.ReLU()))
+    with pytest.raises(ValueError, match="pass input_shape"):
+        DFA(nn.Sequential(GenConv(1, 2, 3), nn.Flatten(), GenDense(2 * 6 * 6, 3)))
+    outs = activations(net, torch.randn(2, 6))
+    fb = [torch.randn(5, 3), torch.randn(4, 3)]
+    with pytest.raises(ValueError, match=r"class indices in \[0, 3\).*got values in \[0, 12\]"):
+        direct_feedback_loss(F.cross_entropy, torch.tensor([0, 12]), outs, fb)
+    with pytest.raises(ValueError, match=r"output's shape \(2, 3\) \(3 classes\), got \(2, 5\)"):
+        direct_feedback_loss(F.cross_entropy, torch.zeros(2, 5), outs, fb)
+    with pytest.raises(ValueError, match=r"feedback matrix 0 must have shape \(5, 3\)"):
+        direct_feedback_loss(
+            F.cross_entropy, torch.tensor([0, 1]), outs, [torch.randn(3, 5), fb[1]]
+        )
