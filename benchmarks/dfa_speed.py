@@ -1,0 +1,67 @@
+"""Direct feedback alignment speed on the CPU, 784-512-256-10.
+
+Prints, measured in this run:
+  DFA epoch time / backprop epoch time, same net and loop (median)   target ≤ 1.0
+  DFA training throughput (samples/s) at batch sizes 1, 8, 64, 256
+  throughput at 64 / throughput at 1                                  target ≥ 20
+
+Usage: python benchmarks/dfa_speed.py [--data-dir DIR] [--repeats N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+import torch.nn.functional as F
+
+from _timing import bender_epoch, header, median_times, mnist
+from bender import recipes
+from bender.data import Batches
+
+
+def throughput(batch_size: int, data, seconds: float = 3.0) -> float:
+    """Samples per second of DFA training steps (forward, backward, Adam step)."""
+    model = recipes.build("dfa-mlp-large")
+    opt = torch.optim.Adam(model.parameters(), lr=3e-4)
+    batches = iter(Batches(data.train, batch_size, seed=0))
+    samples, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        x, y = next(batches)
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+        samples += batch_size
+    return samples / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    data = mnist(args.data_dir)
+    header("dfa_speed: MLP 784-512-256-10 on MNIST")
+    t = median_times(
+        {
+            "dfa-mlp-large": lambda: bender_epoch(recipes.get("dfa-mlp-large").build, data),
+            "bp-mlp-large": lambda: bender_epoch(recipes.get("bp-mlp-large").build, data),
+        },
+        args.repeats,
+    )
+    for name, seconds in t.items():
+        print(f"epoch {name:<16} {seconds:7.3f} s")
+    print(
+        f"ratio DFA / backprop epoch time   {t['dfa-mlp-large'] / t['bp-mlp-large']:5.2f}  "
+        "(target <= 1.0)"
+    )
+    rates = {b: throughput(b, data) for b in (1, 8, 64, 256)}
+    for b, rate in rates.items():
+        print(f"DFA batch {b:>3}: {rate:10.0f} samples/s")
+    print(f"ratio throughput batch 64 / batch 1   {rates[64] / rates[1]:5.1f}  (target >= 20)")
+
+
+if __name__ == "__main__":
+    main()

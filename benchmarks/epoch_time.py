@@ -1,0 +1,53 @@
+"""One training epoch of fa-mlp against the same net built from plain nn.Linear.
+
+Prints, measured in this run on the CPU (median over --repeats interleaved epochs):
+  fa-mlp (bender.train)  /  plain nn.Linear net (bender.train)           target ≤ 1.10
+  fa-mlp (bender.train)  /  plain nn.Linear net (DataLoader+TensorDataset) target ≤ 1.00
+
+Usage: python benchmarks/epoch_time.py [--data-dir DIR] [--repeats N]
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+from torch import nn
+
+from _timing import bender_epoch, dataloader_epoch, header, median_times, mnist
+from bender import recipes
+
+
+def plain_mlp() -> nn.Sequential:
+    return nn.Sequential(
+        nn.Linear(784, 128), nn.ReLU(), nn.Linear(128, 64), nn.ReLU(), nn.Linear(64, 10)
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir")
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    data = mnist(args.data_dir)
+    fa = recipes.get("fa-mlp").build
+    header("epoch_time: one epoch of MNIST, batch 64, Adam 3e-4 (seconds, median)")
+    t = median_times(
+        {
+            "fa-mlp, bender.train": lambda: bender_epoch(fa, data),
+            "nn.Linear MLP, bender.train": lambda: bender_epoch(plain_mlp, data),
+            "nn.Linear MLP, DataLoader loop": lambda: dataloader_epoch(plain_mlp, data),
+        },
+        args.repeats,
+    )
+    for name, seconds in t.items():
+        print(f"{name:<34} {seconds:7.3f} s")
+    same = t["fa-mlp, bender.train"] / t["nn.Linear MLP, bender.train"]
+    loader = t["fa-mlp, bender.train"] / t["nn.Linear MLP, DataLoader loop"]
+    print(f"ratio fa-mlp / nn.Linear (same loop)      {same:5.2f}  (target <= 1.10)")
+    print(f"ratio fa-mlp / nn.Linear (DataLoader loop) {loader:5.2f}  (target <= 1.00)")
+
+
+if __name__ == "__main__":
+    main()
