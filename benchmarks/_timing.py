@@ -42,11 +42,16 @@ def dataloader_epoch(build: Callable[[], torch.nn.Module], data: Dataset, batch_
 
 
 def median_times(contenders: dict[str, Callable[[], float]], repeats: int) -> dict[str, float]:
-    """Run every contender ``repeats`` times, interleaved, and return the median of each."""
+    """Run every contender ``repeats`` times and return the median of each.
+
+    Runs are interleaved and the order is reversed on every other round, so that no contender
+    always follows the same one (caches, allocator state and clock boost even out).
+    """
     times: dict[str, list[float]] = {name: [] for name in contenders}
-    for _ in range(repeats):
-        for name, run in contenders.items():
-            times[name].append(run())
+    order = list(contenders)
+    for i in range(repeats):
+        for name in order if i % 2 == 0 else order[::-1]:
+            times[name].append(contenders[name]())
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 

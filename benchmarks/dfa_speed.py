@@ -19,13 +19,15 @@ import torch.nn.functional as F
 from _timing import bender_epoch, header, median_times, mnist
 from bender import recipes
 from bender.data import Batches
+from bender.training import make_optimizer
 
 
 def throughput(batch_size: int, data, seconds: float = 3.0) -> float:
     """Samples per second of DFA training steps (forward, backward, Adam step)."""
     model = recipes.build("dfa-mlp-large")
-    opt = torch.optim.Adam(model.parameters(), lr=3e-4)
-    batches = iter(Batches(data.train, batch_size, seed=0))
+    opt = make_optimizer("adam", model.parameters(), 3e-4)  # as bender.training.train
+    epochs = Batches(data.train, batch_size, seed=0)
+    batches = (batch for _ in iter(int, 1) for batch in epochs)  # epoch after epoch
     samples, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
         x, y = next(batches)

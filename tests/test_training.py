@@ -4,7 +4,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bender import recipes
-from bender.training import COLUMNS, evaluate, train
+from bender.training import COLUMNS, evaluate, make_optimizer, train
 
 
 def test_train_returns_per_epoch_table(small_mnist):
@@ -79,3 +79,12 @@ def test_plain_modules_and_other_optimizers_train(small_mnist):
     model = nn.Sequential(nn.Linear(784, 32), nn.ReLU(), nn.Linear(32, 10))
     table = train(model, small_mnist, epochs=1, optimizer="sgd", lr=0.1, loss="mse")
     assert table["acc_test"].iloc[0] > 0.3
+
+
+def test_make_optimizer_uses_fused_adam_when_available():
+    params = [torch.nn.Parameter(torch.randn(3))]
+    opt = make_optimizer("adam", params, 1e-3)
+    assert isinstance(opt, torch.optim.Adam) and opt.param_groups[0]["lr"] == 1e-3
+    assert opt.defaults.get("fused") in (True, None)
+    sgd = make_optimizer(torch.optim.SGD, params, 0.1)
+    assert isinstance(sgd, torch.optim.SGD)

@@ -89,7 +89,9 @@ def bent_conv(
             f"a {dims}-d convolution expects a batched input of {dims + 2} dims "
             f"(N, C, then {dims} spatial), got {tuple(x.shape)}"
         )
-    if feedback is not None and feedback is not weight:
+    if feedback is None:  # blocked: no ∂x; autograd's own exact ∂W, ∂b on a detached input
+        return _CONV[dims](x.detach(), weight, bias, stride, padding, dilation, groups)
+    if feedback is not weight:
         check_same_shape("feedback kernel B", feedback, "the kernel W", weight)
     return BentConv.apply(x, weight, feedback, bias, stride, padding, dilation, groups)
 

@@ -46,9 +46,15 @@ class BentLinear(torch.autograd.Function):
 def bent_linear(
     x: Tensor, weight: Tensor, feedback: Tensor | None, bias: Tensor | None = None
 ) -> Tensor:
-    """Checked entry point of :class:`BentLinear` (shapes verified before any compute)."""
+    """Checked entry point of :class:`BentLinear` (shapes verified before any compute).
+
+    With ``feedback=None`` the input is detached instead: the same rule (no ``∂x``, exact
+    ``∂W``, ``∂b``), computed by autograd's native kernels without a Python backward.
+    """
     check_features(x, weight)
-    if feedback is not None and feedback is not weight:
+    if feedback is None:
+        return F.linear(x.detach(), weight, bias)
+    if feedback is not weight:
         check_same_shape("feedback matrix B", feedback, "the weight W", weight)
     return BentLinear.apply(x, weight, feedback, bias)
 

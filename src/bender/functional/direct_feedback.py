@@ -34,7 +34,9 @@ class DirectFeedback(torch.autograd.Function):
     @staticmethod
     def backward(ctx, error: Tensor):
         (feedback,) = ctx.saved_tensors
-        projected = error.reshape(len(error), -1) @ feedback.T
+        # e Bᵀ computed as (B eᵀ)ᵀ: the same product, but BLAS runs this skinny shape (C is
+        # small) several times faster on a multi-threaded CPU than e·Bᵀ.
+        projected = (feedback @ error.reshape(len(error), -1).T).T
         parts = projected.split(ctx.sizes, dim=1)
         hidden = [p.reshape(shape) for p, shape in zip(parts, ctx.shapes, strict=True)]
         return (error, None, None, *hidden)
