@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import time
 from collections.abc import Callable
@@ -10,6 +11,14 @@ import torch
 
 from bender.data import Dataset, load
 from bender.training import train
+
+
+def parse_args(doc: str, repeats: int) -> argparse.Namespace:
+    """``--data-dir`` and ``--repeats``, the two options every benchmark takes."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--data-dir", help="data root (default: $BENDER_DATA)")
+    parser.add_argument("--repeats", type=int, default=repeats)
+    return parser.parse_args()
 
 
 def mnist(data_dir: str | None) -> Dataset:

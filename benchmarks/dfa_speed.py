@@ -10,13 +10,12 @@ Usage: python benchmarks/dfa_speed.py [--data-dir DIR] [--repeats N]
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import torch
 import torch.nn.functional as F
 
-from _timing import bender_epoch, header, median_times, mnist
+from _timing import bender_epoch, header, median_times, mnist, parse_args
 from bender import recipes
 from bender.data import Batches
 from bender.training import make_optimizer
@@ -39,10 +38,7 @@ def throughput(batch_size: int, data, seconds: float = 3.0) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir")
-    parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args()
+    args = parse_args(__doc__, repeats=3)
     torch.manual_seed(0)
     data = mnist(args.data_dir)
     header("dfa_speed: MLP 784-512-256-10 on MNIST")

@@ -9,12 +9,10 @@ Usage: python benchmarks/epoch_time.py [--data-dir DIR] [--repeats N]
 
 from __future__ import annotations
 
-import argparse
-
 import torch
 from torch import nn
 
-from _timing import bender_epoch, dataloader_epoch, header, median_times, mnist
+from _timing import bender_epoch, dataloader_epoch, header, median_times, mnist, parse_args
 from bender import recipes
 
 
@@ -25,10 +23,7 @@ def plain_mlp() -> nn.Sequential:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir")
-    parser.add_argument("--repeats", type=int, default=5)
-    args = parser.parse_args()
+    args = parse_args(__doc__, repeats=5)
     torch.manual_seed(0)
     data = mnist(args.data_dir)
     fa = recipes.get("fa-mlp").build

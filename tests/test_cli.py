@@ -8,22 +8,10 @@ from torch import nn
 from bender import cli, recipes
 
 
-def _train(tmp_path, data_root, *extra):
+def _train(tmp_path, data_root, *extra, recipe="fa-mlp", epochs=2):
     out = tmp_path / "run"
-    args = [
-        "train",
-        "fa-mlp",
-        "--epochs",
-        "2",
-        "--limit",
-        "1500",
-        "--data-dir",
-        str(data_root),
-        "--out",
-        str(out),
-        "--no-progress",
-        *extra,
-    ]
+    args = ["train", recipe, "--epochs", str(epochs), "--limit", "1500"]
+    args += ["--data-dir", str(data_root), "--out", str(out), "--no-progress", *extra]
     return cli.main(args), out
 
 
@@ -108,23 +96,8 @@ class _BreaksInEpochTwo(nn.Module):
 def test_failed_run_keeps_results_so_far(tmp_path, data_root, monkeypatch, capsys):
     broken = recipes.Recipe("broken", "diverges in epoch 2", _BreaksInEpochTwo)
     monkeypatch.setitem(recipes.RECIPES, "broken", broken)
-    out = tmp_path / "run"
     with pytest.warns(RuntimeWarning):
-        code = cli.main(
-            [
-                "train",
-                "broken",
-                "--epochs",
-                "3",
-                "--limit",
-                "1500",
-                "--data-dir",
-                str(data_root),
-                "--out",
-                str(out),
-                "--no-progress",
-            ]
-        )
+        code, out = _train(tmp_path, data_root, recipe="broken", epochs=3)
     assert code == 1
     assert pd.read_csv(out / "metrics.csv")["epoch"].tolist() == [1]
     assert "stopped" in json.loads((out / "metrics.json").read_text())

@@ -1,4 +1,8 @@
-"""Every Python snippet in README.md and docs/api.md runs as written."""
+"""Every Python snippet in README.md and docs/ (API page and tutorials) runs as written.
+
+Each document's snippets run once, in order, in one namespace: a tutorial's later snippets may
+use what the earlier ones defined.
+"""
 
 import re
 from pathlib import Path
@@ -6,23 +10,25 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCS = [ROOT / "README.md", ROOT / "docs" / "api.md"]
-SNIPPETS = [
-    pytest.param(code, id=f"{doc.name}-{i}")
-    for doc in DOCS
-    for i, code in enumerate(re.findall(r"```python\n(.*?)```", doc.read_text(), flags=re.S))
-]
+DOCS = [ROOT / "README.md", ROOT / "docs" / "api.md", *sorted(ROOT.glob("docs/tutorials/*.md"))]
+
+
+def _snippets(doc: Path) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", doc.read_text(), flags=re.S)
 
 
 def test_docs_have_snippets():
-    assert len(SNIPPETS) >= 7
+    assert len(_snippets(ROOT / "README.md")) >= 5
+    assert all(_snippets(doc) for doc in DOCS)
 
 
-@pytest.mark.parametrize("code", SNIPPETS)
-def test_snippet_runs(code, data_root, monkeypatch):
+@pytest.mark.parametrize("doc", DOCS, ids=lambda d: d.name)
+def test_snippets_run(doc, data_root, monkeypatch):
     from bender.mappings import MAPPINGS
 
     monkeypatch.setenv("BENDER_DATA", str(data_root))
     monkeypatch.chdir(ROOT)
     monkeypatch.setattr("bender.mappings.MAPPINGS", dict(MAPPINGS))  # snippets may register
-    exec(compile(code, "snippet", "exec"), {"__name__": "snippet"})
+    namespace = {"__name__": "snippet"}
+    for i, code in enumerate(_snippets(doc)):
+        exec(compile(code, f"{doc.name} snippet {i}", "exec"), namespace)

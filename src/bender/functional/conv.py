@@ -1,8 +1,9 @@
 """N-d convolution (1-, 2- or 3-d) whose input gradient uses a feedback kernel.
 
 Forward is ``torch.nn.functional.conv{1,2,3}d(x, W, b, stride, padding, dilation, groups)``.
-Backward: ``∂x`` is the transposed convolution of ``δ`` with the feedback kernel ``F`` (no input
-gradient when ``F`` is ``None``), ``∂W`` and ``∂b`` are exact, ``F`` never gets a gradient.
+Backward: ``∂x`` is the transposed convolution of ``δ`` with the feedback kernel ``F`` (with
+``F = None`` the input is detached: no input gradient), ``∂W`` and ``∂b`` are exact, ``F`` never
+gets a gradient.
 """
 
 from __future__ import annotations
@@ -48,7 +49,10 @@ def conv(
 
 
 class BentConv(torch.autograd.Function):
-    """Convolution whose input gradient is computed with ``feedback`` in place of ``W``."""
+    """Convolution whose input gradient is computed with ``feedback`` in place of ``W``.
+
+    (Blocking ``∂x`` needs no custom backward: see :func:`bent_conv`.)
+    """
 
     @staticmethod
     def forward(ctx, x, weight, feedback, bias, stride, padding, dilation, groups):
@@ -63,7 +67,7 @@ class BentConv(torch.autograd.Function):
         x, weight, feedback = ctx.saved_tensors
         dims, stride, padding, dilation, groups = ctx.conf
         grad_x = grad_w = grad_b = None
-        if ctx.needs_input_grad[0] and feedback is not None:
+        if ctx.needs_input_grad[0]:
             grad_x = _CONV_INPUT[dims](x.shape, feedback, grad, stride, padding, dilation, groups)
         if ctx.needs_input_grad[1]:
             grad_w = _CONV_WEIGHT[dims](x, weight.shape, grad, stride, padding, dilation, groups)

@@ -17,14 +17,14 @@ from bender.functional._checks import check_features, check_same_shape
 class BentLinear(torch.autograd.Function):
     """``y = x Wᵀ + b`` whose input gradient uses ``feedback`` in place of ``W``.
 
-    Backward: ``∂x = δ · feedback`` (no input gradient when ``feedback`` is ``None``),
-    ``∂W = δᵀ x``, ``∂b = Σ_n δ_n``; ``feedback`` itself never receives a gradient.
-    ``feedback = W`` is ordinary backprop, a fixed random ``B`` is feedback alignment
-    (Lillicrap et al. 2016), ``None`` blocks the gradient (direct feedback alignment).
+    Backward: ``∂x = δ · feedback``, ``∂W = δᵀ x``, ``∂b = Σ_n δ_n``; ``feedback`` itself never
+    receives a gradient. ``feedback = W`` is ordinary backprop, a fixed random ``B`` is feedback
+    alignment (Lillicrap et al. 2016). (Blocking ``∂x`` needs no custom backward: see
+    :func:`bent_linear`.)
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, feedback: Tensor | None, bias: Tensor | None):
+    def forward(ctx, x: Tensor, weight: Tensor, feedback: Tensor, bias: Tensor | None):
         ctx.save_for_backward(x, feedback)
         ctx.has_bias = bias is not None
         return F.linear(x, weight, bias)
@@ -33,7 +33,7 @@ class BentLinear(torch.autograd.Function):
     def backward(ctx, grad: Tensor):
         x, feedback = ctx.saved_tensors
         grad_x = grad_w = grad_b = None
-        if ctx.needs_input_grad[0] and feedback is not None:
+        if ctx.needs_input_grad[0]:
             grad_x = grad @ feedback
         grad_2d = grad.reshape(-1, grad.shape[-1])
         if ctx.needs_input_grad[1]:
