@@ -103,3 +103,13 @@ def test_failed_run_keeps_results_so_far(tmp_path, data_root, monkeypatch, capsy
     assert "stopped" in json.loads((out / "metrics.json").read_text())
     assert (out / "model.pt").exists()
     assert "results so far" in capsys.readouterr().err
+
+
+def test_unavailable_or_unknown_device_exits_1(tmp_path, data_root, capsys):
+    if not torch.cuda.is_available():
+        code, _ = _train(tmp_path, data_root, "--device", "cuda")
+        assert code == 1
+        assert "no CUDA device" in capsys.readouterr().err
+    code, _ = _train(tmp_path, data_root, "--device", "tpu7")
+    assert code == 1
+    assert "unknown device 'tpu7'" in capsys.readouterr().err

@@ -62,7 +62,13 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """``"auto"`` is CUDA when available, else the CPU."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as err:
+        raise ValueError(f"unknown device {device!r}: expected auto, cpu, cuda or cuda:N") from err
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} was requested but this torch sees no CUDA device")
+    return resolved
 
 
 @torch.no_grad()
@@ -116,15 +122,12 @@ def train(
     if not lr > 0:
         raise ValueError(f"lr must be positive, got {lr!r}")
     loss_fn = _choose("loss", loss, LOSSES)
-    _choose("optimizer", optimizer, OPTIMIZERS)  # a bad name fails before any work
     device = resolve_device(device)
     torch.manual_seed(seed)
-    model.to(device)
+    opt = make_optimizer(optimizer, model.to(device).parameters(), lr)  # before moving data
     data = data.to(device)
-    opt = make_optimizer(optimizer, model.parameters(), lr)
     batches = Batches(data.train, batch_size, seed=seed)
     rows: list[dict] = []
-    table = pd.DataFrame(rows, columns=COLUMNS)
     for epoch in range(1, epochs + 1):
         model.train()
         start = time.perf_counter()
@@ -145,6 +148,7 @@ def train(
                 f"{epoch - 1} complete epoch(s). Try a smaller learning rate (lr={lr})."
             )
             warnings.warn(message, RuntimeWarning, stacklevel=2)
+            table = pd.DataFrame(rows, columns=COLUMNS)
             table.attrs["stopped"] = message
             return table
         loss_train, acc_train = evaluate(model, data.train, loss_fn)
@@ -153,10 +157,9 @@ def train(
             zip(COLUMNS, (epoch, loss_train, loss_test, acc_train, acc_test, seconds), strict=True)
         )
         rows.append(row)
-        table = pd.DataFrame(rows, columns=COLUMNS)
         for callback in callbacks or ():
             callback(row, model)
-    return table
+    return pd.DataFrame(rows, columns=COLUMNS)
 
 
 def _progress(batches: Batches, epoch: int, epochs: int):
