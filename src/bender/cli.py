@@ -12,9 +12,9 @@ import pandas as pd
 import torch
 
 from bender import __version__, data, recipes
-from bender.training import resolve_device, train
+from bender.training import COLUMNS, resolve_device, train
 
-TABLE_COLUMNS = ["epoch", "loss_train", "loss_test", "acc_train", "acc_test"]
+TABLE_COLUMNS = [c for c in COLUMNS if c != "seconds"]  # seed-determined: reproducible
 
 
 def _positive(kind: type):
@@ -80,8 +80,10 @@ def plot_curves(table: pd.DataFrame, path: Path, title: str) -> None:
 
 
 def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    if args.recipe not in recipes.RECIPES:
-        parser.error(f"unknown recipe {args.recipe!r}; valid recipes: {', '.join(recipes.RECIPES)}")
+    try:
+        recipe = recipes.get(args.recipe)
+    except KeyError as err:
+        parser.error(err.args[0])
     try:
         device = resolve_device(args.device)
         dataset = data.load(args.dataset, args.data_dir)
@@ -136,6 +138,8 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             f"bender: error: {table.attrs['stopped']}; results so far are in {out}", file=sys.stderr
         )
         return 1
+    if recipe.reference:
+        print(f"for comparison, {recipe.reference}")
     print(f"wrote metrics.csv, metrics.json, curves.png, model.pt to {out}")
     return 0
 

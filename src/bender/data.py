@@ -129,8 +129,11 @@ def load(
     base = data_root(root)
     folder = base / DATASETS[name] / "raw"
     needed = [f for pair in FILES.values() for f in pair]
-    if any(_find(folder, f) is None for f in needed) and not (download and _download(name, base)):
-        missing = [f for f in needed if _find(folder, f) is None]
+    paths = {f: _find(folder, f) for f in needed}
+    if None in paths.values() and download and _download(name, base):
+        paths = {f: _find(folder, f) for f in needed}
+    if None in paths.values():
+        missing = [f for f, path in paths.items() if path is None]
         raise FileNotFoundError(
             f"{name} not found: expected the files {', '.join(needed)} in {folder} "
             f"(missing: {', '.join(missing)}). Put them there (torchvision's layout), or point "
@@ -138,8 +141,8 @@ def load(
         )
     splits = {}
     for split, (images, labels) in FILES.items():
-        x = read_idx(_find(folder, images)).to(dtype).div_(255)
-        y = read_idx(_find(folder, labels)).long()
+        x = read_idx(paths[images]).to(dtype).div_(255)
+        y = read_idx(paths[labels]).long()
         if len(x) != len(y):
             raise ValueError(f"{folder}: {len(x)} images but {len(y)} labels in the {split} split")
         splits[split] = Split(x.reshape(len(x), -1) if flatten else x.unsqueeze(1), y)

@@ -127,7 +127,7 @@ class DFA(nn.Module):
         *hidden, output = self._outputs(x)
         if not torch.is_grad_enabled():
             return output
-        return inject_direct_feedback(output, hidden, self.feedback)
+        return inject_direct_feedback(output, hidden, self.feedback, self.sizes)
 
     def __repr__(self) -> str:
         sizes = " + ".join(map(str, self.sizes)) or "0"

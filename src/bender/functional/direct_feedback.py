@@ -63,11 +63,15 @@ def check_feedback_shapes(feedback: Sequence[Tensor], hidden: Sequence[Tensor], 
             )
 
 
-def inject_direct_feedback(output: Tensor, hidden: Sequence[Tensor], feedback: Tensor) -> Tensor:
-    """``output`` unchanged, wired so that backward sends ``e B_iᵀ`` to ``hidden[i]``."""
+def inject_direct_feedback(
+    output: Tensor, hidden: Sequence[Tensor], feedback: Tensor, sizes: Sequence[int]
+) -> Tensor:
+    """``output`` unchanged, wired so that backward sends ``e B_iᵀ`` to ``hidden[i]``.
+
+    ``sizes[i]`` is the number of rows of ``B_i`` in the stacked ``feedback`` (checked shapes).
+    """
     if not hidden:
         return output
-    sizes = [per_sample_size(h) for h in hidden]
     return DirectFeedback.apply(output, feedback, sizes, *hidden)
 
 
@@ -110,4 +114,5 @@ def direct_feedback_loss(
     _check_target(target, output)
     check_feedback_shapes(feedback, hidden, output.shape[-1])
     stacked = torch.cat(list(feedback)) if hidden else None
-    return loss_fn(inject_direct_feedback(output, hidden, stacked), target)
+    sizes = [len(b) for b in feedback]
+    return loss_fn(inject_direct_feedback(output, hidden, stacked, sizes), target)
