@@ -50,8 +50,10 @@ def dataloader_epoch(build: Callable[[], torch.nn.Module], data: Dataset, batch_
     return time.perf_counter() - start
 
 
-def median_times(contenders: dict[str, Callable[[], float]], repeats: int) -> dict[str, float]:
-    """Run every contender ``repeats`` times and return the median of each.
+def time_contenders(
+    contenders: dict[str, Callable[[], float]], repeats: int
+) -> dict[str, list[float]]:
+    """Run every contender ``repeats`` times; return all the seconds measured for each.
 
     Runs are interleaved and the order is reversed on every other round, so that no contender
     always follows the same one (caches, allocator state and clock boost even out).
@@ -61,7 +63,24 @@ def median_times(contenders: dict[str, Callable[[], float]], repeats: int) -> di
     for i in range(repeats):
         for name in order if i % 2 == 0 else order[::-1]:
             times[name].append(contenders[name]())
-    return {name: statistics.median(ts) for name, ts in times.items()}
+    return times
+
+
+def report(times: dict[str, list[float]], ratios: dict[str, tuple[str, str, str]]) -> None:
+    """Print each contender's minimum and median, then each ratio by both statistics.
+
+    The minimum is the estimate the targets are read against: other processes on the machine
+    only ever add time, so the fastest repeat is the closest to the code's own cost (the
+    reasoning of Python's ``timeit``). The median is printed beside it so the spread shows.
+    ``ratios`` maps a label to (numerator, denominator, target).
+    """
+    width = max(map(len, times))
+    for name, ts in times.items():
+        print(f"{name:<{width}}  min {min(ts):7.3f} s   median {statistics.median(ts):7.3f} s")
+    for label, (num, den, target) in ratios.items():
+        by_min = min(times[num]) / min(times[den])
+        by_median = statistics.median(times[num]) / statistics.median(times[den])
+        print(f"ratio {label}: {by_min:5.2f} (min)  {by_median:5.2f} (median)   target {target}")
 
 
 def header(title: str) -> None:

@@ -1,7 +1,7 @@
 """Direct feedback alignment speed on the CPU, 784-512-256-10.
 
 Prints, measured in this run:
-  DFA epoch time / backprop epoch time, same net and loop (median)   target ≤ 1.0
+  DFA epoch time / backprop epoch time, same net and loop (min and median)   target ≤ 1.0
   DFA training throughput (samples/s) at batch sizes 1, 8, 64, 256
   throughput at 64 / throughput at 1                                  target ≥ 20
 
@@ -15,7 +15,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from _timing import bender_epoch, header, median_times, mnist, parse_args
+from _timing import bender_epoch, header, mnist, parse_args, report, time_contenders
 from bender import recipes
 from bender.data import Batches
 from bender.training import make_optimizer
@@ -42,19 +42,14 @@ def main() -> None:
     torch.manual_seed(0)
     data = mnist(args.data_dir)
     header("dfa_speed: MLP 784-512-256-10 on MNIST")
-    t = median_times(
+    times = time_contenders(
         {
-            "dfa-mlp-large": lambda: bender_epoch(recipes.get("dfa-mlp-large").build, data),
-            "bp-mlp-large": lambda: bender_epoch(recipes.get("bp-mlp-large").build, data),
+            "epoch dfa-mlp-large": lambda: bender_epoch(recipes.get("dfa-mlp-large").build, data),
+            "epoch bp-mlp-large": lambda: bender_epoch(recipes.get("bp-mlp-large").build, data),
         },
         args.repeats,
     )
-    for name, seconds in t.items():
-        print(f"epoch {name:<16} {seconds:7.3f} s")
-    print(
-        f"ratio DFA / backprop epoch time   {t['dfa-mlp-large'] / t['bp-mlp-large']:5.2f}  "
-        "(target <= 1.0)"
-    )
+    report(times, {"DFA / backprop epoch": ("epoch dfa-mlp-large", "epoch bp-mlp-large", "<= 1.0")})
     rates = {b: throughput(b, data) for b in (1, 8, 64, 256)}
     for b, rate in rates.items():
         print(f"DFA batch {b:>3}: {rate:10.0f} samples/s")

@@ -1,6 +1,6 @@
 """One training epoch of fa-mlp against the same net built from plain nn.Linear.
 
-Prints, measured in this run on the CPU (median over --repeats interleaved epochs):
+Prints, measured in this run on the CPU (min and median over --repeats interleaved epochs):
   fa-mlp (bender.train)  /  plain nn.Linear net (bender.train)           target ≤ 1.10
   fa-mlp (bender.train)  /  plain nn.Linear net (DataLoader+TensorDataset) target ≤ 1.00
 
@@ -12,7 +12,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from _timing import bender_epoch, dataloader_epoch, header, median_times, mnist, parse_args
+from _timing import (
+    bender_epoch,
+    dataloader_epoch,
+    header,
+    mnist,
+    parse_args,
+    report,
+    time_contenders,
+)
 from bender import recipes
 
 
@@ -27,8 +35,8 @@ def main() -> None:
     torch.manual_seed(0)
     data = mnist(args.data_dir)
     fa = recipes.get("fa-mlp").build
-    header("epoch_time: one epoch of MNIST, batch 64, Adam 3e-4 (seconds, median)")
-    t = median_times(
+    header("epoch_time: one training epoch of MNIST, batch 64, Adam 3e-4")
+    times = time_contenders(
         {
             "fa-mlp, bender.train": lambda: bender_epoch(fa, data),
             "nn.Linear MLP, bender.train": lambda: bender_epoch(plain_mlp, data),
@@ -36,12 +44,21 @@ def main() -> None:
         },
         args.repeats,
     )
-    for name, seconds in t.items():
-        print(f"{name:<34} {seconds:7.3f} s")
-    same = t["fa-mlp, bender.train"] / t["nn.Linear MLP, bender.train"]
-    loader = t["fa-mlp, bender.train"] / t["nn.Linear MLP, DataLoader loop"]
-    print(f"ratio fa-mlp / nn.Linear (same loop)      {same:5.2f}  (target <= 1.10)")
-    print(f"ratio fa-mlp / nn.Linear (DataLoader loop) {loader:5.2f}  (target <= 1.00)")
+    report(
+        times,
+        {
+            "fa-mlp / nn.Linear (same loop)": (
+                "fa-mlp, bender.train",
+                "nn.Linear MLP, bender.train",
+                "<= 1.10",
+            ),
+            "fa-mlp / nn.Linear (DataLoader loop)": (
+                "fa-mlp, bender.train",
+                "nn.Linear MLP, DataLoader loop",
+                "<= 1.00",
+            ),
+        },
+    )
 
 
 if __name__ == "__main__":

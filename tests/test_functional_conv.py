@@ -72,3 +72,15 @@ def test_conv_errors():
         conv(torch.randn(1, 3, 5, 5, 5, 5), torch.randn(4, 3, 1, 1, 1, 1))
     with pytest.raises(ValueError, match="batched input of 4 dims"):
         conv_asym_dx(torch.randn(3, 5, 5), torch.randn(4, 3, 3, 3), torch.randn(4, 3, 3, 3))
+
+
+def test_conv_input_without_grad_gives_exact_kernel_gradient(dtype):
+    x = torch.randn(2, 3, 6, 6, dtype=dtype)
+    w = torch.randn(4, 3, 3, 3, dtype=dtype, requires_grad=True)
+    b = torch.randn_like(w)
+    y = conv_asym_dx(x, w, b, 1, 1)
+    delta = torch.randn_like(y)
+    y.backward(delta)
+    wr = w.detach().clone().requires_grad_()
+    F.conv2d(x, wr, None, 1, 1).backward(delta)
+    close(w.grad, wr.grad)

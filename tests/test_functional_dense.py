@@ -93,3 +93,14 @@ def test_wrong_input_features_raise():
 def test_missing_feedback_raises():
     with pytest.raises(ValueError, match="needs a feedback matrix"):
         matmul_asym_dx(torch.randn(2, 7), torch.randn(5, 7), None)
+
+
+def test_input_without_grad_takes_the_plain_path_with_identical_weight_gradients(dtype):
+    x = torch.randn(6, 7, dtype=dtype)  # needs no grad: no ∂x, so B is irrelevant
+    w = torch.randn(5, 7, dtype=dtype, requires_grad=True)
+    b = torch.randn(5, 7, dtype=dtype)
+    delta = torch.randn(6, 5, dtype=dtype)
+    y = matmul_asym_dx(x, w, b)
+    assert y.grad_fn.name() != "BentLinearBackward"
+    y.backward(delta)
+    close(w.grad, torch.einsum("no,ni->oi", delta, x))

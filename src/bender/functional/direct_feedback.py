@@ -34,9 +34,11 @@ class DirectFeedback(torch.autograd.Function):
     @staticmethod
     def backward(ctx, error: Tensor):
         (feedback,) = ctx.saved_tensors
-        # e Bᵀ computed as (B eᵀ)ᵀ: the same product, but BLAS runs this skinny shape (C is
-        # small) several times faster on a multi-threaded CPU than e·Bᵀ.
-        projected = (feedback @ error.reshape(len(error), -1).T).T
+        # The product is formed row-major (e times a contiguous copy of Bᵀ, C×Σd, tiny), so
+        # each hidden gradient has the row-major layout of the activations it meets next:
+        # with transposed gradients, relu's backward ran about 6× slower and a DFA epoch of
+        # the 784-512-256-10 MLP took 1.15× a backprop epoch instead of 0.96× (2-core CPU).
+        projected = error.reshape(len(error), -1) @ feedback.t().contiguous()
         parts = projected.split(ctx.sizes, dim=1)
         hidden = [p.reshape(shape) for p, shape in zip(parts, ctx.shapes, strict=True)]
         return (error, None, None, *hidden)
