@@ -67,20 +67,27 @@ def time_contenders(
 
 
 def report(times: dict[str, list[float]], ratios: dict[str, tuple[str, str, str]]) -> None:
-    """Print each contender's minimum and median, then each ratio by both statistics.
+    """Print each contender's minimum and median, then each ratio three ways.
 
-    The minimum is the estimate the targets are read against: other processes on the machine
-    only ever add time, so the fastest repeat is the closest to the code's own cost (the
-    reasoning of Python's ``timeit``). The median is printed beside it so the spread shows.
-    ``ratios`` maps a label to (numerator, denominator, target).
+    ``paired`` is the median over rounds of the ratio within a round (the two contenders ran
+    seconds apart). It is the reading the targets are checked against: the development machine
+    is shared and switches between a fast and a slow state (the same epoch took 0.62 s or 1.1 s)
+    for minutes at a time, so the two minima can come from different states, while a round
+    almost always sits inside one. The ratio of minima (``timeit``'s reasoning: interference
+    only adds time) and of medians are printed beside it; when the three disagree, the run was
+    disturbed. ``ratios`` maps a label to (numerator, denominator, target).
     """
     width = max(map(len, times))
     for name, ts in times.items():
         print(f"{name:<{width}}  min {min(ts):7.3f} s   median {statistics.median(ts):7.3f} s")
     for label, (num, den, target) in ratios.items():
+        paired = statistics.median(a / b for a, b in zip(times[num], times[den], strict=True))
         by_min = min(times[num]) / min(times[den])
         by_median = statistics.median(times[num]) / statistics.median(times[den])
-        print(f"ratio {label}: {by_min:5.2f} (min)  {by_median:5.2f} (median)   target {target}")
+        print(
+            f"ratio {label}: {paired:5.2f} (paired)  {by_min:5.2f} (min)  "
+            f"{by_median:5.2f} (median)   target {target}"
+        )
 
 
 def header(title: str) -> None:

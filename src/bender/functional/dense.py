@@ -26,20 +26,19 @@ class BentLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, feedback: Tensor, bias: Tensor | None):
         ctx.save_for_backward(x, feedback)
-        ctx.has_bias = bias is not None
         return F.linear(x, weight, bias)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
+        # Kept lean: this Python backward runs once per layer and step, and its overhead is
+        # what feedback alignment costs over backprop when layers are small.
         x, feedback = ctx.saved_tensors
-        grad_x = grad_w = grad_b = None
-        if ctx.needs_input_grad[0]:
-            grad_x = grad @ feedback
-        grad_2d = grad.reshape(-1, grad.shape[-1])
-        if ctx.needs_input_grad[1]:
-            grad_w = grad_2d.T @ x.reshape(-1, x.shape[-1])
-        if ctx.has_bias and ctx.needs_input_grad[3]:
-            grad_b = grad_2d.sum(0)
+        need_x, need_w, _, need_b = ctx.needs_input_grad
+        grad_x = grad @ feedback if need_x else None
+        if grad.dim() != 2:  # (*, out): flatten the leading dims for ∂W and ∂b
+            grad, x = grad.reshape(-1, grad.shape[-1]), x.reshape(-1, x.shape[-1])
+        grad_w = grad.t().mm(x) if need_w else None
+        grad_b = grad.sum(0) if need_b else None
         return grad_x, grad_w, None, grad_b
 
 
