@@ -13,11 +13,15 @@ from bender.data import Dataset, load
 from bender.training import train
 
 
-def parse_args(doc: str, repeats: int) -> argparse.Namespace:
-    """``--data-dir`` and ``--repeats``, the two options every benchmark takes."""
+def parse_args(
+    doc: str, repeats: int, configure: Callable[[argparse.ArgumentParser], None] | None = None
+) -> argparse.Namespace:
+    """``--data-dir`` and ``--repeats``, the two options every benchmark takes, plus its own."""
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--data-dir", help="data root (default: $BENDER_DATA)")
     parser.add_argument("--repeats", type=int, default=repeats)
+    if configure is not None:
+        configure(parser)
     return parser.parse_args()
 
 
