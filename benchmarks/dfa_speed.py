@@ -11,6 +11,7 @@ Usage: python benchmarks/dfa_speed.py [--data-dir DIR] [--repeats N] [--hidden 5
 
 from __future__ import annotations
 
+import argparse
 import time
 
 import torch
@@ -51,7 +52,7 @@ def throughput(hidden: tuple[int, ...], batch_size: int, data, seconds: float = 
 
 
 def main() -> None:
-    def options(parser):
+    def options(parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--hidden", type=int, nargs="+", default=[512, 256])
 
     args = parse_args(__doc__, repeats=3, configure=options)

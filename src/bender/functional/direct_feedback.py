@@ -36,8 +36,8 @@ class DirectFeedback(torch.autograd.Function):
     def backward(ctx, error: Tensor):
         # Kept lean: this Python backward runs once per step. ``mm`` writes e·Bᵀ row-major
         # (N×Σd) whatever B's strides, so each part is a row-strided view, a layout the hidden
-        # activations' backward handles at full speed (column-major parts, from forming
-        # (B·eᵀ)ᵀ, made relu's backward about 6× slower).
+        # activations' backward handles at full speed (transposed, column-major parts made
+        # relu's backward about 6× slower).
         (feedback,) = ctx.saved_tensors
         error_2d = error if error.dim() == 2 else error.reshape(len(error), -1)
         parts = error_2d.mm(feedback.t()).split(ctx.sizes, dim=1)
