@@ -55,6 +55,16 @@ def test_same_seed_gives_identical_metrics_csv(tmp_path, data_root):
     assert (a / "metrics.csv").read_bytes() == (b / "metrics.csv").read_bytes()
 
 
+def test_shuffle_once_is_recorded_and_changes_the_run(tmp_path, data_root):
+    _, default = _train(tmp_path / "a", data_root)
+    _, once = _train(tmp_path / "b", data_root, "--shuffle-once")
+    assert json.loads((default / "metrics.json").read_text())["reshuffle"] is True
+    assert json.loads((once / "metrics.json").read_text())["reshuffle"] is False
+    a, b = pd.read_csv(default / "metrics.csv"), pd.read_csv(once / "metrics.csv")
+    assert a.iloc[0].equals(b.iloc[0])  # the first epoch's order is the same draw
+    assert not a.iloc[1].equals(b.iloc[1])
+
+
 @pytest.mark.parametrize(
     "args",
     [

@@ -82,6 +82,15 @@ def test_batches_shuffle_is_seeded_and_drops_the_last_partial_batch():
         assert x.shape == (16, 1) and torch.equal(x[:, 0].long(), y)  # pairs stay together
 
 
+def test_batches_shuffled_once_repeat_the_first_epoch():
+    split = Split(torch.arange(100.0).unsqueeze(1), torch.arange(100))
+    once = Batches(split, 16, reshuffle=False, seed=3)
+    first = _epoch(once)
+    assert torch.equal(first, _epoch(Batches(split, 16, seed=3)))  # same first draw
+    assert torch.equal(first, _epoch(once)) and torch.equal(first, _epoch(once))
+    assert not torch.equal(first, torch.arange(96))  # shuffled, just not again
+
+
 def test_batches_in_order_and_partial():
     split = Split(torch.zeros(10, 2), torch.arange(10))
     sizes = [len(y) for _, y in Batches(split, 4, shuffle=False, drop_last=False)]

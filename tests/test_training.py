@@ -43,6 +43,23 @@ def test_same_seed_same_numbers(small_mnist):
     assert not runs[0][cols].equals(other[cols])
 
 
+@pytest.mark.parametrize("reshuffle", [True, False])
+def test_batch_order_per_epoch(small_mnist, reshuffle):
+    model = recipes.build("bp-mlp")
+    seen: list[torch.Tensor] = []
+
+    def recording_loss(out, y):
+        if model.training:
+            seen.append(y)
+        return F.cross_entropy(out, y)
+
+    train(model, small_mnist, epochs=2, loss=recording_loss, reshuffle=reshuffle)
+    steps = len(small_mnist.train) // 64
+    first, second = torch.cat(seen[:steps]), torch.cat(seen[steps:])
+    assert len(seen) == 2 * steps
+    assert torch.equal(first, second) is not reshuffle
+
+
 def test_nan_loss_stops_and_keeps_completed_epochs(small_mnist):
     model = recipes.build("bp-mlp")
     steps_per_epoch = len(small_mnist.train) // 64

@@ -43,6 +43,12 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--lr", type=_positive(float), default=3e-4)
     t.add_argument("--batch-size", type=_positive(int), default=64)
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument(
+        "--shuffle-once",
+        action="store_true",
+        help="shuffle the training set once and keep that batch order every epoch, as "
+        "Bender.jl's tutorials do (default: reshuffle every epoch)",
+    )
     t.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1")
     t.add_argument("--dataset", choices=list(data.DATASETS), default="mnist")
     t.add_argument("--data-dir", help="data root (default: $BENDER_DATA, else ~/.cache/bender)")
@@ -102,6 +108,7 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         "lr": args.lr,
         "batch_size": args.batch_size,
         "seed": args.seed,
+        "reshuffle": not args.shuffle_once,
         "device": str(device),
         "limit": args.limit,
         "bender": __version__,
@@ -125,6 +132,7 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         batch_size=args.batch_size,
         device=device,
         seed=args.seed,
+        reshuffle=not args.shuffle_once,
         callbacks=[save],
         progress=not args.no_progress,
     )

@@ -153,8 +153,10 @@ class Batches:
     """Mini-batches of a :class:`Split` on its own device, reshuffled every epoch.
 
     Iterating once is one epoch. The order comes from a generator seeded with ``seed``, so a
-    fresh ``Batches`` with the same seed yields the same sequence of epochs. With ``drop_last``
-    (Bender.jl's ``partial=false``) the last incomplete batch is skipped.
+    fresh ``Batches`` with the same seed yields the same sequence of epochs. With
+    ``reshuffle=False`` the first epoch's order is kept for every epoch: that is how Bender.jl's
+    tutorials train, since their ``gpu.(train_data)`` collects the shuffled DataLoader's batches
+    once. With ``drop_last`` (Bender.jl's ``partial=false``) the last incomplete batch is skipped.
     """
 
     def __init__(
@@ -163,14 +165,16 @@ class Batches:
         batch_size: int,
         *,
         shuffle: bool = True,
+        reshuffle: bool = True,
         drop_last: bool = True,
         seed: int = 0,
     ) -> None:
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         self.split, self.batch_size = split, batch_size
-        self.shuffle, self.drop_last = shuffle, drop_last
+        self.shuffle, self.reshuffle, self.drop_last = shuffle, reshuffle, drop_last
         self.generator = torch.Generator().manual_seed(seed)
+        self._order: Tensor | None = None
 
     def __len__(self) -> int:
         n, b = len(self.split), self.batch_size
@@ -180,8 +184,9 @@ class Batches:
         x, y = self.split.x, self.split.y
         n = len(self) * self.batch_size if self.drop_last else len(y)
         if self.shuffle:
-            order = torch.randperm(len(y), generator=self.generator)[:n].to(y.device)
-            for idx in order.split(self.batch_size):
+            if self.reshuffle or self._order is None:
+                self._order = torch.randperm(len(y), generator=self.generator)[:n].to(y.device)
+            for idx in self._order.split(self.batch_size):
                 yield x.index_select(0, idx), y.index_select(0, idx)
         else:
             yield from zip(x[:n].split(self.batch_size), y[:n].split(self.batch_size), strict=True)

@@ -103,6 +103,7 @@ def train(
     loss: str | LossFn = "cross_entropy",
     device: str | torch.device = "auto",
     seed: int = 0,
+    reshuffle: bool = True,
     callbacks: Sequence[Callback] | None = None,
     progress: bool = False,
 ) -> pd.DataFrame:
@@ -110,7 +111,8 @@ def train(
 
     Returns a DataFrame with one row per epoch: ``epoch, loss_train, loss_test, acc_train,
     acc_test, seconds`` (``seconds``: training time of the epoch, evaluation excluded). Batches
-    are shuffled by a generator seeded with ``seed`` and the last partial batch is dropped;
+    are shuffled by a generator seeded with ``seed`` every epoch (only once, for the first epoch,
+    with ``reshuffle=False``, as in Bender.jl's tutorials) and the last partial batch is dropped;
     ``torch.manual_seed(seed)`` is also set for stochastic layers (seed the model's own
     initialisation before building it). Each callback is called as ``cb(row, model)`` after
     every epoch. A non-finite training loss stops training with a warning; the rows of the
@@ -126,7 +128,7 @@ def train(
     torch.manual_seed(seed)
     opt = make_optimizer(optimizer, model.to(device).parameters(), lr)  # before moving data
     data = data.to(device)
-    batches = Batches(data.train, batch_size, seed=seed)
+    batches = Batches(data.train, batch_size, reshuffle=reshuffle, seed=seed)
     rows: list[dict] = []
     for epoch in range(1, epochs + 1):
         model.train()
