@@ -1,8 +1,9 @@
 """Named experiments: the Bender.jl tutorials' networks and their backprop baselines.
 
 Every recipe trains with the tutorials' settings unless told otherwise: MNIST flattened to 784
-floats in [0, 1], mini-batches of 64 reshuffled each epoch (last partial batch dropped), Adam with
-learning rate 3e-4, logit cross-entropy, 10 epochs.
+floats in [0, 1], mini-batches of 64 (last partial batch dropped), Adam with learning rate 3e-4,
+logit cross-entropy, 10 epochs. One difference: the batches are reshuffled each epoch, while the
+tutorials keep the order of their one shuffle (``train(..., reshuffle=False)`` does that).
 """
 
 from __future__ import annotations
