@@ -39,6 +39,7 @@ def test_train_writes_all_outputs(tmp_path, data_root, capsys):
         record["recipe"] == "fa-mlp"
         and len(record["epochs"]) == 2
         and "seconds" in record["epochs"][0]
+        and record["threads"] == torch.get_num_threads()
     )
     state = torch.load(out / "model.pt")
     model = recipes.build("fa-mlp")

@@ -110,6 +110,7 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         "seed": args.seed,
         "reshuffle": not args.shuffle_once,
         "device": str(device),
+        "threads": torch.get_num_threads(),  # CPU results depend on it (summation order)
         "limit": args.limit,
         "bender": __version__,
         "torch": torch.__version__,
