@@ -1,0 +1,138 @@
+"""Test accuracy of recipes over several seeds, each run by the ``bender train`` command.
+
+For every recipe and seed this runs ``bender train RECIPE --seed S --out OUT/RECIPE-sS`` (in a
+fresh process, exactly as a user would type it, with any further flags passed through), then
+prints each run's test accuracy after its last epoch, their mean, sd and range, and whether the
+project's acceptance target for that recipe is met on the seeds given:
+
+  fa-mlp        acc_test >= 0.950 for each seed
+  fa-mlp-large  acc_test >= 0.965 for each seed
+  binary-mlp    acc_test >= 0.83 for each seed and >= 0.85 on average
+
+Usage:
+  python benchmarks/accuracy.py [RECIPE ...] [--seeds 0 1 2 | 0-29] [--data-dir DIR]
+                                [--out DIR] [--reuse] [-- MORE BENDER TRAIN FLAGS]
+Default: fa-mlp, fa-mlp-large and binary-mlp on seeds 0, 1, 2. Example, the notebook's
+procedure for thirty seeds:
+  python benchmarks/accuracy.py binary-mlp --seeds 0-29 -- --lr 1e-4 --shuffle-once
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from bender.recipes import RECIPES
+
+
+@dataclass(frozen=True)
+class Target:
+    """Acceptance on the final test accuracy: each seed ``>= each``, their mean ``>= mean``."""
+
+    each: float
+    mean: float | None = None
+
+    def describe(self) -> str:
+        text = f"each >= {self.each:.3f}"
+        return text if self.mean is None else f"{text}, mean >= {self.mean:.3f}"
+
+    def met(self, accs: list[float]) -> bool:
+        return min(accs) >= self.each and (self.mean is None or statistics.mean(accs) >= self.mean)
+
+
+TARGETS = {
+    "fa-mlp": Target(each=0.950),
+    "fa-mlp-large": Target(each=0.965),
+    "binary-mlp": Target(each=0.83, mean=0.85),
+}
+
+
+def seed_list(tokens: list[str]) -> list[int]:
+    """``["0", "1", "5-7"]`` -> ``[0, 1, 5, 6, 7]``."""
+    seeds = []
+    for token in tokens:
+        first, _, last = token.partition("-")
+        try:
+            seeds.extend(range(int(first), int(last or first) + 1))
+        except ValueError:
+            raise SystemExit(
+                f"--seeds: expected integers or ranges like 0-29, got {token!r}"
+            ) from None
+    return seeds
+
+
+def finished(out: Path, command: list[str]) -> bool:
+    """Whether ``out`` holds a complete run made by exactly ``command``."""
+    try:
+        record = json.loads((out / "metrics.json").read_text())
+        same = json.loads((out / "command.json").read_text()) == command
+    except (OSError, ValueError):
+        return False
+    return same and "stopped" not in record and len(record["epochs"]) == record["epochs_requested"]
+
+
+def run(recipe: str, seed: int, out: Path, train_flags: list[str], reuse: bool) -> float:
+    """Final acc_test of one ``bender train`` run; its console output goes to ``out/log.txt``."""
+    command = ["train", recipe, "--seed", str(seed), "--no-progress", "--out", str(out)]
+    command += train_flags
+    if not (reuse and finished(out, command)):
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "command.json").write_text(json.dumps(command))
+        with open(out / "log.txt", "w") as log:
+            done = subprocess.run(
+                [sys.executable, "-m", "bender.cli", *command], stdout=log, stderr=subprocess.STDOUT
+            )
+        if done.returncode != 0:
+            raise SystemExit(f"`bender {' '.join(command)}` failed; see {out / 'log.txt'}")
+    return float(pd.read_csv(out / "metrics.csv")["acc_test"].iloc[-1])
+
+
+def main() -> None:
+    argv = sys.argv[1:]
+    cut = argv.index("--") if "--" in argv else len(argv)
+    argv, train_flags = argv[:cut], argv[cut + 1 :]
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("recipes", nargs="*", default=list(TARGETS), metavar="RECIPE")
+    parser.add_argument("--seeds", nargs="+", default=["0", "1", "2"])
+    parser.add_argument("--data-dir", help="data root, passed to bender train")
+    parser.add_argument("--out", type=Path, default=Path("runs/accuracy"))
+    parser.add_argument("--reuse", action="store_true", help="keep finished identical runs")
+    args = parser.parse_args(argv)
+    unknown = [r for r in args.recipes if r not in RECIPES]
+    if unknown:
+        parser.error(f"unknown recipe(s) {', '.join(unknown)}; valid: {', '.join(RECIPES)}")
+    if args.data_dir:
+        train_flags += ["--data-dir", args.data_dir]
+    seeds = seed_list(args.seeds)
+    flags = " ".join(train_flags)
+    print(f"# accuracy: acc_test after the last epoch; bender train flags: {flags or '(none)'}")
+    rows = []
+    for recipe in args.recipes:
+        accs = []
+        for seed in seeds:
+            accs.append(run(recipe, seed, args.out / f"{recipe}-s{seed}", train_flags, args.reuse))
+            rows.append({"recipe": recipe, "seed": seed, "acc_test": accs[-1]})
+            print(f"{recipe:<14} seed {seed:>3}  acc_test {accs[-1]:.4f}", flush=True)
+        sd = statistics.stdev(accs) if len(accs) > 1 else 0.0
+        line = (
+            f"{recipe:<14} {len(accs)} seeds  mean {statistics.mean(accs):.4f}  sd {sd:.4f}  "
+            f"range {min(accs):.4f}-{max(accs):.4f}"
+        )
+        if recipe in TARGETS:
+            target = TARGETS[recipe]
+            line += f"   target {target.describe()}: {'met' if target.met(accs) else 'NOT met'}"
+        print(line, flush=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows).to_csv(args.out / "accuracy.csv", index=False)
+    print(f"# per-run folders and accuracy.csv in {args.out}")
+
+
+if __name__ == "__main__":
+    main()
