@@ -58,13 +58,14 @@ def seed_list(tokens: list[str]) -> list[int]:
     """``["0", "1", "5-7"]`` -> ``[0, 1, 5, 6, 7]``."""
     seeds = []
     for token in tokens:
-        first, _, last = token.partition("-")
+        first, dash, last = token.partition("-")
         try:
-            seeds.extend(range(int(first), int(last or first) + 1))
+            span = range(int(first), int(last if dash else first) + 1)
         except ValueError:
-            raise SystemExit(
-                f"--seeds: expected integers or ranges like 0-29, got {token!r}"
-            ) from None
+            span = range(0)
+        if not span:
+            raise ValueError(f"--seeds: expected integers or ranges like 0-29, got {token!r}")
+        seeds.extend(span)
     return seeds
 
 
@@ -108,17 +109,22 @@ def main() -> None:
     unknown = [r for r in args.recipes if r not in RECIPES]
     if unknown:
         parser.error(f"unknown recipe(s) {', '.join(unknown)}; valid: {', '.join(RECIPES)}")
+    try:
+        seeds = seed_list(args.seeds)
+    except ValueError as err:
+        parser.error(str(err))
     if args.data_dir:
         train_flags += ["--data-dir", args.data_dir]
-    seeds = seed_list(args.seeds)
     flags = " ".join(train_flags)
     print(f"# accuracy: acc_test after the last epoch; bender train flags: {flags or '(none)'}")
+    args.out.mkdir(parents=True, exist_ok=True)
     rows = []
     for recipe in args.recipes:
         accs = []
         for seed in seeds:
             accs.append(run(recipe, seed, args.out / f"{recipe}-s{seed}", train_flags, args.reuse))
             rows.append({"recipe": recipe, "seed": seed, "acc_test": accs[-1]})
+            pd.DataFrame(rows).to_csv(args.out / "accuracy.csv", index=False)  # kept if one fails
             print(f"{recipe:<14} seed {seed:>3}  acc_test {accs[-1]:.4f}", flush=True)
         sd = statistics.stdev(accs) if len(accs) > 1 else 0.0
         line = (
@@ -129,8 +135,6 @@ def main() -> None:
             target = TARGETS[recipe]
             line += f"   target {target.describe()}: {'met' if target.met(accs) else 'NOT met'}"
         print(line, flush=True)
-    args.out.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame(rows).to_csv(args.out / "accuracy.csv", index=False)
     print(f"# per-run folders and accuracy.csv in {args.out}")
 
 

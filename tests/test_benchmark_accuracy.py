@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "accuracy.py"
 
@@ -36,9 +37,16 @@ def test_sweep_reports_each_seed_and_resumes(tmp_path, data_root):
     assert log.read_text() != "marker"  # another command: trained again
 
 
-def test_unknown_recipe_fails_before_training(tmp_path):
-    command = [sys.executable, str(SCRIPT), "nope", "--out", str(tmp_path)]
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["nope"], "unknown recipe(s) nope; valid: fa-mlp"),
+        (["fa-mlp", "--seeds", "5-3"], "expected integers or ranges like 0-29, got '5-3'"),
+    ],
+)
+def test_bad_arguments_fail_before_training(tmp_path, args, message):
+    command = [sys.executable, str(SCRIPT), *args, "--out", str(tmp_path / "out")]
     done = subprocess.run(command, capture_output=True, text=True)
     assert done.returncode == 2
-    assert "unknown recipe(s) nope" in done.stderr and "fa-mlp" in done.stderr
-    assert not any(tmp_path.iterdir())
+    assert message in done.stderr
+    assert not (tmp_path / "out").exists()
