@@ -1,6 +1,7 @@
 """benchmarks/accuracy.py: one `bender train` process per seed, a summary, resumable sweeps."""
 
-import subprocess
+import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -8,33 +9,39 @@ import pandas as pd
 import pytest
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "accuracy.py"
+_spec = importlib.util.spec_from_file_location("accuracy_benchmark", SCRIPT)
+accuracy = sys.modules["accuracy_benchmark"] = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(accuracy)  # a script, not a package: loaded from its path
 
 
-def _sweep(out, data_root, *extra, seeds="0-1", limit="600"):
-    command = [sys.executable, str(SCRIPT), "fa-mlp", "--seeds", seeds, "--out", str(out)]
-    command += ["--data-dir", str(data_root), *extra, "--", "--epochs", "1", "--limit", limit]
-    return subprocess.run(command, capture_output=True, text=True)
+def _main(monkeypatch, *args):
+    monkeypatch.setattr(sys, "argv", [str(SCRIPT), *args])
+    accuracy.main()
 
 
-def test_sweep_reports_each_seed_and_resumes(tmp_path, data_root):
-    done = _sweep(tmp_path, data_root)
-    assert done.returncode == 0, done.stderr
+def test_sweep_reports_each_seed_and_resumes(tmp_path, data_root, monkeypatch, capsys):
+    flags = ["--", "--epochs", "1", "--limit", "600"]
+    sweep = ["fa-mlp", "--seeds", "0-1", "--out", str(tmp_path), "--data-dir", str(data_root)]
+    _main(monkeypatch, *sweep, *flags)
     table = pd.read_csv(tmp_path / "accuracy.csv")
     assert table["seed"].tolist() == [0, 1]
     runs = [tmp_path / f"fa-mlp-s{s}" for s in (0, 1)]
     finals = [pd.read_csv(run / "metrics.csv")["acc_test"].iloc[-1] for run in runs]
     assert table["acc_test"].tolist() == finals
-    summary = done.stdout.splitlines()[-2]
+    summary = capsys.readouterr().out.splitlines()[-2]
     assert f"mean {sum(finals) / 2:.4f}" in summary
     # One epoch on 600 images cannot reach 0.95, so the verdict must say so.
     assert "target each >= 0.950: NOT met" in summary
 
+    command = json.loads((runs[0] / "command.json").read_text())
+    assert command[:3] == ["train", "fa-mlp", "--seed"] and "--limit" in command
+    assert accuracy.finished(runs[0], command)
+    assert not accuracy.finished(runs[0], [*command[:-1], "500"])  # another command
     log = runs[0] / "log.txt"
     log.write_text("marker")  # any re-run of seed 0 overwrites it
-    assert _sweep(tmp_path, data_root, "--reuse").returncode == 0
-    assert log.read_text() == "marker"  # the same command: kept
-    assert _sweep(tmp_path, data_root, "--reuse", seeds="0", limit="500").returncode == 0
-    assert log.read_text() != "marker"  # another command: trained again
+    _main(monkeypatch, *sweep, "--reuse", *flags)
+    assert log.read_text() == "marker"  # the same command: kept, not trained again
+    assert pd.read_csv(tmp_path / "accuracy.csv")["acc_test"].tolist() == finals
 
 
 @pytest.mark.parametrize(
@@ -44,9 +51,14 @@ def test_sweep_reports_each_seed_and_resumes(tmp_path, data_root):
         (["fa-mlp", "--seeds", "5-3"], "expected integers or ranges like 0-29, got '5-3'"),
     ],
 )
-def test_bad_arguments_fail_before_training(tmp_path, args, message):
-    command = [sys.executable, str(SCRIPT), *args, "--out", str(tmp_path / "out")]
-    done = subprocess.run(command, capture_output=True, text=True)
-    assert done.returncode == 2
-    assert message in done.stderr
+def test_bad_arguments_fail_before_training(tmp_path, monkeypatch, capsys, args, message):
+    with pytest.raises(SystemExit) as exit_:
+        _main(monkeypatch, *args, "--out", str(tmp_path / "out"))
+    assert exit_.value.code == 2
+    assert message in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_seed_ranges():
+    assert accuracy.seed_list(["0", "1", "5-7"]) == [0, 1, 5, 6, 7]
+    assert len(accuracy.seed_list(["0-29"])) == 30
