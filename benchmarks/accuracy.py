@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from bender.recipes import RECIPES
+from bender import recipes
 
 
 @dataclass(frozen=True)
@@ -106,9 +106,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/accuracy"))
     parser.add_argument("--reuse", action="store_true", help="keep finished identical runs")
     args = parser.parse_args(argv)
-    unknown = [r for r in args.recipes if r not in RECIPES]
-    if unknown:
-        parser.error(f"unknown recipe(s) {', '.join(unknown)}; valid: {', '.join(RECIPES)}")
+    try:
+        for name in args.recipes:
+            recipes.get(name)
+    except KeyError as err:
+        parser.error(err.args[0])
     try:
         seeds = seed_list(args.seeds)
     except ValueError as err:

@@ -47,7 +47,7 @@ def test_sweep_reports_each_seed_and_resumes(tmp_path, data_root, monkeypatch, c
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["nope"], "unknown recipe(s) nope; valid: fa-mlp"),
+        (["nope"], "unknown recipe 'nope'; valid recipes: fa-mlp"),
         (["fa-mlp", "--seeds", "5-3"], "expected integers or ranges like 0-29, got '5-3'"),
     ],
 )
