@@ -36,27 +36,24 @@ def main() -> None:
     data = mnist(args.data_dir)
     fa = recipes.get("fa-mlp").build
     header("epoch_time: one training epoch of MNIST, batch 64, Adam 3e-4")
+    fa_name, plain, loader = (
+        "fa-mlp, bender.train",
+        "nn.Linear MLP, bender.train",
+        "nn.Linear MLP, DataLoader loop",
+    )
     times = time_contenders(
         {
-            "fa-mlp, bender.train": lambda: bender_epoch(fa, data),
-            "nn.Linear MLP, bender.train": lambda: bender_epoch(plain_mlp, data),
-            "nn.Linear MLP, DataLoader loop": lambda: dataloader_epoch(plain_mlp, data),
+            fa_name: lambda: bender_epoch(fa, data),
+            plain: lambda: bender_epoch(plain_mlp, data),
+            loader: lambda: dataloader_epoch(plain_mlp, data),
         },
         args.repeats,
     )
     report(
         times,
         {
-            "fa-mlp / nn.Linear (same loop)": (
-                "fa-mlp, bender.train",
-                "nn.Linear MLP, bender.train",
-                "<= 1.10",
-            ),
-            "fa-mlp / nn.Linear (DataLoader loop)": (
-                "fa-mlp, bender.train",
-                "nn.Linear MLP, DataLoader loop",
-                "<= 1.00",
-            ),
+            "fa-mlp / nn.Linear (same loop)": (fa_name, plain, "<= 1.10"),
+            "fa-mlp / nn.Linear (DataLoader loop)": (fa_name, loader, "<= 1.00"),
         },
     )
 
