@@ -4,10 +4,17 @@ Prints, measured in this run on the CPU (min and median over --repeats interleav
   fa-mlp (bender.train)  /  plain nn.Linear net (bender.train)           target ≤ 1.10
   fa-mlp (bender.train)  /  plain nn.Linear net (DataLoader+TensorDataset) target ≤ 1.00
 
-Usage: python benchmarks/epoch_time.py [--data-dir DIR] [--repeats N]
+``--breakdown`` adds two nets to say where fa-mlp's extra time goes, each against the plain net:
+  bp-mlp: the GenDense layers with the exact ``linear`` mapping (what the layer wrapper costs);
+  bare BentLinear: nn.Linear in layer 1, bare modules calling ``BentLinear.apply`` in layers 2
+  and 3, no GenDense, mapping or checks (what the custom autograd.Function alone costs).
+
+Usage: python benchmarks/epoch_time.py [--data-dir DIR] [--repeats N] [--breakdown]
 """
 
 from __future__ import annotations
+
+import argparse
 
 import torch
 from torch import nn
@@ -22,6 +29,7 @@ from _timing import (
     time_contenders,
 )
 from bender import recipes
+from bender.functional.dense import BentLinear
 
 
 def plain_mlp() -> nn.Sequential:
@@ -30,32 +38,62 @@ def plain_mlp() -> nn.Sequential:
     )
 
 
+class BareFeedbackLinear(nn.Linear):
+    """``nn.Linear`` with a fixed feedback matrix whose forward is ``BentLinear.apply`` only."""
+
+    def __init__(self, in_features: int, out_features: int) -> None:
+        super().__init__(in_features, out_features)
+        self.register_buffer("feedback", nn.init.xavier_uniform_(torch.empty_like(self.weight)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return BentLinear.apply(x, self.weight, self.feedback, self.bias)
+
+
+def bare_fa_mlp() -> nn.Sequential:
+    """fa-mlp's computation without bender's layer: the Function in layers 2 and 3, as fa-mlp."""
+    return nn.Sequential(
+        nn.Linear(784, 128),
+        nn.ReLU(),
+        BareFeedbackLinear(128, 64),
+        nn.ReLU(),
+        BareFeedbackLinear(64, 10),
+    )
+
+
+def _options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--breakdown",
+        action="store_true",
+        help="also time bp-mlp and a bare BentLinear net, to split fa-mlp's extra time",
+    )
+
+
 def main() -> None:
-    args = parse_args(__doc__, repeats=5)
+    args = parse_args(__doc__, repeats=5, configure=_options)
     torch.manual_seed(0)
     data = mnist(args.data_dir)
-    fa = recipes.get("fa-mlp").build
     header("epoch_time: one training epoch of MNIST, batch 64, Adam 3e-4")
-    fa_name, plain, loader = (
+    fa, plain, loader = (
         "fa-mlp, bender.train",
         "nn.Linear MLP, bender.train",
         "nn.Linear MLP, DataLoader loop",
     )
-    times = time_contenders(
-        {
-            fa_name: lambda: bender_epoch(fa, data),
-            plain: lambda: bender_epoch(plain_mlp, data),
-            loader: lambda: dataloader_epoch(plain_mlp, data),
-        },
-        args.repeats,
-    )
-    report(
-        times,
-        {
-            "fa-mlp / nn.Linear (same loop)": (fa_name, plain, "<= 1.10"),
-            "fa-mlp / nn.Linear (DataLoader loop)": (fa_name, loader, "<= 1.00"),
-        },
-    )
+    contenders = {
+        fa: lambda: bender_epoch(recipes.get("fa-mlp").build, data),
+        plain: lambda: bender_epoch(plain_mlp, data),
+        loader: lambda: dataloader_epoch(plain_mlp, data),
+    }
+    ratios = {
+        "fa-mlp / nn.Linear (same loop)": (fa, plain, "<= 1.10"),
+        "fa-mlp / nn.Linear (DataLoader loop)": (fa, loader, "<= 1.00"),
+    }
+    if args.breakdown:
+        bp, bare = "bp-mlp, bender.train", "bare BentLinear MLP, bender.train"
+        contenders[bp] = lambda: bender_epoch(recipes.get("bp-mlp").build, data)
+        contenders[bare] = lambda: bender_epoch(bare_fa_mlp, data)
+        ratios["bp-mlp / nn.Linear (GenDense wrapper)"] = (bp, plain, "-")
+        ratios["bare BentLinear / nn.Linear (Function alone)"] = (bare, plain, "-")
+    report(time_contenders(contenders, args.repeats), ratios)
 
 
 if __name__ == "__main__":
