@@ -16,6 +16,7 @@ from torch import Tensor
 from torch.nn import grad as conv_grad
 
 from bender.functional._checks import check_same_shape
+from bender.functional._precision import in_grad_dtype
 
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 _CONV_INPUT = {1: conv_grad.conv1d_input, 2: conv_grad.conv2d_input, 3: conv_grad.conv3d_input}
@@ -65,6 +66,7 @@ class BentConv(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor):
         x, weight, feedback = ctx.saved_tensors
+        x, feedback = in_grad_dtype(grad, x, feedback)
         dims, stride, padding, dilation, groups = ctx.conf
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from bender.functional._checks import check_features, check_same_shape
+from bender.functional._precision import in_grad_dtype
 
 
 class BentLinear(torch.autograd.Function):
@@ -33,6 +34,7 @@ class BentLinear(torch.autograd.Function):
         # Kept lean: this Python backward runs once per layer and step, and its overhead is
         # what feedback alignment costs over backprop when layers are small.
         x, feedback = ctx.saved_tensors
+        x, feedback = in_grad_dtype(grad, x, feedback)
         need_x, need_w, _, need_b = ctx.needs_input_grad
         grad_x = grad @ feedback if need_x else None
         if grad.dim() != 2:  # (*, out): flatten the leading dims for ∂W and ∂b

@@ -39,6 +39,8 @@ class DirectFeedback(torch.autograd.Function):
         # activations' backward handles at full speed (transposed, column-major parts made
         # relu's backward about 6× slower).
         (feedback,) = ctx.saved_tensors
+        if error.dtype != feedback.dtype:  # an output computed under autocast
+            feedback = feedback.to(error.dtype)
         error_2d = error if error.dim() == 2 else error.reshape(len(error), -1)
         parts = error_2d.mm(feedback.t()).split(ctx.sizes, dim=1)
         if ctx.shapes is not None:

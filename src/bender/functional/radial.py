@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from bender.functional._checks import check_features, check_same_shape
+from bender.functional._precision import in_grad_dtype
 
 
 class BentRadial(torch.autograd.Function):
@@ -31,6 +32,7 @@ class BentRadial(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor):
         x, feedback = ctx.saved_tensors
+        x, feedback = in_grad_dtype(grad, x, feedback)
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
             grad_x = 2.0 * (grad @ feedback - grad.sum(1, keepdim=True) * x)
