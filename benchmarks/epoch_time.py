@@ -4,10 +4,12 @@ Prints, measured in this run on the CPU (min and median over --repeats interleav
   fa-mlp (bender.train)  /  plain nn.Linear net (bender.train)           target ≤ 1.10
   fa-mlp (bender.train)  /  plain nn.Linear net (DataLoader+TensorDataset) target ≤ 1.00
 
-``--breakdown`` adds two nets to say where fa-mlp's extra time goes, each against the plain net:
+``--breakdown`` adds three nets to say where fa-mlp's extra time goes, each against the plain net:
   bp-mlp: the GenDense layers with the exact ``linear`` mapping (what the layer wrapper costs);
   bare BentLinear: nn.Linear in layer 1, bare modules calling ``BentLinear.apply`` in layers 2
-  and 3, no GenDense, mapping or checks (what the custom autograd.Function alone costs).
+  and 3, no GenDense, mapping or checks (what the custom autograd.Function alone costs);
+  swapped saved tensor: feedback alignment with autograd's own kernels and no Python backward
+  (see ``SwappedSaveLinear``; a measurement of the floor, not something bender uses).
 
 Usage: python benchmarks/epoch_time.py [--data-dir DIR] [--repeats N] [--breakdown]
 """
@@ -18,6 +20,7 @@ import argparse
 
 import torch
 from torch import nn
+from torch.autograd.graph import saved_tensors_hooks
 
 from _timing import (
     bender_epoch,
@@ -49,22 +52,64 @@ class BareFeedbackLinear(nn.Linear):
         return BentLinear.apply(x, self.weight, self.feedback, self.bias)
 
 
+class SwappedSaveLinear(BareFeedbackLinear):
+    """Feedback alignment computed by autograd's own kernels, with no Python backward.
+
+    ``addmm(b, x, Wᵀ)`` saves ``Wᵀ`` only to compute ``∂x = δ W``; a saved-tensor hook stores
+    ``Bᵀ`` in its place, so autograd's native backward computes ``∂x = δ B``. bender does not do
+    this: it breaks the hooks' contract (an unpacked tensor must equal the packed one), relies on
+    which tensor ``addmm`` saves for which gradient, and overrides any hooks the user has set
+    (activation checkpointing, ``save_on_cpu``). It is timed here as the floor of the cost.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        wt, bt = self.weight.t(), self.feedback.t()
+        swapped = False
+
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            nonlocal swapped
+            if t is wt:
+                swapped = True
+                return bt
+            return t
+
+        with saved_tensors_hooks(pack, lambda t: t):
+            y = torch.addmm(self.bias, x, wt)
+        if x.requires_grad and torch.is_grad_enabled() and not swapped:
+            raise RuntimeError("addmm did not save Wᵀ: this torch saves other tensors")
+        return y
+
+
+def check_swapped_gradient() -> None:
+    """Fail loudly unless ``SwappedSaveLinear`` gives ``∂x = δ B`` and ``∂W = δᵀ x``."""
+    layer = SwappedSaveLinear(6, 4)
+    x = torch.randn(3, 6, requires_grad=True)
+    delta = torch.randn(3, 4)
+    layer(x).backward(delta)
+    torch.testing.assert_close(x.grad, delta @ layer.feedback)
+    torch.testing.assert_close(layer.weight.grad, delta.t() @ x.detach())
+
+
+def _fa_mlp_with(hidden: type[BareFeedbackLinear]) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(784, 128), nn.ReLU(), hidden(128, 64), nn.ReLU(), hidden(64, 10))
+
+
 def bare_fa_mlp() -> nn.Sequential:
     """fa-mlp's computation without bender's layer: the Function in layers 2 and 3, as fa-mlp."""
-    return nn.Sequential(
-        nn.Linear(784, 128),
-        nn.ReLU(),
-        BareFeedbackLinear(128, 64),
-        nn.ReLU(),
-        BareFeedbackLinear(64, 10),
-    )
+    return _fa_mlp_with(BareFeedbackLinear)
+
+
+def swapped_fa_mlp() -> nn.Sequential:
+    """fa-mlp's computation with native kernels in layers 2 and 3 (``SwappedSaveLinear``)."""
+    return _fa_mlp_with(SwappedSaveLinear)
 
 
 def _options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--breakdown",
         action="store_true",
-        help="also time bp-mlp and a bare BentLinear net, to split fa-mlp's extra time",
+        help="also time bp-mlp, a bare BentLinear net and a native-kernel FA net, to split "
+        "fa-mlp's extra time",
     )
 
 
@@ -93,6 +138,10 @@ def main() -> None:
         contenders[bare] = lambda: bender_epoch(bare_fa_mlp, data)
         ratios["bp-mlp / nn.Linear (GenDense wrapper)"] = (bp, plain, "-")
         ratios["bare BentLinear / nn.Linear (Function alone)"] = (bare, plain, "-")
+        check_swapped_gradient()
+        swapped = "swapped saved tensor MLP, bender.train"
+        contenders[swapped] = lambda: bender_epoch(swapped_fa_mlp, data)
+        ratios["swapped saved tensor / nn.Linear (no Python backward)"] = (swapped, plain, "-")
     report(time_contenders(contenders, args.repeats), ratios)
 
 
