@@ -1,7 +1,8 @@
 """Test accuracy of recipes over several seeds, each run by the ``bender train`` command.
 
-For every recipe and seed this runs ``bender train RECIPE --seed S --out OUT/RECIPE-sS`` (in a
-fresh process, exactly as a user would type it, with any further flags passed through), then
+For every recipe and seed this runs ``bender train RECIPE --seed S --out OUT/RECIPE-sS
+--overwrite`` (in a fresh process, exactly as a user would type it, with any further flags passed
+through; without ``--reuse`` every run is made afresh, replacing an earlier one there), then
 prints each run's test accuracy after its last epoch, their mean, sd and range, and whether the
 project's acceptance target for that recipe (``TARGETS`` below, the one place that holds them)
 is met on the seeds given.
@@ -85,7 +86,9 @@ def run(recipe: str, seed: int, out: Path, train_flags: list[str], reuse: bool) 
         (out / "command.json").write_text(json.dumps(command))
         with open(out / "log.txt", "w") as log:
             done = subprocess.run(
-                [sys.executable, "-m", "bender.cli", *command], stdout=log, stderr=subprocess.STDOUT
+                [sys.executable, "-m", "bender.cli", *command, "--overwrite"],
+                stdout=log,
+                stderr=subprocess.STDOUT,
             )
         if done.returncode != 0:
             raise SystemExit(f"`bender {' '.join(command)}` failed; see {out / 'log.txt'}")

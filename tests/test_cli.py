@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -124,3 +125,34 @@ def test_unavailable_or_unknown_device_exits_1(tmp_path, data_root, capsys):
     code, _ = _train(tmp_path, data_root, "--device", "tpu7")
     assert code == 1
     assert "unknown device 'tpu7'" in capsys.readouterr().err
+
+
+def test_default_folder_never_replaces_an_earlier_run(tmp_path, data_root, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    args = ["train", "bp-mlp", "--epochs", "1", "--limit", "500", "--no-progress"]
+    args += ["--data-dir", str(data_root)]
+    assert cli.main(args) == 0
+    first = tmp_path / "runs" / "bp-mlp-mnist-seed0"
+    before = (first / "model.pt").read_bytes()
+    assert cli.main([*args, "--lr", "1e-3"]) == 0
+    second = tmp_path / "runs" / "bp-mlp-mnist-seed0-2"
+    assert (first / "model.pt").read_bytes() == before
+    assert json.loads((second / "metrics.json").read_text())["lr"] == 1e-3
+    assert f"writing to {Path('runs') / 'bp-mlp-mnist-seed0-2'}" in capsys.readouterr().out
+
+
+def test_out_with_earlier_results_needs_overwrite(tmp_path, data_root, capsys):
+    code, out = _train(tmp_path, data_root, epochs=1)
+    assert code == 0
+    (out / "curves.png").unlink()  # any one of the result files marks an earlier run
+    before = (out / "metrics.json").read_bytes()
+    with pytest.raises(SystemExit) as exit_info:
+        _train(tmp_path, data_root, "--lr", "1e-3", epochs=1)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert str(out) in err and "metrics.csv" in err and "--overwrite" in err
+    assert (out / "metrics.json").read_bytes() == before
+    code, _ = _train(tmp_path, data_root, "--lr", "1e-3", "--overwrite", epochs=1)
+    assert code == 0
+    assert json.loads((out / "metrics.json").read_text())["lr"] == 1e-3
+    assert (out / "curves.png").exists()

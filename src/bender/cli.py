@@ -15,6 +15,7 @@ from bender import __version__, data, recipes
 from bender.training import COLUMNS, resolve_device, train
 
 TABLE_COLUMNS = [c for c in COLUMNS if c != "seconds"]  # seed-determined: reproducible
+RESULT_FILES = ("metrics.csv", "metrics.json", "curves.png", "model.pt")
 
 
 def _positive(kind: type):
@@ -52,10 +53,45 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1")
     t.add_argument("--dataset", choices=list(data.DATASETS), default="mnist")
     t.add_argument("--data-dir", help="data root (default: $BENDER_DATA, else ~/.cache/bender)")
-    t.add_argument("--out", type=Path, help="output folder (default: runs/RECIPE-DATASET-seedN)")
+    t.add_argument(
+        "--out",
+        type=Path,
+        help="output folder (default: runs/RECIPE-DATASET-seedN, or the first free "
+        "runs/RECIPE-DATASET-seedN-K when that one holds an earlier run's results)",
+    )
+    t.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="let --out replace the results of an earlier run in that folder",
+    )
     t.add_argument("--limit", type=_positive(int), help="use only the first N train/test examples")
     t.add_argument("--no-progress", action="store_true", help="hide the per-epoch progress bar")
     return parser
+
+
+def _results_in(folder: Path) -> list[str]:
+    return [name for name in RESULT_FILES if (folder / name).exists()]
+
+
+def _output_folder(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Path:
+    """``--out``, refused if it holds earlier results (unless ``--overwrite``); else a free default.
+
+    Checked before any data is loaded, so a refused run costs nothing and loses nothing.
+    """
+    if args.out is not None:
+        found = _results_in(args.out)
+        if found and not args.overwrite:
+            parser.error(
+                f"{args.out} already holds an earlier run's results ({', '.join(found)}); "
+                "pass another --out, or --overwrite to replace them"
+            )
+        return args.out
+    base = Path("runs") / f"{args.recipe}-{args.dataset}-seed{args.seed}"
+    folder, k = base, 1
+    while _results_in(folder):
+        k += 1
+        folder = base.with_name(f"{base.name}-{k}")
+    return folder
 
 
 def _write_table(out: Path, table: pd.DataFrame, record: dict) -> None:
@@ -90,6 +126,7 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         recipe = recipes.get(args.recipe)
     except KeyError as err:
         parser.error(err.args[0])
+    out = _output_folder(args, parser)
     try:
         device = resolve_device(args.device)
         dataset = data.load(args.dataset, args.data_dir)
@@ -98,8 +135,9 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         return 1
     if args.limit:
         dataset = dataset.subset(args.limit, args.limit)
-    out = args.out or Path("runs") / f"{args.recipe}-{args.dataset}-seed{args.seed}"
     out.mkdir(parents=True, exist_ok=True)
+    for name in _results_in(out):  # only with --overwrite: no stale file outlives this run
+        (out / name).unlink()
     model = recipes.build(args.recipe, args.seed)
     record = {
         "recipe": args.recipe,
@@ -117,7 +155,8 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         "python": platform.python_version(),
         "model": repr(model),
     }
-    print(f"{args.recipe} on {args.dataset} ({device}), seed {args.seed}:\n{model}")
+    print(f"{args.recipe} on {args.dataset} ({device}), seed {args.seed}, writing to {out}:")
+    print(model)
 
     def save(row: dict, model: torch.nn.Module) -> None:  # after every epoch: nothing is lost
         history.append(row)
