@@ -156,3 +156,21 @@ def test_out_with_earlier_results_needs_overwrite(tmp_path, data_root, capsys):
     assert code == 0
     assert json.loads((out / "metrics.json").read_text())["lr"] == 1e-3
     assert (out / "curves.png").exists()
+
+
+def test_ctrl_c_keeps_results_so_far_with_curves(tmp_path, data_root, monkeypatch, capsys):
+    real_train = cli.train
+
+    def one_epoch_then_ctrl_c(*args, **kwargs):
+        real_train(*args, **{**kwargs, "epochs": 1})
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "train", one_epoch_then_ctrl_c)
+    code, out = _train(tmp_path, data_root, epochs=3)
+    assert code == 130
+    assert pd.read_csv(out / "metrics.csv")["epoch"].tolist() == [1]
+    stopped = json.loads((out / "metrics.json").read_text())["stopped"]
+    assert stopped == "interrupted (Ctrl-C) in epoch 2"
+    assert (out / "model.pt").exists()
+    assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert f"results so far are in {out}" in capsys.readouterr().err

@@ -164,18 +164,24 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         torch.save(model.state_dict(), out / "model.pt")
 
     history: list[dict] = []
-    table = train(
-        model,
-        dataset,
-        epochs=args.epochs,
-        lr=args.lr,
-        batch_size=args.batch_size,
-        device=device,
-        seed=args.seed,
-        reshuffle=not args.shuffle_once,
-        callbacks=[save],
-        progress=not args.no_progress,
-    )
+    interrupted = False
+    try:
+        table = train(
+            model,
+            dataset,
+            epochs=args.epochs,
+            lr=args.lr,
+            batch_size=args.batch_size,
+            device=device,
+            seed=args.seed,
+            reshuffle=not args.shuffle_once,
+            callbacks=[save],
+            progress=not args.no_progress,
+        )
+    except KeyboardInterrupt:  # Ctrl-C: finish the record of the epochs completed so far
+        interrupted = True
+        table = pd.DataFrame(history, columns=COLUMNS)
+        table.attrs["stopped"] = f"interrupted (Ctrl-C) in epoch {len(history) + 1}"
     if len(table):
         print(table.round(3).to_string(index=False))
         plot_curves(table, out / "curves.png", f"{args.recipe} on {args.dataset}, seed {args.seed}")
@@ -185,7 +191,7 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         print(
             f"bender: error: {table.attrs['stopped']}; results so far are in {out}", file=sys.stderr
         )
-        return 1
+        return 130 if interrupted else 1  # 130: the shell's code for a run stopped by Ctrl-C
     if recipe.reference:
         print(f"for comparison, {recipe.reference}")
     print(f"wrote metrics.csv, metrics.json, curves.png, model.pt to {out}")
