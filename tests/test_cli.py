@@ -174,3 +174,13 @@ def test_ctrl_c_keeps_results_so_far_with_curves(tmp_path, data_root, monkeypatc
     assert (out / "model.pt").exists()
     assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
     assert f"results so far are in {out}" in capsys.readouterr().err
+
+
+def test_batch_larger_than_the_training_set_is_a_usage_error(tmp_path, data_root, capsys):
+    args = ["train", "fa-mlp", "--limit", "10", "--data-dir", str(data_root)]
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([*args, "--out", str(tmp_path / "run"), "--no-progress"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--batch-size 64 is larger than the training set (10 examples with --limit 10)" in err
+    assert not (tmp_path / "run").exists()  # refused before anything was written

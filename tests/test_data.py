@@ -98,3 +98,12 @@ def test_batches_in_order_and_partial():
     assert torch.equal(_epoch(Batches(split, 4, shuffle=False)), torch.arange(8))
     with pytest.raises(ValueError, match="batch_size must be positive, got 0"):
         Batches(split, 0)
+
+
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_batches_of_an_epoch_without_a_full_batch_are_none(shuffle):
+    split = Split(torch.zeros(10, 2), torch.arange(10))
+    assert len(Batches(split, 16, shuffle=shuffle)) == 0
+    assert list(Batches(split, 16, shuffle=shuffle)) == []  # not one empty batch
+    empty = split.subset(0)
+    assert list(Batches(empty, 4, shuffle=shuffle, drop_last=False)) == []

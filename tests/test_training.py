@@ -90,6 +90,8 @@ def test_bad_arguments(small_mnist):
         train(model, small_mnist, optimizer="adamm")
     with pytest.raises(ValueError, match="unknown loss 'hinge'"):
         train(model, small_mnist, loss="hinge")
+    with pytest.raises(ValueError, match=r"batch_size 64 is larger than the training set \(10 "):
+        train(model, small_mnist.subset(10, 10), batch_size=64)
 
 
 def test_plain_modules_and_other_optimizers_train(small_mnist):

@@ -135,6 +135,13 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         return 1
     if args.limit:
         dataset = dataset.subset(args.limit, args.limit)
+    if len(dataset.train) < args.batch_size:  # no complete batch: an epoch would do nothing
+        limited = f" with --limit {args.limit}" if args.limit else ""
+        parser.error(
+            f"--batch-size {args.batch_size} is larger than the training set "
+            f"({len(dataset.train)} examples{limited}); the last partial batch is dropped, "
+            "so an epoch would have no batch"
+        )
     out.mkdir(parents=True, exist_ok=True)
     for name in _results_in(out):  # only with --overwrite: no stale file outlives this run
         (out / name).unlink()

@@ -183,6 +183,8 @@ class Batches:
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         x, y = self.split.x, self.split.y
         n = len(self) * self.batch_size if self.drop_last else len(y)
+        if n == 0:  # splitting an empty tensor would still give one (empty) batch
+            return
         if self.shuffle:
             if self.reshuffle or self._order is None:
                 self._order = torch.randperm(len(y), generator=self.generator)[:n].to(y.device)

@@ -123,6 +123,11 @@ def train(
             raise ValueError(f"{name} must be a positive int, got {value!r}")
     if not lr > 0:
         raise ValueError(f"lr must be positive, got {lr!r}")
+    if len(data.train) < batch_size:
+        raise ValueError(
+            f"batch_size {batch_size} is larger than the training set ({len(data.train)} "
+            "examples): the last partial batch is dropped, so an epoch would have no batch"
+        )
     loss_fn = _choose("loss", loss, LOSSES)
     device = resolve_device(device)
     torch.manual_seed(seed)
