@@ -38,6 +38,8 @@ def test_build_is_seeded():
     a, b, c = recipes.build("fa-mlp", 1), recipes.build("fa-mlp", 1), recipes.build("fa-mlp", 2)
     assert torch.equal(a[0].weight, b[0].weight) and torch.equal(a[0].feedback, b[0].feedback)
     assert not torch.equal(a[0].weight, c[0].weight)
+    with pytest.raises(ValueError, match="seed must be an int from"):
+        recipes.build("fa-mlp", 2**64)
 
 
 def test_unknown_recipe_lists_valid_ones():

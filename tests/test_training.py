@@ -82,8 +82,15 @@ def test_bad_arguments(small_mnist):
     model = nn.Sequential(nn.Linear(784, 10))
     with pytest.raises(ValueError, match="epochs must be a positive int, got 0"):
         train(model, small_mnist, epochs=0)
-    with pytest.raises(ValueError, match="lr must be positive"):
+    with pytest.raises(ValueError, match=r"lr must be positive and finite, got -1\.0"):
         train(model, small_mnist, lr=-1.0)
+    with pytest.raises(ValueError, match="lr must be positive and finite, got inf"):
+        train(model, small_mnist, lr=float("inf"))
+    seed_range = rf"seed must be an int from {-(2**63)} to {2**64 - 1}, got"
+    with pytest.raises(ValueError, match=rf"{seed_range} {10**20}"):
+        train(model, small_mnist, seed=10**20)
+    with pytest.raises(ValueError, match=rf"{seed_range} 1\.5"):
+        train(model, small_mnist, seed=1.5)
     with pytest.raises(
         ValueError, match="unknown optimizer 'adamm'; choose one of adam, adamw, sgd"
     ):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
 import sys
 from pathlib import Path
@@ -12,7 +13,7 @@ import pandas as pd
 import torch
 
 from bender import __version__, data, recipes
-from bender.training import COLUMNS, resolve_device, train
+from bender.training import COLUMNS, check_seed, resolve_device, train
 
 TABLE_COLUMNS = [c for c in COLUMNS if c != "seconds"]  # seed-determined: reproducible
 RESULT_FILES = ("metrics.csv", "metrics.json", "curves.png", "model.pt")
@@ -24,11 +25,22 @@ def _positive(kind: type):
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}") from None
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+        if not (value > 0 and math.isfinite(value)):
+            raise argparse.ArgumentTypeError(f"must be positive and finite, got {text}")
         return value
 
     return parse
+
+
+def _seed(text: str) -> int:
+    try:
+        seed = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an int, got {text!r}") from None
+    try:
+        return check_seed(seed)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -43,7 +55,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--epochs", type=_positive(int), default=10)
     t.add_argument("--lr", type=_positive(float), default=3e-4)
     t.add_argument("--batch-size", type=_positive(int), default=64)
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--seed", type=_seed, default=0)
     t.add_argument(
         "--shuffle-once",
         action="store_true",

@@ -27,7 +27,7 @@ from bender.mappings import (
     linear_blocked_dx,
 )
 from bender.nonlinearities import SignSTE
-from bender.training import train
+from bender.training import check_seed, train
 
 
 @dataclass(frozen=True)
@@ -111,7 +111,7 @@ def get(name: str) -> Recipe:
 def build(name: str, seed: int = 0) -> nn.Module:
     """Build recipe ``name``'s network with its initialisation seeded by ``seed``."""
     recipe = get(name)
-    torch.manual_seed(seed)
+    torch.manual_seed(check_seed(seed))
     return recipe.build()
 
 

@@ -31,6 +31,17 @@ OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
 }
 
 
+SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.manual_seed and Generator.manual_seed accept
+
+
+def check_seed(seed: int) -> int:
+    """``seed`` unchanged if torch can seed with it; a ``ValueError`` naming the range otherwise."""
+    low, high = SEED_RANGE
+    if isinstance(seed, bool) or not isinstance(seed, int) or not low <= seed <= high:
+        raise ValueError(f"seed must be an int from {low} to {high}, got {seed!r}")
+    return seed
+
+
 def _choose(kind: str, value, table: dict):
     if callable(value) and not isinstance(value, str):
         return value
@@ -121,8 +132,9 @@ def train(
     for name, value in (("epochs", epochs), ("batch_size", batch_size)):
         if not isinstance(value, int) or value <= 0:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
-    if not lr > 0:
-        raise ValueError(f"lr must be positive, got {lr!r}")
+    if not (lr > 0 and math.isfinite(lr)):
+        raise ValueError(f"lr must be positive and finite, got {lr!r}")
+    check_seed(seed)
     if len(data.train) < batch_size:
         raise ValueError(
             f"batch_size {batch_size} is larger than the training set ({len(data.train)} "
