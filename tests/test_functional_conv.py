@@ -3,6 +3,7 @@ import torch
 import torch.nn.functional as F
 
 from bender.functional import conv, conv_asym_dx, conv_blocked_dx
+from bender.functional.conv import BentConv
 from bender.layers import GenConv
 from tests.conftest import close
 
@@ -61,6 +62,20 @@ def test_gradcheck_conv_linear():
     assert torch.autograd.gradcheck(
         lambda x, w, b: conv(x, w, b, 2, 1), (x, layer.weight, layer.bias)
     )
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_gradcheck_bent_conv_with_feedback_equal_to_the_kernel(batch):
+    # B = a copy of W: the custom backward must then give the exact gradient
+    layer = GenConv(2, 3, (2, 3), stride=2, padding=1, dtype=torch.float64)
+    x = torch.randn(batch, 2, 5, 6, dtype=torch.float64, requires_grad=True)
+
+    def fn(x, w, b):
+        return BentConv.apply(x, w, w.detach().clone(), b, (2, 2), (1, 1), (1, 1), 1)
+
+    assert torch.autograd.gradcheck(fn, (x, layer.weight, layer.bias))
+    exact = conv_asym_dx(x, layer.weight, layer.weight)  # B is W itself: autograd's own kernels
+    assert exact.grad_fn.name() == "ConvolutionBackward0"
 
 
 def test_conv_errors():

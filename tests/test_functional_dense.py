@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 
 from bender.functional import matmul, matmul_asym_dx, matmul_blocked_dx
-from bender.functional.dense import bent_linear
+from bender.functional.dense import BentLinear, bent_linear
 from tests.conftest import close
 
 
@@ -78,6 +78,20 @@ def test_gradcheck_matmul():
     x = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
     w = torch.randn(2, 4, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(matmul, (x, w))
+    assert matmul(x, w).grad_fn.name() == "MmBackward0"  # the exact rule: autograd's own kernels
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_gradcheck_bent_linear_with_feedback_equal_to_the_weight(batch):
+    # B = a copy of W: the custom backward must then give the exact gradient
+    x = torch.randn(batch, 4, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(2, 4, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(2, dtype=torch.float64, requires_grad=True)
+
+    def fn(x, w, bias):
+        return BentLinear.apply(x, w, w.detach().clone(), bias)
+
+    assert torch.autograd.gradcheck(fn, (x, w, bias))
 
 
 def test_wrong_feedback_shape_raises():

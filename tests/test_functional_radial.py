@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from bender.functional import radial_sim, radial_sim_asym
+from bender.functional.radial import BentRadial
 from tests.conftest import close
 
 
@@ -49,6 +50,19 @@ def test_gradcheck_radial_sim():
     x = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
     w = torch.randn(2, 4, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(radial_sim, (x, w))
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_gradcheck_bent_radial_with_feedback_equal_to_the_weight(batch):
+    # radial_sim differentiates native ops; the custom backward with B = a copy of W is exact too
+    x = torch.randn(batch, 4, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(2, 4, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(2, dtype=torch.float64, requires_grad=True)
+
+    def fn(x, w, bias):
+        return BentRadial.apply(x, w, w.detach().clone(), bias)
+
+    assert torch.autograd.gradcheck(fn, (x, w, bias))
 
 
 def test_radial_rejects_bad_shapes():

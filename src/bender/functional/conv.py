@@ -99,7 +99,8 @@ def bent_conv(
         return _CONV[dims](x.detach(), weight, bias, stride, padding, dilation, groups)
     if feedback is not weight:
         check_same_shape("feedback kernel B", feedback, "the kernel W", weight)
-    if not (x.requires_grad and torch.is_grad_enabled()):  # no ∂x: feedback changes nothing
+    if feedback is weight or not (x.requires_grad and torch.is_grad_enabled()):
+        # the exact rule, or no ∂x to compute (so the feedback kernel changes nothing)
         return _CONV[dims](x, weight, bias, stride, padding, dilation, groups)
     return BentConv.apply(x, weight, feedback, bias, stride, padding, dilation, groups)
 

@@ -50,16 +50,17 @@ def bent_linear(
     """Checked entry point of :class:`BentLinear` (shapes verified before any compute).
 
     With ``feedback=None`` the input is detached instead: the same rule (no ``∂x``, exact
-    ``∂W``, ``∂b``), computed by autograd's native kernels without a Python backward. When no
-    ``∂x`` will be computed at all (``x`` needs no grad, e.g. a first layer, or grad mode is
-    off), ``feedback`` changes nothing, so the plain ``F.linear`` is used as well.
+    ``∂W``, ``∂b``), computed by autograd's native kernels without a Python backward. With
+    ``feedback`` the weight itself (exact backprop), or when no ``∂x`` will be computed at all
+    (``x`` needs no grad, e.g. a first layer, or grad mode is off), the rule is the exact one,
+    so the plain ``F.linear`` is used as well.
     """
     check_features(x, weight)
     if feedback is None:
         return F.linear(x.detach(), weight, bias)
     if feedback is not weight:
         check_same_shape("feedback matrix B", feedback, "the weight W", weight)
-    if not (x.requires_grad and torch.is_grad_enabled()):
+    if feedback is weight or not (x.requires_grad and torch.is_grad_enabled()):
         return F.linear(x, weight, bias)
     return BentLinear.apply(x, weight, feedback, bias)
 

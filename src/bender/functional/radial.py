@@ -13,6 +13,13 @@ from bender.functional._checks import check_features, check_same_shape
 from bender.functional._precision import in_grad_dtype
 
 
+def _radial(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """``2 x Wᵀ − ‖W_j‖² − ‖x_n‖² (+ b)`` in native ops (autograd differentiates it exactly)."""
+    sim = torch.addmm(weight.pow(2).sum(1).neg(), x, weight.T, alpha=2.0)
+    sim = sim - x.pow(2).sum(1, keepdim=True)
+    return sim if bias is None else sim + bias
+
+
 class BentRadial(torch.autograd.Function):
     """Radial similarity (+ optional bias) whose backward uses ``feedback`` in place of ``W``.
 
@@ -24,10 +31,7 @@ class BentRadial(torch.autograd.Function):
     def forward(ctx, x: Tensor, weight: Tensor, feedback: Tensor, bias: Tensor | None):
         ctx.save_for_backward(x, feedback)
         ctx.has_bias = bias is not None
-        sim = torch.addmm(weight.pow(2).sum(1).neg(), x, weight.T, alpha=2.0) - x.pow(2).sum(
-            1, keepdim=True
-        )
-        return sim if bias is None else sim + bias
+        return _radial(x, weight, bias)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
@@ -44,12 +48,18 @@ class BentRadial(torch.autograd.Function):
 
 
 def bent_radial(x: Tensor, weight: Tensor, feedback: Tensor, bias: Tensor | None = None) -> Tensor:
-    """Checked entry point of :class:`BentRadial`; ``x`` is ``N×in``."""
+    """Checked entry point of :class:`BentRadial`; ``x`` is ``N×in``.
+
+    With ``feedback`` the weight itself (the exact rule), or in no-grad mode, the similarity is
+    computed by native ops that autograd differentiates itself.
+    """
     if x.dim() != 2:
         raise ValueError(f"radial similarity expects a 2-d input (N, in), got {tuple(x.shape)}")
     check_features(x, weight)
     if feedback is not weight:
         check_same_shape("feedback matrix B", feedback, "the weight W", weight)
+    if feedback is weight or not torch.is_grad_enabled():
+        return _radial(x, weight, bias)
     return BentRadial.apply(x, weight, feedback, bias)
 
 
