@@ -11,12 +11,16 @@ Prints, measured in this run on the CPU (min and median over --repeats interleav
   swapped saved tensor: feedback alignment with autograd's own kernels and no Python backward
   (see ``SwappedSaveLinear``; a measurement of the floor, not something bender uses).
 
-Usage: python benchmarks/epoch_time.py [--data-dir DIR] [--repeats N] [--breakdown]
+``--compile`` adds fa-mlp and the plain net each wrapped in ``torch.compile`` (default Inductor
+backend), compiled and warmed up by one untimed epoch before the timed ones.
+
+Usage: python benchmarks/epoch_time.py [--data-dir DIR] [--repeats N] [--breakdown] [--compile]
 """
 
 from __future__ import annotations
 
 import argparse
+import time
 
 import torch
 from torch import nn
@@ -111,6 +115,19 @@ def _options(parser: argparse.ArgumentParser) -> None:
         help="also time bp-mlp, a bare BentLinear net and a native-kernel FA net, to split "
         "fa-mlp's extra time",
     )
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="also time fa-mlp and the plain net under torch.compile",
+    )
+
+
+def compiled(build, data) -> tuple[nn.Module, float]:
+    """``torch.compile(build())``, warmed up by one epoch; also the seconds that epoch took."""
+    model = torch.compile(build())
+    start = time.perf_counter()
+    bender_epoch(lambda: model, data)
+    return model, time.perf_counter() - start
 
 
 def main() -> None:
@@ -142,6 +159,15 @@ def main() -> None:
         swapped = "swapped saved tensor MLP, bender.train"
         contenders[swapped] = lambda: bender_epoch(swapped_fa_mlp, data)
         ratios["swapped saved tensor / nn.Linear (no Python backward)"] = (swapped, plain, "-")
+    if args.compile:
+        fa_c, plain_c = "fa-mlp compiled, bender.train", "nn.Linear MLP compiled, bender.train"
+        fa_model, fa_first = compiled(recipes.get("fa-mlp").build, data)
+        plain_model, plain_first = compiled(plain_mlp, data)
+        print(f"first epoch, compiling: fa-mlp {fa_first:.1f} s, nn.Linear MLP {plain_first:.1f} s")
+        contenders[fa_c] = lambda: bender_epoch(lambda: fa_model, data)
+        contenders[plain_c] = lambda: bender_epoch(lambda: plain_model, data)
+        ratios["fa-mlp compiled / fa-mlp"] = (fa_c, fa, "-")
+        ratios["fa-mlp compiled / nn.Linear compiled"] = (fa_c, plain_c, "-")
     report(time_contenders(contenders, args.repeats), ratios)
 
 
