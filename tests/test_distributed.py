@@ -1,0 +1,69 @@
+"""DistributedDataParallel: two CPU processes (gloo) give the gradient of the whole batch.
+
+Each process builds its recipe with its own seed, so its weights and fixed feedback matrices
+differ at first; DDP must copy rank 0's parameters and buffers (the feedback matrices) to every
+process, then average the bent gradients of the two half batches.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
+
+from bender import recipes
+from tests.conftest import close
+
+RECIPES = ["fa-mlp", "dfa-mlp", "binary-mlp"]
+WORLD = 2
+
+pytestmark = pytest.mark.skipif(
+    not (dist.is_available() and dist.is_gloo_available()), reason="needs torch.distributed/gloo"
+)
+
+
+def _batch() -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    return torch.rand(8, 784, generator=generator), torch.randint(0, 10, (8,), generator=generator)
+
+
+def _worker(rank: int, folder: str) -> None:
+    torch.set_num_threads(1)
+    store = f"file://{Path(folder) / 'store'}"
+    dist.init_process_group("gloo", init_method=store, rank=rank, world_size=WORLD)
+    try:
+        x, y = _batch()
+        for name in RECIPES:
+            model = recipes.build(name, seed=rank)  # differs between the processes
+            ddp = DistributedDataParallel(model)
+            F.cross_entropy(ddp(x.chunk(WORLD)[rank]), y.chunk(WORLD)[rank]).backward()
+            state = {k: v.clone() for k, v in model.state_dict().items()}
+            grads = [p.grad.clone() for p in model.parameters()]
+            torch.save((state, grads), Path(folder) / f"{name}-rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ddp_syncs_feedback_and_averages_bent_gradients(tmp_path):
+    mp.start_processes(_worker, args=(str(tmp_path),), nprocs=WORLD, start_method="spawn")
+    x, y = _batch()
+    for name in RECIPES:
+        (state0, grads0), (state1, grads1) = (
+            torch.load(tmp_path / f"{name}-rank{rank}.pt") for rank in range(WORLD)
+        )
+        for key, value in state0.items():  # rank 1 now holds rank 0's weights and feedback
+            assert torch.equal(state1[key], value), (name, key)
+        seed1 = recipes.build(name, seed=1).state_dict()  # what rank 1 built
+        drawn = [k for k in state0 if not k.endswith("bias")]  # biases start at zero
+        assert all(not torch.equal(seed1[k], state0[k]) for k in drawn)
+        reference = recipes.build(name, seed=0)
+        reference.load_state_dict(state0)
+        F.cross_entropy(reference(x), y).backward()  # the whole batch in one process
+        for g0, g1, p in zip(grads0, grads1, reference.parameters(), strict=True):
+            close(g0, p.grad)
+            close(g1, p.grad)
