@@ -49,6 +49,15 @@ def test_train_writes_all_outputs(tmp_path, data_root, capsys):
     assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
     printed = capsys.readouterr().out
     assert "loss_train" in printed and "acc_test" in printed
+    assert "for comparison, Bender.jl tutorial on MNIST: acc_test 0.959" in printed
+
+
+def test_fashion_mnist_run_is_not_compared_with_the_mnist_tutorial(tmp_path, data_root, capsys):
+    code, out = _train(tmp_path, data_root, "--dataset", "fashion-mnist", epochs=1)
+    assert code == 0
+    assert json.loads((out / "metrics.json").read_text())["dataset"] == "fashion-mnist"
+    printed = capsys.readouterr().out
+    assert "fa-mlp on fashion-mnist" in printed and "for comparison" not in printed
 
 
 def test_same_seed_gives_identical_metrics_csv(tmp_path, data_root):
