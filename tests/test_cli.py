@@ -196,3 +196,24 @@ def test_batch_larger_than_the_training_set_is_a_usage_error(tmp_path, data_root
     err = capsys.readouterr().err
     assert "--batch-size 64 is larger than the training set (10 examples with --limit 10)" in err
     assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
+def test_out_that_cannot_be_a_folder_is_refused(tmp_path, data_root, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["train", "fa-mlp", "--out", str(blocker / "run"), "--data-dir", str(data_root)])
+    assert exit_info.value.code == 2
+    assert f"{blocker} is a file, not a folder" in capsys.readouterr().err
+
+
+def test_output_folder_that_cannot_be_created_exits_1(tmp_path, data_root, monkeypatch, capsys):
+    def refuse(self, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "mkdir", refuse)
+    code, out = _train(tmp_path, data_root, epochs=1)
+    assert code == 1
+    assert f"cannot create the output folder {out}: [Errno 13] Permission denied" in (
+        capsys.readouterr().err
+    )

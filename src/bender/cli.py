@@ -91,6 +91,9 @@ def _output_folder(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
     Checked before any data is loaded, so a refused run costs nothing and loses nothing.
     """
     if args.out is not None:
+        taken = next((p for p in (args.out, *args.out.parents) if p.exists()), None)
+        if taken is not None and not taken.is_dir():
+            parser.error(f"--out {args.out}: {taken} is a file, not a folder")
         found = _results_in(args.out)
         if found and not args.overwrite:
             parser.error(
@@ -154,7 +157,11 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             f"({len(dataset.train)} examples{limited}); the last partial batch is dropped, "
             "so an epoch would have no batch"
         )
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        print(f"bender: error: cannot create the output folder {out}: {err}", file=sys.stderr)
+        return 1
     for name in _results_in(out):  # only with --overwrite: no stale file outlives this run
         (out / name).unlink()
     model = recipes.build(args.recipe, args.seed)
