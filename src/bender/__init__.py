@@ -4,7 +4,7 @@ Feedback alignment, direct feedback alignment, binary networks with straight-thr
 estimators, RBF-style layers, and any rule in which the backward pass is not the exact gradient.
 """
 
-from bender import functional, mappings
+from bender import alignment, functional, mappings
 from bender.dfa import DFA
 from bender.functional.direct_feedback import direct_feedback_loss
 from bender.layers import GenConv, GenDense
@@ -23,6 +23,7 @@ __all__ = [
     "SignSTE",
     "StocSignSTE",
     "activations",
+    "alignment",
     "direct_feedback_loss",
     "functional",
     "mappings",
