@@ -5,14 +5,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bender import DFA, GenConv, GenDense, recipes
+from bender import DFA, GenConv, GenDense, mappings, recipes, register_mapping
 from bender.alignment import (
     angle,
-    exact_feedback,
+    backprop,
+    bent_layers,
     feedback_layers,
     gradient_alignment,
     weight_alignment,
 )
+from bender.functional.dense import bent_linear
 from tests.conftest import close
 
 
@@ -47,44 +49,58 @@ def test_weight_alignment_of_each_feedback_layer(dtype):
     assert 80 < angles["0"] < 100  # two independent random matrices: close to orthogonal
 
 
-def test_exact_feedback_gives_backprop_gradients_and_restores_b(batch, dtype):
-    fa = recipes.build("fa-mlp", seed=0).to(dtype)
+def _bp_twin(model: nn.Module, dtype=torch.float32) -> nn.Module:
+    """bp-mlp holding ``model``'s weights (an fa-mlp or a dfa-mlp): backprop, computed apart."""
     bp = recipes.build("bp-mlp", seed=1).to(dtype)
-    bp.load_state_dict({k: v for k, v in fa.state_dict().items() if "feedback" not in k})
-    feedbacks = [layer.feedback for layer in fa]
+    weights = {k.removeprefix("model."): v for k, v in model.state_dict().items()}
+    bp.load_state_dict({k: v for k, v in weights.items() if "feedback" not in k})
+    return bp
+
+
+@pytest.mark.parametrize("recipe", ["fa-mlp", "dfa-mlp"])
+def test_backprop_gives_backprop_gradients_and_puts_the_rule_back(recipe, batch, dtype):
+    model = recipes.build(recipe, seed=0).to(dtype)
+    bp = _bp_twin(model, dtype)
     x, y = torch.rand(batch, 784, dtype=dtype), torch.randint(0, 10, (batch,))
-    with exact_feedback(fa):
-        F.cross_entropy(fa(x), y).backward()
+    with backprop(model):
+        F.cross_entropy(model(x), y).backward()
     F.cross_entropy(bp(x), y).backward()
-    for p, q in zip(fa.parameters(), bp.parameters(), strict=True):
+    for p, q in zip(model.parameters(), bp.parameters(), strict=True):
         close(p.grad, q.grad)
-    assert all(layer.feedback is b for layer, b in zip(fa, feedbacks, strict=True))
-    assert "0.feedback" in fa.state_dict()
+    rule = "linear_asym_dx" if recipe == "fa-mlp" else "linear_blocked_dx"
+    assert all(m.mapping.__name__ == rule for m in bent_layers(model).values())
+    assert "forward" not in vars(model)  # a DFA is back to direct feedback
+    for p in model.parameters():
+        p.grad = None
+    F.cross_entropy(model(x), y).backward()  # the bent rule again: ∂W of layer 0 differs
+    assert not torch.allclose(next(model.parameters()).grad, next(bp.parameters()).grad)
 
 
-def test_exact_feedback_restores_b_after_an_error():
+def test_backprop_puts_the_rule_back_after_an_error():
     model = recipes.build("fa-mlp", seed=0)
-    before = model[0].feedback
-    with pytest.raises(RuntimeError, match="boom"), exact_feedback(model):
-        assert model[0].feedback is not before
+    with pytest.raises(RuntimeError, match="boom"), backprop(model):
+        assert model[0].mapping.__name__ == "linear"
         raise RuntimeError("boom")
-    assert model[0].feedback is before
+    assert model[0].mapping.__name__ == "linear_asym_dx"
 
 
-def test_gradient_alignment_against_backprop(batch):
-    torch.manual_seed(0)
-    fa = recipes.build("fa-mlp", seed=0)
-    bp = recipes.build("bp-mlp", seed=1)
-    bp.load_state_dict({k: v for k, v in fa.state_dict().items() if "feedback" not in k})
+@pytest.mark.parametrize("recipe", ["fa-mlp", "dfa-mlp"])
+def test_gradient_alignment_against_backprop(recipe, batch):
+    model = recipes.build(recipe, seed=0)
+    bp = _bp_twin(model)
     x, y = torch.rand(batch, 784), torch.randint(0, 10, (batch,))
-    angles = gradient_alignment(fa, x, y)
-    assert all(p.grad is None for p in fa.parameters())  # .grad untouched
-    F.cross_entropy(fa(x), y).backward()
+    angles = gradient_alignment(model, x, y)
+    assert all(p.grad is None for p in model.parameters())  # .grad untouched
+    F.cross_entropy(model(x), y).backward()
     F.cross_entropy(bp(x), y).backward()
-    for i, name in enumerate(("0", "1", "2")):
-        assert angles[name] == pytest.approx(_degrees(fa[i].weight.grad, bp[i].weight.grad))
-    assert angles["2"] == pytest.approx(0.0, abs=1e-3)  # the output layer gets the true error
-    assert angles["0"] > 1.0  # a random B sends another error
+    prefix = "model." if recipe == "dfa-mlp" else ""
+    assert list(angles) == [f"{prefix}{i}" for i in range(3)]
+    layers = list(bent_layers(model).values())
+    for i, name in enumerate(angles):
+        expected = _degrees(layers[i].weight.grad, bp[i].weight.grad)
+        assert angles[name] == pytest.approx(expected, abs=1e-3)  # acos is steep near 0°
+    assert angles[f"{prefix}2"] == pytest.approx(0.0, abs=1e-3)  # the output gets the true error
+    assert angles[f"{prefix}0"] > 1.0  # random feedback sends another error
 
 
 def test_conv_and_radial_feedback_layers():
@@ -100,9 +116,37 @@ def test_conv_and_radial_feedback_layers():
     assert angles["3"] == pytest.approx(0.0, abs=1e-3) and angles["0"] > 1.0
 
 
-def test_models_without_feedback_layers_are_refused():
-    with pytest.raises(ValueError, match="no layer of this model uses a feedback matrix"):
+def test_dfa_layers_count_as_bent_whatever_their_mapping():
+    dfa = DFA(nn.Sequential(GenDense(4, 3, nn.ReLU()), GenDense(3, 2)), num_outputs=2)
+    angles = gradient_alignment(dfa, torch.rand(5, 4), torch.tensor([0, 1, 1, 0, 1]))
+    assert list(angles) == ["model.0", "model.1"] and angles["model.1"] < 1e-3
+
+
+def test_custom_mapping_names_its_exact_counterpart():
+    @register_mapping(needs_feedback=True, exact=mappings.linear, name="sign_feedback_test")
+    def sign_feedback(layer, x):
+        return bent_linear(x, layer.weight, torch.sign(layer.feedback), layer.bias)
+
+    try:
+        net = nn.Sequential(
+            GenDense(6, 5, nn.ReLU(), forward=sign_feedback, feedback=True),
+            GenDense(5, 3, forward=sign_feedback, feedback=True),
+        )
+        with backprop(net):
+            assert net[1].mapping is mappings.linear
+        assert net[1].mapping is sign_feedback
+        assert set(gradient_alignment(net, torch.rand(4, 6), torch.tensor([0, 1, 2, 0]))) == {
+            "0",
+            "1",
+        }
+    finally:
+        mappings.MAPPINGS.pop("sign_feedback_test")
+
+
+def test_models_without_bent_layers_are_refused():
+    with pytest.raises(ValueError, match="no layer of this Sequential uses a feedback matrix"):
         weight_alignment(recipes.build("bp-mlp"))
-    dfa = DFA(nn.Sequential(GenDense(4, 3, forward="linear_blocked_dx")), num_outputs=3)
-    with pytest.raises(ValueError, match="got DFA without any"):
-        gradient_alignment(dfa, torch.rand(2, 4), torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="no layer of this Sequential learns by a bent rule"):
+        gradient_alignment(recipes.build("binary-mlp"), torch.rand(2, 784), torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="uses a feedback matrix"):
+        weight_alignment(recipes.build("dfa-mlp"))  # DFA's feedback is not per layer

@@ -1,17 +1,20 @@
-"""How close a feedback-alignment network is to backprop: angles between weights and gradients.
+"""How close a bent rule is to backprop: angles between weights and feedback, and gradients.
 
 Feedback alignment learns because the forward weights come to point roughly the way the fixed
 feedback matrices do, so the error each layer receives approaches the one backprop would send
-(Lillicrap et al. 2016, arXiv:1411.0247, Fig. 2). Both measures here are angles in degrees
-between tensors seen as flat vectors, ``∠(a, b) = arccos(⟨a, b⟩ / (‖a‖ ‖b‖))``: 0° is the same
-direction, 90° no relation, 180° opposite.
+(Lillicrap et al. 2016, arXiv:1411.0247, Fig. 2); direct feedback alignment likewise (Nøkland
+2016, arXiv:1609.01596, Fig. 3). Both measures here are angles in degrees between tensors seen
+as flat vectors, ``∠(a, b) = arccos(⟨a, b⟩ / (‖a‖ ‖b‖))``: 0° is the same direction, 90° no
+relation, 180° opposite.
 
 - :func:`weight_alignment`: ``∠(W, B)`` for every layer with a feedback matrix.
-- :func:`gradient_alignment`: ``∠(∂W bent, ∂W backprop)`` for every such layer, on one batch.
+- :func:`gradient_alignment`: ``∠(∂W bent, ∂W backprop)`` for every bent layer, on one batch.
 
-"Layers with a feedback matrix" are those whose mapping is registered with
-``needs_feedback=True`` (``linear_asym_dx``, ``radial_asym_dx``, ``conv_linear_asym_dx`` and
-custom ones) and that hold a ``feedback`` buffer.
+A *bent layer* is a ``GenDense``/``GenConv`` whose mapping names its exact counterpart
+(``register_mapping(exact=...)``: ``linear_asym_dx`` and ``linear_blocked_dx`` → ``linear``,
+``radial_asym_dx`` → ``radial``, the conv ones → ``conv_linear``). Inside :func:`backprop` each
+bent layer runs its counterpart and each :class:`~bender.dfa.DFA` runs its network plainly, so
+the same weights give backprop's gradient.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from contextlib import contextmanager
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from bender.dfa import DFA
 
 
 def angle(a: Tensor, b: Tensor) -> float:
@@ -39,21 +44,46 @@ def angle(a: Tensor, b: Tensor) -> float:
     return math.degrees(math.acos(cosine))
 
 
-def feedback_layers(model: nn.Module) -> dict[str, nn.Module]:
-    """The submodules (by name) whose mapping uses a fixed feedback matrix in place of ``W``."""
-    layers = {
-        name: module
-        for name, module in model.named_modules()
-        if getattr(getattr(module, "mapping", None), "needs_feedback", False)
-        and getattr(module, "feedback", None) is not None
-    }
+def _mapping_says(layer: nn.Module, attribute: str):
+    """What the layer's mapping was registered with (``None`` for modules without a mapping)."""
+    return getattr(getattr(layer, "mapping", None), attribute, None)
+
+
+def _named(model: nn.Module, keep: Callable[[nn.Module], bool], wanted: str) -> dict:
+    layers = {name: m for name, m in model.named_modules() if keep(m)}
     if not layers:
         raise ValueError(
-            "no layer of this model uses a feedback matrix: expected GenDense/GenConv layers "
-            "with a feedback mapping such as linear_asym_dx and feedback=True, got "
-            f"{type(model).__name__} without any"
+            f"no layer of this {type(model).__name__} {wanted}; expected GenDense/GenConv "
+            "layers with a bent mapping such as linear_asym_dx (feedback alignment) or "
+            "linear_blocked_dx (inside DFA)"
         )
     return layers
+
+
+def feedback_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """The submodules (by name) whose mapping uses a feedback matrix, and that hold one."""
+
+    def uses_feedback(m: nn.Module) -> bool:
+        return bool(_mapping_says(m, "needs_feedback")) and getattr(m, "feedback", None) is not None
+
+    return _named(model, uses_feedback, "uses a feedback matrix")
+
+
+def bent_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """The submodules (by name) that learn by a bent rule: those whose mapping has an exact
+    counterpart, and every ``GenDense``/``GenConv`` inside a ``DFA``."""
+    in_dfa = {
+        id(layer)
+        for dfa in model.modules()
+        if isinstance(dfa, DFA)
+        for layer in dfa.model.modules()
+        if hasattr(layer, "mapping")
+    }
+
+    def is_bent(m: nn.Module) -> bool:
+        return _mapping_says(m, "exact") is not None or id(m) in in_dfa
+
+    return _named(model, is_bent, "learns by a bent rule")
 
 
 def weight_alignment(model: nn.Module) -> dict[str, float]:
@@ -66,22 +96,28 @@ def weight_alignment(model: nn.Module) -> dict[str, float]:
 
 
 @contextmanager
-def exact_feedback(model: nn.Module) -> Iterator[nn.Module]:
-    """Within the block, every feedback matrix is replaced by (a detached copy of) its ``W``.
+def backprop(model: nn.Module) -> Iterator[nn.Module]:
+    """Within the block, ``model`` computes backprop's gradients with its current weights.
 
-    The bent rules then compute backprop's gradient: ``∂x = δ W`` instead of ``δ B`` (and, for
-    ``radial_asym_dx``, the ``−‖W‖²`` term's exact gradient). The matrices ``B`` come back when
-    the block ends, also after an error.
+    Every bent layer runs its mapping's exact counterpart (``∂x = δ W`` instead of ``δ B``, or
+    instead of nothing), and every ``DFA`` inside runs its network without detaching the layers'
+    inputs or sending direct feedback. Everything is put back when the block ends, also after
+    an error. Layers without an exact counterpart (binary weights) keep their rule.
     """
-    layers = feedback_layers(model)
-    saved = {name: m.feedback for name, m in layers.items()}
+    layers = bent_layers(model)
+    mappings = {name: m.mapping for name, m in layers.items()}
+    wrappers = [m for m in model.modules() if isinstance(m, DFA)]
     try:
         for m in layers.values():
-            m.register_buffer("feedback", m.weight.detach())
+            m.mapping = _mapping_says(m, "exact") or m.mapping
+        for dfa in wrappers:  # an instance attribute shadows DFA.forward until deleted
+            dfa.forward = dfa.model.forward
         yield model
     finally:
         for name, m in layers.items():
-            m.register_buffer("feedback", saved[name])
+            m.mapping = mappings[name]
+        for dfa in wrappers:
+            vars(dfa).pop("forward", None)
 
 
 def gradient_alignment(
@@ -92,14 +128,14 @@ def gradient_alignment(
 ) -> dict[str, float]:
     """``∠(∂W with the model's rule, ∂W with backprop)`` in degrees, on the batch ``(x, target)``.
 
-    Keyed by layer name, for each layer with a feedback matrix. The network's last layer gets the
-    true error, so its angle is 0; the layers below show how far the bent error is from the
-    true one. Two forward and backward passes; the parameters' ``.grad`` are left untouched.
-    With dropout or other randomness, call it in eval mode so both passes see the same network.
+    Keyed by layer name, for each bent layer. The network's last layer gets the true error, so
+    its angle is 0; the layers below show how far the error they receive is from the true one.
+    Two forward and backward passes; the parameters' ``.grad`` are left untouched. With dropout
+    or other randomness, call it in eval mode so that both passes see the same network.
     """
-    layers = feedback_layers(model)
+    layers = bent_layers(model)
     weights = [m.weight for m in layers.values()]
     bent = torch.autograd.grad(loss(model(x), target), weights)
-    with exact_feedback(model):
+    with backprop(model):
         exact = torch.autograd.grad(loss(model(x), target), weights)
     return {name: angle(b, e) for name, b, e in zip(layers, bent, exact, strict=True)}

@@ -26,15 +26,24 @@ Mapping = Callable[[nn.Module, Tensor], Tensor]
 MAPPINGS: dict[str, Mapping] = {}
 
 
-def register_mapping(fn: Mapping | None = None, *, needs_feedback: bool = False, name: str = ""):
+def register_mapping(
+    fn: Mapping | None = None,
+    *,
+    needs_feedback: bool = False,
+    exact: Mapping | None = None,
+    name: str = "",
+):
     """Register ``fn`` under ``name`` (default: its ``__name__``) so layers accept the name.
 
     ``needs_feedback=True`` makes layers refuse this mapping at construction when they have no
-    feedback matrix. Usable bare (``@register_mapping``) or with arguments.
+    feedback matrix. ``exact`` is the mapping with the same forward and backprop's gradient
+    (``linear`` for ``linear_asym_dx``); :mod:`bender.alignment` swaps it in to compare the two
+    rules. Usable bare (``@register_mapping``) or with arguments.
     """
 
     def wrap(f: Mapping) -> Mapping:
         f.needs_feedback = needs_feedback  # type: ignore[attr-defined]
+        f.exact = exact  # type: ignore[attr-defined]
         MAPPINGS[name or f.__name__] = f
         return f
 
@@ -88,13 +97,13 @@ def linear(layer: nn.Module, x: Tensor) -> Tensor:
     return F.linear(x, layer.weight, layer.bias)
 
 
-@register_mapping(needs_feedback=True)
+@register_mapping(needs_feedback=True, exact=linear)
 def linear_asym_dx(layer: nn.Module, x: Tensor) -> Tensor:
     """``x Wᵀ + b`` with feedback alignment: ``∂x = δ B``, ``∂W = δᵀ x``, ``∂b = Σ δ``."""
     return bent_linear(x, layer.weight, feedback_of(layer, "linear_asym_dx"), layer.bias)
 
 
-@register_mapping
+@register_mapping(exact=linear)
 def linear_blocked_dx(layer: nn.Module, x: Tensor) -> Tensor:
     """``x Wᵀ + b``; ``W`` and ``b`` learn, no gradient reaches ``x`` (for DFA)."""
     return bent_linear(x, layer.weight, None, layer.bias)
@@ -106,7 +115,7 @@ def radial(layer: nn.Module, x: Tensor) -> Tensor:
     return bent_radial(x, layer.weight, layer.weight, layer.bias)
 
 
-@register_mapping(needs_feedback=True)
+@register_mapping(needs_feedback=True, exact=radial)
 def radial_asym_dx(layer: nn.Module, x: Tensor) -> Tensor:
     """``−‖x_n − W_j‖² + b_j`` with ``B`` in place of ``W`` in the backward pass."""
     return bent_radial(x, layer.weight, feedback_of(layer, "radial_asym_dx"), layer.bias)
@@ -134,14 +143,14 @@ def conv_linear(layer: nn.Module, x: Tensor) -> Tensor:
     return conv(x, layer.weight, layer.bias, **_conv_settings(layer))
 
 
-@register_mapping(needs_feedback=True)
+@register_mapping(needs_feedback=True, exact=conv_linear)
 def conv_linear_asym_dx(layer: nn.Module, x: Tensor) -> Tensor:
     """Convolution plus bias with feedback alignment: ``∂x`` through the feedback kernel ``B``."""
     feedback = feedback_of(layer, "conv_linear_asym_dx")
     return bent_conv(x, layer.weight, feedback, layer.bias, **_conv_settings(layer))
 
 
-@register_mapping
+@register_mapping(exact=conv_linear)
 def conv_linear_blocked_dx(layer: nn.Module, x: Tensor) -> Tensor:
     """Convolution plus bias; kernel and bias learn, no gradient reaches ``x`` (for DFA)."""
     return bent_conv(x, layer.weight, None, layer.bias, **_conv_settings(layer))
