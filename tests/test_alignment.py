@@ -7,6 +7,7 @@ from torch import nn
 
 from bender import DFA, GenConv, GenDense, mappings, recipes, register_mapping
 from bender.alignment import (
+    AlignmentRecorder,
     angle,
     backprop,
     bent_layers,
@@ -15,6 +16,7 @@ from bender.alignment import (
     weight_alignment,
 )
 from bender.functional.dense import bent_linear
+from bender.training import train
 from tests.conftest import close
 
 
@@ -150,3 +152,30 @@ def test_models_without_bent_layers_are_refused():
         gradient_alignment(recipes.build("binary-mlp"), torch.rand(2, 784), torch.tensor([0, 1]))
     with pytest.raises(ValueError, match="uses a feedback matrix"):
         weight_alignment(recipes.build("dfa-mlp"))  # DFA's feedback is not per layer
+
+
+def test_alignment_recorder_rows_match_the_functions(small_mnist):
+    model = recipes.build("fa-mlp", seed=0)
+    probe = small_mnist.test.x[:200], small_mnist.test.y[:200]
+    recorder = AlignmentRecorder(*probe)
+    recorder({"epoch": 0}, model)
+    table = train(model, small_mnist, epochs=2, callbacks=[recorder])
+    plain = train(recipes.build("fa-mlp", seed=0), small_mnist, epochs=2)
+    assert table.drop(columns="seconds").equals(plain.drop(columns="seconds"))  # unchanged
+    angles = recorder.table()
+    assert angles["epoch"].tolist() == [0, 1, 2]
+    assert list(angles.columns)[1:] == [f"weight_angle_{i}" for i in range(3)] + [
+        f"grad_angle_{i}" for i in range(3)
+    ]
+    last = angles.iloc[-1]
+    for name, value in weight_alignment(model).items():
+        assert last[f"weight_angle_{name}"] == pytest.approx(value)
+    for name, value in gradient_alignment(model, *probe).items():
+        assert last[f"grad_angle_{name}"] == pytest.approx(value, abs=1e-3)
+    assert last["weight_angle_2"] < angles["weight_angle_2"].iloc[0]  # W turned towards B
+
+
+def test_alignment_recorder_on_dfa_has_gradient_angles_only():
+    recorder = AlignmentRecorder(torch.rand(6, 784), torch.randint(0, 10, (6,)))
+    recorder({"epoch": 3}, recipes.build("dfa-mlp"))
+    assert list(recorder.table().columns) == ["epoch"] + [f"grad_angle_model.{i}" for i in range(3)]

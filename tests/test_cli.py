@@ -217,3 +217,24 @@ def test_output_folder_that_cannot_be_created_exits_1(tmp_path, data_root, monke
     assert f"cannot create the output folder {out}: [Errno 13] Permission denied" in (
         capsys.readouterr().err
     )
+
+
+def test_alignment_is_recorded_per_epoch(tmp_path, data_root, capsys):
+    code, out = _train(tmp_path, data_root, "--alignment", recipe="dfa-mlp")
+    assert code == 0
+    angles = pd.read_csv(out / "alignment.csv")
+    assert angles["epoch"].tolist() == [0, 1, 2]
+    assert list(angles.columns)[1:] == [f"grad_angle_model.{i}" for i in range(3)]
+    assert (angles["grad_angle_model.2"] < 1e-3).all()  # the output layer gets the true error
+    record = json.loads((out / "metrics.json").read_text())
+    assert record["alignment_probe"] == "first 1000 test examples"
+    printed = capsys.readouterr().out
+    assert "grad_angle_model.0" in printed and "alignment.csv" in printed
+
+
+def test_alignment_needs_a_bent_recipe(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["train", "bp-mlp", "--alignment", "--out", str(tmp_path / "run")])
+    assert exit_info.value.code == 2
+    assert "bp-mlp has no bent layer" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

@@ -9,6 +9,7 @@ relation, 180° opposite.
 
 - :func:`weight_alignment`: ``∠(W, B)`` for every layer with a feedback matrix.
 - :func:`gradient_alignment`: ``∠(∂W bent, ∂W backprop)`` for every bent layer, on one batch.
+- :class:`AlignmentRecorder`: a training callback that records both after every epoch.
 
 A *bent layer* is a ``GenDense``/``GenConv`` whose mapping names its exact counterpart
 (``register_mapping(exact=...)``: ``linear_asym_dx`` and ``linear_blocked_dx`` → ``linear``,
@@ -23,6 +24,7 @@ import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -139,3 +141,34 @@ def gradient_alignment(
     with backprop(model):
         exact = torch.autograd.grad(loss(model(x), target), weights)
     return {name: angle(b, e) for name, b, e in zip(layers, bent, exact, strict=True)}
+
+
+class AlignmentRecorder:
+    """Training callback: both alignments after every epoch, as one row of a table.
+
+    Columns: ``epoch``, then ``weight_angle_<layer>`` (``∠(W, B)``, for layers with a feedback
+    matrix) and ``grad_angle_<layer>`` (``∠(∂W bent, ∂W backprop)`` on the fixed batch
+    ``(x, target)``), in degrees. Call it once with ``{"epoch": 0}`` before training for the
+    starting point. Pass it in ``train(..., callbacks=[recorder])``; it changes nothing in the
+    training.
+    """
+
+    def __init__(
+        self, x: Tensor, target: Tensor, loss: Callable[[Tensor, Tensor], Tensor] = F.cross_entropy
+    ) -> None:
+        self.x, self.target, self.loss = x, target, loss
+        self.rows: list[dict[str, float]] = []
+
+    def __call__(self, row: dict, model: nn.Module) -> None:
+        device = next(model.parameters()).device
+        x, target = self.x.to(device), self.target.to(device)
+        angles: dict[str, float] = {"epoch": row["epoch"]}
+        if any(_mapping_says(m, "needs_feedback") for m in model.modules()):
+            angles |= {f"weight_angle_{k}": a for k, a in weight_alignment(model).items()}
+        grads = gradient_alignment(model, x, target, self.loss)
+        angles |= {f"grad_angle_{k}": a for k, a in grads.items()}
+        self.rows.append(angles)
+
+    def table(self) -> pd.DataFrame:
+        """The rows recorded so far."""
+        return pd.DataFrame(self.rows)

@@ -13,10 +13,12 @@ import pandas as pd
 import torch
 
 from bender import __version__, data, recipes
+from bender.alignment import AlignmentRecorder, bent_layers
 from bender.training import COLUMNS, check_seed, resolve_device, train
 
 TABLE_COLUMNS = [c for c in COLUMNS if c != "seconds"]  # seed-determined: reproducible
-RESULT_FILES = ("metrics.csv", "metrics.json", "curves.png", "model.pt")
+RESULT_FILES = ("metrics.csv", "metrics.json", "curves.png", "model.pt", "alignment.csv")
+PROBE = 1000  # test examples on which --alignment compares the gradients
 
 
 def _positive(kind: type):
@@ -77,6 +79,12 @@ def _parser() -> argparse.ArgumentParser:
         help="let --out replace the results of an earlier run in that folder",
     )
     t.add_argument("--limit", type=_positive(int), help="use only the first N train/test examples")
+    t.add_argument(
+        "--alignment",
+        action="store_true",
+        help="after every epoch, record the angles between W and B and between the bent and "
+        f"backprop weight gradients (on the first {PROBE} test examples) in alignment.csv",
+    )
     t.add_argument("--no-progress", action="store_true", help="hide the per-epoch progress bar")
     return parser
 
@@ -141,6 +149,15 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         recipe = recipes.get(args.recipe)
     except KeyError as err:
         parser.error(err.args[0])
+    model = recipes.build(args.recipe, args.seed)
+    if args.alignment:
+        try:
+            bent_layers(model)
+        except ValueError:
+            parser.error(
+                f"--alignment compares a bent rule with backprop, but {args.recipe} has no bent "
+                "layer; use a feedback-alignment or DFA recipe"
+            )
     out = _output_folder(args, parser)
     try:
         device = resolve_device(args.device)
@@ -164,7 +181,6 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         return 1
     for name in _results_in(out):  # only with --overwrite: no stale file outlives this run
         (out / name).unlink()
-    model = recipes.build(args.recipe, args.seed)
     record = {
         "recipe": args.recipe,
         "dataset": args.dataset,
@@ -184,10 +200,19 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     print(f"{args.recipe} on {args.dataset} ({device}), seed {args.seed}, writing to {out}:")
     print(model)
 
+    recorder = None
+    if args.alignment:
+        recorder = AlignmentRecorder(dataset.test.x[:PROBE], dataset.test.y[:PROBE])
+        recorder({"epoch": 0}, model)  # the starting point, before any training
+        record["alignment_probe"] = f"first {len(recorder.x)} test examples"
+
     def save(row: dict, model: torch.nn.Module) -> None:  # after every epoch: nothing is lost
         history.append(row)
         _write_table(out, pd.DataFrame(history), record)
         torch.save(model.state_dict(), out / "model.pt")
+        if recorder is not None:
+            recorder(row, model)
+            recorder.table().to_csv(out / "alignment.csv", index=False)
 
     history: list[dict] = []
     interrupted = False
@@ -211,6 +236,9 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if len(table):
         print(table.round(3).to_string(index=False))
         plot_curves(table, out / "curves.png", f"{args.recipe} on {args.dataset}, seed {args.seed}")
+    if recorder is not None:
+        print("angles in degrees (weight_angle: W vs B; grad_angle: bent vs backprop ∂W):")
+        print(recorder.table().round(1).to_string(index=False))
     if "stopped" in table.attrs:
         record["stopped"] = table.attrs["stopped"]
         _write_table(out, table, record)
@@ -220,7 +248,7 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         return 130 if interrupted else 1  # 130: the shell's code for a run stopped by Ctrl-C
     if recipe.reference and args.dataset == "mnist":  # the tutorials' numbers are MNIST's
         print(f"for comparison, {recipe.reference}")
-    print(f"wrote metrics.csv, metrics.json, curves.png, model.pt to {out}")
+    print(f"wrote {', '.join(_results_in(out))} to {out}")
     return 0
 
 
