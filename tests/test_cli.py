@@ -238,3 +238,12 @@ def test_alignment_needs_a_bent_recipe(tmp_path, capsys):
     assert exit_info.value.code == 2
     assert "bp-mlp has no bent layer" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_cnn_recipe_trains_from_the_command_line(tmp_path, data_root):
+    flags = ("--alignment", "--limit", "300")  # the later --limit wins
+    code, out = _train(tmp_path, data_root, *flags, recipe="fa-cnn", epochs=1)
+    assert code == 0
+    assert pd.read_csv(out / "metrics.csv")["epoch"].tolist() == [1]
+    angles = pd.read_csv(out / "alignment.csv")
+    assert list(angles.columns)[1:4] == ["weight_angle_1", "weight_angle_3", "weight_angle_6"]

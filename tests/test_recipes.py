@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from bender import DFA, GenDense, SignSTE, mappings, recipes
+from bender import DFA, GenConv, GenDense, SignSTE, mappings, recipes
 
 
 @pytest.mark.parametrize(
@@ -32,6 +32,31 @@ def test_recipe_architectures(name, sizes, mapping):
     assert layers[-1].activation is None
     assert all((layer.feedback is not None) == name.startswith("fa") for layer in layers)
     assert model(torch.rand(3, 784)).shape == (3, 10)
+
+
+@pytest.mark.parametrize(
+    ("name", "conv_mapping", "dense_mapping"),
+    [
+        ("fa-cnn", mappings.conv_linear_asym_dx, mappings.linear_asym_dx),
+        ("dfa-cnn", mappings.conv_linear_blocked_dx, mappings.linear_blocked_dx),
+        ("bp-cnn", mappings.conv_linear, mappings.linear),
+    ],
+)
+def test_cnn_recipes(name, conv_mapping, dense_mapping):
+    model = recipes.build(name)
+    if name == "dfa-cnn":
+        assert isinstance(model, DFA)
+        assert model.sizes == [16 * 14 * 14, 32 * 7 * 7]  # after each pooling
+        model = model.model
+    learning = [m for m in model if isinstance(m, (GenConv, GenDense))]
+    assert [type(m) for m in learning] == [GenConv, GenConv, GenDense]
+    assert [tuple(m.weight.shape) for m in learning] == [(16, 1, 5, 5), (32, 16, 5, 5), (10, 1568)]
+    assert [m.mapping for m in learning] == [conv_mapping, conv_mapping, dense_mapping]
+    assert all((m.feedback is not None) == (name == "fa-cnn") for m in learning)
+    x = torch.rand(3, 784, requires_grad=True)  # the MLPs' flattened input
+    out = recipes.build(name)(x)
+    assert out.shape == (3, 10)
+    out.sum().backward()
 
 
 def test_build_is_seeded():

@@ -1,9 +1,10 @@
-"""Named experiments: the Bender.jl tutorials' networks and their backprop baselines.
+"""Named experiments: the Bender.jl tutorials' networks, small CNNs, and backprop baselines.
 
 Every recipe trains with the tutorials' settings unless told otherwise: MNIST flattened to 784
 floats in [0, 1], mini-batches of 64 (last partial batch dropped), Adam with learning rate 3e-4,
 logit cross-entropy, 10 epochs. One difference: the batches are reshuffled each epoch, while the
 tutorials keep the order of their one shuffle (``train(..., reshuffle=False)`` does that).
+The CNNs take the same flattened input and unflatten it to ``1×28×28`` as their first module.
 """
 
 from __future__ import annotations
@@ -18,9 +19,12 @@ from torch import nn
 
 from bender.data import Dataset
 from bender.dfa import DFA
-from bender.layers import GenDense
+from bender.layers import GenConv, GenDense
 from bender.mappings import (
     Mapping,
+    conv_linear,
+    conv_linear_asym_dx,
+    conv_linear_blocked_dx,
     linear,
     linear_asym_dx,
     linear_binary_weights,
@@ -52,6 +56,20 @@ def mlp(
         act = hidden_activation() if i < len(sizes) - 2 else None
         layers.append(GenDense(n_in, n_out, act, forward=forward, feedback=feedback))
     return nn.Sequential(*layers)
+
+
+def cnn(conv_forward: Mapping, dense_forward: Mapping, feedback: bool = False) -> nn.Sequential:
+    """784 → 1×28×28 → [conv 5×5, 16 ch, relu, max-pool 2] → [conv 5×5, 32 ch, relu, max-pool 2]
+    → dense 1568 → 10 (padding 2 keeps 28×28 and 14×14 before each pooling)."""
+    return nn.Sequential(
+        nn.Unflatten(1, (1, 28, 28)),
+        GenConv(1, 16, 5, nn.ReLU(), padding=2, forward=conv_forward, feedback=feedback),
+        nn.MaxPool2d(2),
+        GenConv(16, 32, 5, nn.ReLU(), padding=2, forward=conv_forward, feedback=feedback),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        GenDense(32 * 7 * 7, 10, forward=dense_forward, feedback=feedback),
+    )
 
 
 SMALL, LARGE = (784, 128, 64, 10), (784, 512, 256, 10)
@@ -88,6 +106,16 @@ RECIPES: dict[str, Recipe] = {
             lambda: DFA(mlp(LARGE, linear_blocked_dx), 10),
         ),
         Recipe(
+            "fa-cnn",
+            "feedback alignment, CNN conv16-conv32-dense (5×5 kernels, max-pooling), relu",
+            lambda: cnn(conv_linear_asym_dx, linear_asym_dx, feedback=True),
+        ),
+        Recipe(
+            "dfa-cnn",
+            "direct feedback alignment, CNN conv16-conv32-dense, relu",
+            lambda: DFA(cnn(conv_linear_blocked_dx, linear_blocked_dx), 10, input_shape=(784,)),
+        ),
+        Recipe(
             "bp-mlp",
             "backprop baseline, MLP 784-128-64-10, relu",
             lambda: mlp(SMALL, linear),
@@ -96,6 +124,11 @@ RECIPES: dict[str, Recipe] = {
             "bp-mlp-large",
             "backprop baseline, MLP 784-512-256-10, relu",
             lambda: mlp(LARGE, linear),
+        ),
+        Recipe(
+            "bp-cnn",
+            "backprop baseline, CNN conv16-conv32-dense, relu",
+            lambda: cnn(conv_linear, linear),
         ),
     ]
 }
