@@ -1,10 +1,11 @@
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from bender import recipes
-from bender.training import COLUMNS, evaluate, make_optimizer, train
+from bender.training import COLUMNS, check_seed, evaluate, make_optimizer, train
 
 
 def test_train_returns_per_epoch_table(small_mnist):
@@ -91,6 +92,9 @@ def test_bad_arguments(small_mnist):
         train(model, small_mnist, seed=10**20)
     with pytest.raises(ValueError, match=rf"{seed_range} 1\.5"):
         train(model, small_mnist, seed=1.5)
+    with pytest.raises(ValueError, match=rf"{seed_range} True"):
+        train(model, small_mnist, seed=True)
+    assert check_seed(np.int64(3)) == 3 and type(check_seed(np.int64(3))) is int
     with pytest.raises(
         ValueError, match="unknown optimizer 'adamm'; choose one of adam, adamw, sgd"
     ):

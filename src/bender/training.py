@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import operator
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -35,11 +36,15 @@ SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.manual_seed and Generator.manua
 
 
 def check_seed(seed: int) -> int:
-    """``seed`` unchanged if torch can seed with it; a ``ValueError`` naming the range otherwise."""
+    """``seed`` as an int if torch can seed with it (NumPy integers too); else a ``ValueError``."""
     low, high = SEED_RANGE
-    if isinstance(seed, bool) or not isinstance(seed, int) or not low <= seed <= high:
+    try:
+        value = None if isinstance(seed, bool) else operator.index(seed)
+    except TypeError:
+        value = None
+    if value is None or not low <= value <= high:
         raise ValueError(f"seed must be an int from {low} to {high}, got {seed!r}")
-    return seed
+    return value
 
 
 def _choose(kind: str, value, table: dict):
@@ -134,7 +139,7 @@ def train(
             raise ValueError(f"{name} must be a positive int, got {value!r}")
     if not (lr > 0 and math.isfinite(lr)):
         raise ValueError(f"lr must be positive and finite, got {lr!r}")
-    check_seed(seed)
+    seed = check_seed(seed)
     if len(data.train) < batch_size:
         raise ValueError(
             f"batch_size {batch_size} is larger than the training set ({len(data.train)} "
