@@ -21,6 +21,19 @@ def close(actual: torch.Tensor, expected: torch.Tensor) -> None:
     torch.testing.assert_close(actual, expected, rtol=tol, atol=tol)
 
 
+def gradcheck_with_weight_as_feedback(function, x, weight, bias, *settings) -> bool:
+    """gradcheck of ``function.apply(x, W, copy of W, bias, *settings)``.
+
+    With the feedback equal to ``W`` (a copy, so the custom backward still runs) a bent rule's
+    backward must give the exact gradient.
+    """
+
+    def exact(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return function.apply(x, w, w.detach().clone(), b, *settings)
+
+    return torch.autograd.gradcheck(exact, (x, weight, bias))
+
+
 @pytest.fixture(params=BATCH_SIZES, ids=lambda n: f"n{n}")
 def batch(request) -> int:
     return request.param

@@ -5,7 +5,7 @@ import torch.nn.functional as F
 from bender.functional import conv, conv_asym_dx, conv_blocked_dx
 from bender.functional.conv import BentConv
 from bender.layers import GenConv
-from tests.conftest import close
+from tests.conftest import close, gradcheck_with_weight_as_feedback
 
 PLAIN = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 # (dims, in, out, kernel, stride, padding, dilation, groups, spatial size)
@@ -69,11 +69,8 @@ def test_gradcheck_bent_conv_with_feedback_equal_to_the_kernel(batch):
     # B = a copy of W: the custom backward must then give the exact gradient
     layer = GenConv(2, 3, (2, 3), stride=2, padding=1, dtype=torch.float64)
     x = torch.randn(batch, 2, 5, 6, dtype=torch.float64, requires_grad=True)
-
-    def fn(x, w, b):
-        return BentConv.apply(x, w, w.detach().clone(), b, (2, 2), (1, 1), (1, 1), 1)
-
-    assert torch.autograd.gradcheck(fn, (x, layer.weight, layer.bias))
+    settings = (2, 2), (1, 1), (1, 1), 1  # stride, padding, dilation, groups
+    assert gradcheck_with_weight_as_feedback(BentConv, x, layer.weight, layer.bias, *settings)
     exact = conv_asym_dx(x, layer.weight, layer.weight)  # B is W itself: autograd's own kernels
     assert exact.grad_fn.name() == "ConvolutionBackward0"
 
