@@ -62,13 +62,13 @@ def _named(model: nn.Module, keep: Callable[[nn.Module], bool], wanted: str) -> 
     return layers
 
 
+def _uses_feedback(m: nn.Module) -> bool:
+    return bool(_mapping_says(m, "needs_feedback")) and getattr(m, "feedback", None) is not None
+
+
 def feedback_layers(model: nn.Module) -> dict[str, nn.Module]:
     """The submodules (by name) whose mapping uses a feedback matrix, and that hold one."""
-
-    def uses_feedback(m: nn.Module) -> bool:
-        return bool(_mapping_says(m, "needs_feedback")) and getattr(m, "feedback", None) is not None
-
-    return _named(model, uses_feedback, "uses a feedback matrix")
+    return _named(model, _uses_feedback, "uses a feedback matrix")
 
 
 def bent_layers(model: nn.Module) -> dict[str, nn.Module]:
@@ -163,7 +163,7 @@ class AlignmentRecorder:
         device = next(model.parameters()).device
         x, target = self.x.to(device), self.target.to(device)
         angles: dict[str, float] = {"epoch": row["epoch"]}
-        if any(_mapping_says(m, "needs_feedback") for m in model.modules()):
+        if any(_uses_feedback(m) for m in model.modules()):
             angles |= {f"weight_angle_{k}": a for k, a in weight_alignment(model).items()}
         grads = gradient_alignment(model, x, target, self.loss)
         angles |= {f"grad_angle_{k}": a for k, a in grads.items()}
