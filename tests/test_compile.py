@@ -28,8 +28,12 @@ DENSE_MAPPINGS = [
     "linear_binary_weights",
     "linear_stoc_binary_weights",
 ]
-CONV_MAPPINGS = ["conv_linear", "conv_linear_asym_dx", "conv_linear_blocked_dx"]
-CONV_MAPPINGS += ["conv_binary_weights"]
+CONV_MAPPINGS = [
+    "conv_linear",
+    "conv_linear_asym_dx",
+    "conv_linear_blocked_dx",
+    "conv_binary_weights",
+]
 ACTIVATIONS = [SignSTE, StocSignSTE, HardSigmoid, HardtanhAdaSTE]
 
 
