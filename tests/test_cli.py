@@ -134,9 +134,14 @@ def test_unavailable_or_unknown_device_exits_1(tmp_path, data_root, capsys):
         code, _ = _train(tmp_path, data_root, "--device", "cuda")
         assert code == 1
         assert "no CUDA device" in capsys.readouterr().err
-    code, _ = _train(tmp_path, data_root, "--device", "tpu7")
+    code, out = _train(tmp_path, data_root, "--device", "tpu7")
     assert code == 1
     assert "unknown device 'tpu7'" in capsys.readouterr().err
+    if not torch.backends.mps.is_available():  # known to torch, unusable here: no traceback
+        code, out = _train(tmp_path, data_root, "--device", "mps")
+        assert code == 1
+        assert "device 'mps' is not usable here" in capsys.readouterr().err
+    assert not out.exists()  # refused before the output folder is made
 
 
 def test_default_folder_never_replaces_an_earlier_run(tmp_path, data_root, monkeypatch, capsys):

@@ -5,7 +5,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bender import recipes
-from bender.training import COLUMNS, check_seed, evaluate, make_optimizer, train
+from bender.training import COLUMNS, check_seed, evaluate, make_optimizer, resolve_device, train
 
 
 def test_train_returns_per_epoch_table(small_mnist):
@@ -103,6 +103,26 @@ def test_bad_arguments(small_mnist):
         train(model, small_mnist, loss="hinge")
     with pytest.raises(ValueError, match=r"batch_size 64 is larger than the training set \(10 "):
         train(model, small_mnist.subset(10, 10), batch_size=64)
+
+
+def test_devices_that_cannot_hold_a_tensor_are_refused_up_front(small_mnist):
+    assert resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(ValueError, match="unknown device 'tpu7'"):
+        resolve_device("tpu7")
+    with pytest.raises(ValueError, match="device 'meta' holds no data"):
+        resolve_device("meta")
+    if not torch.backends.mps.is_available():  # a valid device name this torch cannot use
+        with pytest.raises(ValueError, match="device 'mps' is not usable here: "):
+            resolve_device("mps")
+        with pytest.raises(ValueError, match="device 'mps' is not usable here: "):
+            train(nn.Sequential(nn.Linear(784, 10)), small_mnist, device="mps")
+    if torch.cuda.is_available():  # one past the last GPU
+        missing = f"cuda:{torch.cuda.device_count()}"
+        with pytest.raises(ValueError, match=f"device '{missing}' is not usable here: "):
+            resolve_device(missing)
+    else:
+        with pytest.raises(ValueError, match="this torch sees no CUDA device"):
+            resolve_device("cuda:0")
 
 
 def test_plain_modules_and_other_optimizers_train(small_mnist):

@@ -75,7 +75,11 @@ def make_optimizer(
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` is CUDA when available, else the CPU."""
+    """``"auto"`` is CUDA when available, else the CPU; any other device must hold a tensor here.
+
+    Checked by allocating an empty tensor on it, so a device this torch build or machine lacks
+    (``mps`` on Linux, ``cuda:3`` with one GPU) is refused up front, not after the data is loaded.
+    """
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -84,6 +88,13 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         raise ValueError(f"unknown device {device!r}: expected auto, cpu, cuda or cuda:N") from err
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} was requested but this torch sees no CUDA device")
+    if resolved.type == "meta":
+        raise ValueError("device 'meta' holds no data, so nothing can be trained on it")
+    try:
+        torch.empty(0, device=resolved)
+    except Exception as err:  # each backend fails its own way: RuntimeError, AssertionError, ...
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ValueError(f"device {device!r} is not usable here: {reason}") from err
     return resolved
 
 
