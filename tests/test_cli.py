@@ -193,6 +193,26 @@ def test_ctrl_c_keeps_results_so_far_with_curves(tmp_path, data_root, monkeypatc
     assert f"results so far are in {out}" in capsys.readouterr().err
 
 
+def test_ctrl_c_while_saving_keeps_the_last_whole_checkpoint(tmp_path, data_root, monkeypatch):
+    real_save, saved = torch.save, []
+
+    def save_then_ctrl_c_halfway(obj, path):
+        if saved:  # epoch 2: the file is cut short, as by Ctrl-C during the write
+            Path(path).write_bytes(b"PK\x03")
+            raise KeyboardInterrupt
+        saved.append({k: v.clone() for k, v in obj.items()})
+        real_save(obj, path)
+
+    monkeypatch.setattr(torch, "save", save_then_ctrl_c_halfway)
+    code, out = _train(tmp_path, data_root, epochs=3)
+    assert code == 130
+    state = torch.load(out / "model.pt")
+    assert state.keys() == saved[0].keys()
+    assert all(torch.equal(state[k], saved[0][k]) for k in state)  # epoch 1's weights, whole
+    assert pd.read_csv(out / "metrics.csv")["epoch"].tolist() == [1]  # matches model.pt
+    assert not [p.name for p in out.iterdir() if ".partial" in p.name]
+
+
 def test_batch_larger_than_the_training_set_is_a_usage_error(tmp_path, data_root, capsys):
     args = ["train", "fa-mlp", "--limit", "10", "--data-dir", str(data_root)]
     with pytest.raises(SystemExit) as exit_info:

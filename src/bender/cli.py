@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import platform
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -117,11 +119,25 @@ def _output_folder(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
     return folder
 
 
+def _replace(path: Path, write: Callable[[Path], object]) -> None:
+    """``write`` a temporary sibling, then rename it over ``path``.
+
+    The rename is atomic, so a write cut short (Ctrl-C, a full disk) leaves the previous
+    epoch's file whole instead of a truncated one.
+    """
+    partial = path.with_name(f"{path.stem}.partial{path.suffix}")  # keeps the format suffix
+    try:
+        write(partial)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
 def _write_table(out: Path, table: pd.DataFrame, record: dict) -> None:
     """metrics.csv holds the numbers that depend only on the seed; metrics.json adds timings."""
-    table[TABLE_COLUMNS].to_csv(out / "metrics.csv", index=False)
+    _replace(out / "metrics.csv", lambda p: table[TABLE_COLUMNS].to_csv(p, index=False))
     record["epochs"] = table.to_dict(orient="records")
-    (out / "metrics.json").write_text(json.dumps(record, indent=2))
+    _replace(out / "metrics.json", lambda p: p.write_text(json.dumps(record, indent=2)))
 
 
 def plot_curves(table: pd.DataFrame, path: Path, title: str) -> None:
@@ -207,12 +223,12 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         record["alignment_probe"] = f"first {len(recorder.x)} test examples"
 
     def save(row: dict, model: torch.nn.Module) -> None:  # after every epoch: nothing is lost
-        history.append(row)
+        _replace(out / "model.pt", lambda p: torch.save(model.state_dict(), p))
+        history.append(row)  # after the weights: the table never runs ahead of model.pt
         _write_table(out, pd.DataFrame(history), record)
-        torch.save(model.state_dict(), out / "model.pt")
         if recorder is not None:
             recorder(row, model)
-            recorder.table().to_csv(out / "alignment.csv", index=False)
+            _replace(out / "alignment.csv", lambda p: recorder.table().to_csv(p, index=False))
 
     history: list[dict] = []
     interrupted = False
@@ -235,7 +251,8 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         table.attrs["stopped"] = f"interrupted (Ctrl-C) in epoch {len(history) + 1}"
     if len(table):
         print(table.round(3).to_string(index=False))
-        plot_curves(table, out / "curves.png", f"{args.recipe} on {args.dataset}, seed {args.seed}")
+        title = f"{args.recipe} on {args.dataset}, seed {args.seed}"
+        _replace(out / "curves.png", lambda p: plot_curves(table, p, title))
     if recorder is not None:
         print("angles in degrees (weight_angle: W vs B; grad_angle: bent vs backprop ∂W):")
         print(recorder.table().round(1).to_string(index=False))
