@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from bender.data import Batches, Split, data_root, load, read_idx
+from bender.data import Batches, Dataset, Split, data_root, load, read_idx
 
 TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
@@ -105,5 +105,47 @@ def test_batches_of_an_epoch_without_a_full_batch_are_none(shuffle):
     split = Split(torch.zeros(10, 2), torch.arange(10))
     assert len(Batches(split, 16, shuffle=shuffle)) == 0
     assert list(Batches(split, 16, shuffle=shuffle)) == []  # not one empty batch
-    empty = split.subset(0)
+    empty = Split(torch.zeros(0, 2), torch.zeros(0, dtype=torch.int64))
     assert list(Batches(empty, 4, shuffle=shuffle, drop_last=False)) == []
+
+
+def test_split_checks_labels_and_lengths():
+    x = torch.zeros(4, 3)
+    assert Split(x, torch.tensor([0, 1, 2, 1], dtype=torch.int32)).y.dtype == torch.int64
+    with pytest.raises(ValueError, match=r"shape \(4, 3\) and dtype torch.float32 \(one-hot"):
+        Split(x, torch.eye(4, 3))
+    with pytest.raises(
+        ValueError, match=r"integer class labels, got shape \(4,\) and dtype torch\.float"
+    ):
+        Split(x, torch.zeros(4))
+    with pytest.raises(ValueError, match=r"one example per label: 3 labels, x of shape \(4, 3\)"):
+        Split(x, torch.arange(3))
+    with pytest.raises(ValueError, match=r"Split\.x is on meta but Split\.y on cpu"):
+        Split(torch.zeros(4, 3, device="meta"), torch.arange(4))
+    with pytest.raises(TypeError, match="Split needs tensors x and y, got list and Tensor"):
+        Split([[0.0]], torch.arange(1))
+
+
+def test_subset_takes_at_most_n_and_refuses_sizes_below_one(mnist):
+    small = mnist.subset(100, 10**9)
+    assert (len(small.train), len(small.test)) == (100, 10000)
+    assert torch.equal(small.train.x, mnist.train.x[:100])
+    for n in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match=f"subset size must be a positive int, got {n!r}"):
+            mnist.train.subset(n)
+
+
+def test_dataset_checks_labels_against_num_classes():
+    split = Split(torch.zeros(3, 2), torch.tensor([0, 4, 1]))
+    assert Dataset("own", split, split, num_classes=5).num_classes == 5
+    with pytest.raises(
+        ValueError, match=r"own train labels must lie in 0\.\.3 \(num_classes=4\), got 0\.\.4"
+    ):
+        Dataset("own", split, split, num_classes=4)
+    negative = Split(torch.zeros(2, 2), torch.tensor([-1, 0]))
+    with pytest.raises(ValueError, match=r"own test labels must lie in 0\.\.9"):
+        Dataset("own", split, negative)
+    with pytest.raises(ValueError, match="num_classes must be a positive int, got 0"):
+        Dataset("own", split, split, num_classes=0)
+    with pytest.raises(TypeError, match=r"Dataset\.test must be a bender\.data\.Split, got tuple"):
+        Dataset("own", split, (split.x, split.y))

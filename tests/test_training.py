@@ -5,6 +5,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bender import recipes
+from bender.data import Dataset, Split
 from bender.training import COLUMNS, check_seed, evaluate, make_optimizer, resolve_device, train
 
 
@@ -123,6 +124,26 @@ def test_devices_that_cannot_hold_a_tensor_are_refused_up_front(small_mnist):
     else:
         with pytest.raises(ValueError, match="this torch sees no CUDA device"):
             resolve_device("cuda:0")
+
+
+def test_own_tensors_train_as_a_dataset(small_mnist):
+    # labels as int32 and classes 0-4 only: any integer labels below num_classes will do
+    keep = small_mnist.train.y < 5
+    train_split = Split(small_mnist.train.x[keep], small_mnist.train.y[keep].int())
+    test_keep = small_mnist.test.y < 5
+    test_split = Split(small_mnist.test.x[test_keep], small_mnist.test.y[test_keep].int())
+    own = Dataset("mnist 0-4", train_split, test_split, num_classes=5)
+    torch.manual_seed(0)
+    table = train(nn.Sequential(nn.Linear(784, 5)), own, epochs=2, lr=1e-3)
+    assert table["acc_test"].iloc[-1] > 0.9
+    with pytest.raises(TypeError, match=r"data must be a bender\.data\.Dataset, got tuple; wrap"):
+        train(nn.Sequential(nn.Linear(784, 5)), (train_split, test_split))
+    no_test = Dataset("no test", train_split, train_split.subset(1))
+    no_test.test = Split(train_split.x[:0], train_split.y[:0])
+    with pytest.raises(ValueError, match=r"data\.test is empty"):
+        train(nn.Sequential(nn.Linear(784, 5)), no_test)
+    with pytest.raises(ValueError, match="cannot evaluate on an empty split"):
+        evaluate(nn.Sequential(nn.Linear(784, 5)), no_test.test)
 
 
 def test_plain_modules_and_other_optimizers_train(small_mnist):

@@ -54,10 +54,36 @@ def read_idx(path: str | os.PathLike) -> Tensor:
 
 @dataclass
 class Split:
-    """One split in memory: inputs ``x`` (float, in [0, 1]) and integer labels ``y``."""
+    """One split in memory: inputs ``x`` (one example per row) and class labels ``y``.
+
+    ``y`` is a 1-D tensor of integer class indices (any integer dtype; stored as int64, which
+    the cross-entropy loss needs), on ``x``'s device, with ``len(y) == len(x)``.
+    """
 
     x: Tensor
     y: Tensor
+
+    def __post_init__(self) -> None:
+        x, y = self.x, self.y
+        if not (isinstance(x, Tensor) and isinstance(y, Tensor)):
+            raise TypeError(
+                f"Split needs tensors x and y, got {type(x).__name__} and {type(y).__name__}"
+            )
+        integer = not (y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool)
+        if y.dim() != 1 or not integer:
+            hint = " (one-hot labels? pass y.argmax(1))" if y.dim() == 2 else ""
+            raise ValueError(
+                "Split.y must be a 1-D tensor of integer class labels, got shape "
+                f"{tuple(y.shape)} and dtype {y.dtype}{hint}"
+            )
+        if x.dim() == 0 or len(x) != len(y):
+            raise ValueError(
+                f"Split.x must hold one example per label: {len(y)} labels, x of shape "
+                f"{tuple(x.shape)}"
+            )
+        if x.device != y.device:
+            raise ValueError(f"Split.x is on {x.device} but Split.y on {y.device}")
+        self.y = y.long()
 
     def __len__(self) -> int:
         return len(self.y)
@@ -66,7 +92,9 @@ class Split:
         return Split(self.x.to(device), self.y.to(device))
 
     def subset(self, n: int) -> Split:
-        """The first ``n`` examples (for quick runs and tests)."""
+        """The first ``n`` examples, or all of them when there are fewer (for quick runs)."""
+        if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
+            raise ValueError(f"subset size must be a positive int, got {n!r}")
         return Split(self.x[:n], self.y[:n])
 
 
@@ -78,6 +106,22 @@ class Dataset:
     train: Split
     test: Split
     num_classes: int = 10
+
+    def __post_init__(self) -> None:
+        for split in ("train", "test"):
+            if not isinstance(getattr(self, split), Split):
+                got = type(getattr(self, split)).__name__
+                raise TypeError(f"Dataset.{split} must be a bender.data.Split, got {got}")
+        k = self.num_classes
+        if isinstance(k, bool) or not isinstance(k, int) or k <= 0:
+            raise ValueError(f"num_classes must be a positive int, got {k!r}")
+        for split in ("train", "test"):
+            y = getattr(self, split).y
+            if len(y) and not (int(y.min()) >= 0 and int(y.max()) < k):
+                raise ValueError(
+                    f"{self.name} {split} labels must lie in 0..{k - 1} (num_classes={k}), "
+                    f"got {int(y.min())}..{int(y.max())}"
+                )
 
     def to(self, device: torch.device | str) -> Dataset:
         return Dataset(self.name, self.train.to(device), self.test.to(device), self.num_classes)

@@ -107,6 +107,8 @@ def evaluate(
 ) -> tuple[float, float]:
     """Mean loss and accuracy of ``model`` over a whole split, in eval mode and without grad."""
     loss_fn = _choose("loss", loss, LOSSES)
+    if len(split) == 0:
+        raise ValueError("cannot evaluate on an empty split")
     was_training = model.training
     model.eval()
     total_loss = torch.zeros((), dtype=torch.float64, device=split.x.device)
@@ -151,6 +153,13 @@ def train(
     if not (lr > 0 and math.isfinite(lr)):
         raise ValueError(f"lr must be positive and finite, got {lr!r}")
     seed = check_seed(seed)
+    if not isinstance(data, Dataset):
+        raise TypeError(
+            f"data must be a bender.data.Dataset, got {type(data).__name__}; wrap your own "
+            "tensors as Dataset(name, Split(x, y), Split(x_test, y_test), num_classes)"
+        )
+    if len(data.test) == 0:
+        raise ValueError("data.test is empty: every epoch is evaluated on the test split")
     if len(data.train) < batch_size:
         raise ValueError(
             f"batch_size {batch_size} is larger than the training set ({len(data.train)} "
