@@ -5,6 +5,7 @@ estimators, RBF-style layers, and any rule in which the backward pass is not the
 """
 
 from bender import alignment, functional, mappings
+from bender.conversion import convert
 from bender.dfa import DFA
 from bender.functional.direct_feedback import direct_feedback_loss
 from bender.layers import GenConv, GenDense
@@ -24,6 +25,7 @@ __all__ = [
     "StocSignSTE",
     "activations",
     "alignment",
+    "convert",
     "direct_feedback_loss",
     "functional",
     "mappings",

@@ -32,7 +32,9 @@ def _blocks(model: nn.Sequential) -> tuple[list[nn.Module], list[nn.Module]]:
             raise TypeError(
                 f"layer {index} ({type(module).__name__}) has parameters but cannot take direct "
                 "feedback alignment; DFA trains GenDense and GenConv layers (with parameter-free "
-                "modules such as activations, pooling or flatten between them)"
+                "modules such as activations, pooling or flatten between them). Turn nn.Linear "
+                "and nn.Conv layers into them with bender.convert(model, dense="
+                "'linear_blocked_dx', conv='conv_linear_blocked_dx')"
             )
         else:
             (blocks[-1] if blocks else prefix).append(module)

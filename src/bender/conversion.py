@@ -1,0 +1,158 @@
+"""Turn an existing PyTorch model into a bent one: its Linear and Conv layers become bender layers.
+
+``convert(model, dense="linear_asym_dx", conv="conv_linear_asym_dx")`` copies ``model`` and
+replaces every ``nn.Linear`` with a :class:`~bender.layers.GenDense` and every ``nn.Conv1d/2d/3d``
+with a :class:`~bender.layers.GenConv` that holds the same weight and bias and computes the same
+forward pass; only the backward pass changes, as the mapping says. Feedback matrices, where the
+mapping needs one, are drawn fresh (Glorot-uniform, as Bender.jl, unless ``init`` is given).
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+
+import torch
+from torch import nn
+
+from bender.layers import GenConv, GenDense, Init
+from bender.mappings import Mapping, mapping_name, resolve_mapping
+
+CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def _needs_feedback(mapping: Mapping) -> bool:
+    return bool(getattr(mapping, "needs_feedback", False))
+
+
+def _dense(linear: nn.Linear, mapping: Mapping, init: Init | None) -> GenDense:
+    w = linear.weight
+    return GenDense(
+        linear.in_features,
+        linear.out_features,
+        forward=mapping,
+        feedback=_needs_feedback(mapping),
+        bias=linear.bias is not None,
+        init=init,
+        device=w.device,
+        dtype=w.dtype,
+    )
+
+
+def _padding(name: str, layer: nn.Module) -> tuple[int, ...]:
+    """The layer's padding as per-dimension ints; ``"same"`` only where it is symmetric."""
+    padding = layer.padding
+    if padding == "valid":
+        return (0,) * len(layer.kernel_size)
+    if padding == "same":
+        total = [d * (k - 1) for d, k in zip(layer.dilation, layer.kernel_size, strict=True)]
+        if any(t % 2 for t in total):
+            raise ValueError(
+                f"{name}: padding='same' with kernel {layer.kernel_size} and dilation "
+                f"{layer.dilation} pads one side more than the other, which GenConv cannot do; "
+                "use an odd kernel, or pad explicitly (nn.ZeroPad) before the layer"
+            )
+        return tuple(t // 2 for t in total)
+    return tuple(padding)
+
+
+def _conv(name: str, layer: nn.Module, mapping: Mapping, init: Init | None) -> GenConv:
+    if layer.padding_mode != "zeros":
+        raise ValueError(
+            f"{name}: padding_mode={layer.padding_mode!r}; GenConv pads with zeros only"
+        )
+    w = layer.weight
+    return GenConv(
+        layer.in_channels,
+        layer.out_channels,
+        layer.kernel_size,
+        stride=layer.stride,
+        padding=_padding(name, layer),
+        dilation=layer.dilation,
+        groups=layer.groups,
+        forward=mapping,
+        feedback=_needs_feedback(mapping),
+        bias=layer.bias is not None,
+        init=init,
+        device=w.device,
+        dtype=w.dtype,
+    )
+
+
+def _take_over(new: GenDense | GenConv, old: nn.Module) -> GenDense | GenConv:
+    """Give ``new`` the weight, bias, trainability and train/eval mode of ``old``."""
+    with torch.no_grad():
+        new.weight.copy_(old.weight)
+        if old.bias is not None:
+            new.bias.copy_(old.bias)
+    new.weight.requires_grad_(old.weight.requires_grad)
+    if old.bias is not None:
+        new.bias.requires_grad_(old.bias.requires_grad)
+    return new.train(old.training)
+
+
+def convert(
+    model: nn.Module,
+    dense: Mapping | str | None = None,
+    conv: Mapping | str | None = None,
+    *,
+    init: Init | None = None,
+) -> nn.Module:
+    """A copy of ``model`` whose Linear and Conv layers use the given forward mappings.
+
+    Every module of type exactly ``nn.Linear`` becomes a ``GenDense(forward=dense)``, and every
+    ``nn.Conv1d``, ``nn.Conv2d`` or ``nn.Conv3d`` a ``GenConv(forward=conv)``, with the same
+    weight, bias, stride, padding, dilation and groups, so the converted model computes the same
+    outputs. Where the mapping needs a feedback matrix (``linear_asym_dx``,
+    ``conv_linear_asym_dx``, ...) a fixed random one is drawn, with ``init`` (default
+    Glorot-uniform) and the global RNG: seed it for reproducible feedback. Leave ``dense`` or
+    ``conv`` at ``None`` to keep those layers as they are. ``model`` itself is not changed.
+
+    Subclasses of ``nn.Linear`` (such as the output projection inside
+    ``nn.MultiheadAttention``, which the attention reads as a weight, not as a layer) are left
+    as they are, with a warning. Transposed and lazy convolutions are not converted.
+
+    Example: feedback alignment or, wrapped in :class:`~bender.dfa.DFA`, direct feedback
+    alignment for a plain MLP::
+
+        mlp = nn.Sequential(nn.Linear(784, 128), nn.ReLU(), nn.Linear(128, 10))
+        fa = convert(mlp, dense="linear_asym_dx")
+        dfa = DFA(convert(mlp, dense="linear_blocked_dx"), 10)
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"convert needs an nn.Module, got {type(model).__name__}")
+    if dense is None and conv is None:
+        raise ValueError(
+            "convert needs a mapping for dense layers (dense=...), conv layers (conv=...) or both"
+        )
+    dense_map = resolve_mapping(dense) if dense is not None else None
+    conv_map = resolve_mapping(conv) if conv is not None else None
+    converted = copy.deepcopy(model)
+    replaced, skipped = 0, []
+    for name, module in list(converted.named_modules()):
+        if type(module) is nn.Linear and dense_map is not None:
+            new = _take_over(_dense(module, dense_map, init), module)
+        elif type(module) in CONVS and conv_map is not None:
+            new = _take_over(_conv(name, module, conv_map, init), module)
+        else:
+            if isinstance(module, nn.Linear) and dense_map is not None:
+                skipped.append(f"{name} ({type(module).__name__})")
+            continue
+        if name == "":  # the model is itself one layer
+            return new
+        parent_name, _, child = name.rpartition(".")
+        setattr(converted.get_submodule(parent_name), child, new)
+        replaced += 1
+    if skipped:
+        warnings.warn(
+            f"convert left these nn.Linear subclasses as they are: {', '.join(skipped)}",
+            stacklevel=2,
+        )
+    if replaced == 0:
+        wanted = " or ".join(
+            f"{kind} layer to give {mapping_name(m)}"
+            for kind, m in (("nn.Linear", dense_map), ("nn.Conv1d/2d/3d", conv_map))
+            if m is not None
+        )
+        raise ValueError(f"convert found no {wanted} in {type(model).__name__}")
+    return converted

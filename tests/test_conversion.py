@@ -1,0 +1,147 @@
+import pytest
+import torch
+from torch import nn
+
+from bender import DFA, GenConv, GenDense, convert
+from bender.training import train
+from tests.conftest import close
+
+
+def test_converted_mlp_computes_the_same_outputs_and_feedback_alignment_gradients(batch, dtype):
+    mlp = nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 4)).to(dtype)
+    fa = convert(mlp, dense="linear_asym_dx")
+    assert [type(m) for m in fa] == [GenDense, nn.Tanh, GenDense]
+    x = torch.randn(batch, 6, dtype=dtype, requires_grad=True)
+    delta = torch.randn(batch, 4, dtype=dtype)
+    out = fa(x)
+    close(out, mlp(x))
+    out.backward(delta)
+
+    (w1, b1, b1_fb), (w2, _, b2_fb) = [(m.weight, m.bias, m.feedback) for m in (fa[0], fa[2])]
+    h = torch.tanh(x.detach() @ w1.detach().t() + b1.detach())
+    dh = delta @ b2_fb  # feedback alignment: B2 in place of W2
+    da1 = dh * (1 - h**2)
+    close(fa[2].weight.grad, delta.t() @ h)
+    close(fa[2].bias.grad, delta.sum(0))
+    close(fa[0].weight.grad, da1.t() @ x.detach())
+    close(x.grad, da1 @ b1_fb)
+    assert not torch.equal(b2_fb, w2.detach())
+
+
+@pytest.mark.parametrize(
+    ("make", "shape"),
+    [
+        (lambda: nn.Conv1d(4, 6, 3, stride=2, padding=1, bias=False), (2, 4, 11)),
+        (lambda: nn.Conv2d(4, 6, 3, padding="same", dilation=2, groups=2), (2, 4, 9, 9)),
+        (lambda: nn.Conv2d(4, 6, (3, 1), padding="valid"), (2, 4, 7, 5)),
+        (lambda: nn.Conv3d(2, 3, 3, padding=(1, 0, 1)), (2, 2, 5, 5, 5)),
+    ],
+)
+def test_converted_convs_keep_their_settings_and_use_the_feedback_kernel(make, shape):
+    layer = make().double()
+    bent = convert(nn.Sequential(layer), conv="conv_linear_asym_dx")[0]
+    assert type(bent) is GenConv and bent.feedback.shape == layer.weight.shape
+    x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+    out = bent(x)
+    close(out, layer(x))
+    delta = torch.randn_like(out)
+    out.backward(delta)
+    dims = len(shape) - 2
+    conv_input = getattr(torch.nn.grad, f"conv{dims}d_input")
+    conv_weight = getattr(torch.nn.grad, f"conv{dims}d_weight")
+    settings = (bent.stride, bent.padding, bent.dilation, bent.groups)
+    close(x.grad, conv_input(shape, bent.feedback, delta, *settings))
+    close(bent.weight.grad, conv_weight(x.detach(), layer.weight.shape, delta, *settings))
+
+
+def test_the_original_model_is_left_alone():
+    mlp = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 4))
+    before = {k: v.clone() for k, v in mlp.state_dict().items()}
+    fa = convert(mlp, dense="linear_asym_dx")
+    opt = torch.optim.SGD(fa.parameters(), lr=0.5)
+    fa(torch.randn(3, 6)).sum().backward()
+    opt.step()
+    assert [type(m) for m in mlp] == [nn.Linear, nn.ReLU, nn.Linear]
+    assert all(torch.equal(mlp.state_dict()[k], v) for k, v in before.items())
+    assert not torch.equal(fa[0].weight, mlp[0].weight)  # the copy learned on its own
+
+
+def test_frozen_layers_eval_mode_and_feedback_in_the_state_dict():
+    mlp = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 4, bias=False)).eval()
+    mlp[0].weight.requires_grad_(False)
+    torch.manual_seed(7)
+    fa = convert(mlp, dense="linear_asym_dx")
+    torch.manual_seed(7)
+    again = convert(mlp, dense="linear_asym_dx")
+    assert not fa[0].weight.requires_grad and fa[0].bias.requires_grad
+    assert fa[2].bias is None and not fa.training and not fa[0].training
+    assert set(fa.state_dict()) == {"0.weight", "0.bias", "0.feedback", "2.weight", "2.feedback"}
+    assert torch.equal(fa[2].feedback, again[2].feedback)  # the global seed fixes B
+    assert "feedback" not in dict(fa.named_parameters())
+
+
+def test_only_the_layers_given_a_mapping_change():
+    net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(2 * 26 * 26, 10))
+    assert [type(m) for m in convert(net, dense="linear_blocked_dx")] == [
+        nn.Conv2d,
+        nn.Flatten,
+        GenDense,
+    ]
+    assert type(convert(net, conv="conv_binary_weights")[0]) is GenConv
+    single = convert(nn.Linear(3, 2), dense="linear_binary_weights")
+    assert type(single) is GenDense and single.feedback is None
+
+
+def test_converted_plain_mlp_takes_direct_feedback_alignment(batch):
+    mlp = nn.Sequential(nn.Linear(5, 4), nn.ReLU(), nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+    dfa = DFA(convert(mlp, dense="linear_blocked_dx"), 2)
+    x, delta = torch.randn(batch, 5), torch.randn(batch, 2)
+    out = dfa(x)
+    close(out, mlp(x))
+    out.backward(delta)
+
+    w1, w2 = mlp[0].weight.detach(), mlp[2].weight.detach()
+    b1, b2 = mlp[0].bias.detach(), mlp[2].bias.detach()
+    fb1, fb2 = dfa.feedback[:4], dfa.feedback[4:]  # stacked per hidden layer: 4×2 and 3×2
+    a1 = x @ w1.t() + b1
+    h1 = a1.relu()
+    a2 = h1 @ w2.t() + b2
+    da2 = (delta @ fb2.t()) * (a2 > 0)  # e B_iᵀ straight to each hidden layer
+    da1 = (delta @ fb1.t()) * (a1 > 0)
+    close(dfa.model[4].weight.grad, delta.t() @ a2.relu())
+    close(dfa.model[2].weight.grad, da2.t() @ h1)
+    close(dfa.model[0].weight.grad, da1.t() @ x)
+    close(dfa.model[0].bias.grad, da1.sum(0))
+
+
+def test_converted_plain_mlp_learns_mnist_with_dfa(small_mnist):
+    torch.manual_seed(0)
+    mlp = nn.Sequential(nn.Linear(784, 128), nn.ReLU(), nn.Linear(128, 10))
+    table = train(DFA(convert(mlp, dense="linear_blocked_dx"), 10), small_mnist, epochs=3)
+    assert table["loss_test"].is_monotonic_decreasing
+    assert table["acc_test"].iloc[-1] > 0.4  # chance is 0.1; DFA starts slowly (0.63 here)
+
+
+def test_layers_inside_other_modules_are_found_and_attention_weights_are_left_with_a_warning():
+    block = nn.TransformerEncoderLayer(8, 2, dim_feedforward=16, dropout=0.0, batch_first=True)
+    with pytest.warns(UserWarning, match=r"self_attn\.out_proj \(NonDynamicallyQuantizableLinear"):
+        bent = convert(block, dense="linear_asym_dx")
+    assert type(bent.linear1) is GenDense and type(bent.linear2) is GenDense
+    x = torch.randn(2, 5, 8)
+    close(bent(x), block(x))
+
+
+def test_bad_requests_are_refused():
+    mlp = nn.Sequential(nn.Linear(3, 2))
+    with pytest.raises(ValueError, match=r"needs a mapping for dense layers \(dense=\.\.\.\)"):
+        convert(mlp)
+    with pytest.raises(ValueError, match="unknown forward mapping 'linear_asym'"):
+        convert(mlp, dense="linear_asym")
+    with pytest.raises(ValueError, match=r"found no nn\.Conv1d/2d/3d layer to give conv_linear in"):
+        convert(mlp, conv="conv_linear")
+    with pytest.raises(TypeError, match=r"convert needs an nn\.Module, got function"):
+        convert(lambda x: x, dense="linear")
+    with pytest.raises(ValueError, match=r"0: padding_mode='reflect'; GenConv pads with zeros"):
+        convert(nn.Sequential(nn.Conv2d(1, 1, 3, padding_mode="reflect")), conv="conv_linear")
+    with pytest.raises(ValueError, match=r"0: padding='same' with kernel \(4, 4\)"):
+        convert(nn.Sequential(nn.Conv2d(1, 1, 4, padding="same")), conv="conv_linear")
