@@ -160,3 +160,24 @@ def test_fa_sequential_trains_with_adam_and_feedback_stays_fixed():
     assert losses[-1] < 0.5 * losses[0]
     for m, before in zip(model, feedback_before, strict=True):
         assert torch.equal(m.feedback, before)
+
+
+def test_a_mapping_for_the_other_kind_of_layer_is_refused():
+    from bender import register_mapping
+    from bender.mappings import MAPPINGS
+
+    with pytest.raises(ValueError, match="conv_linear_asym_dx is for conv layers, not GenDense; "):
+        GenDense(4, 3, forward="conv_linear_asym_dx", feedback=True)
+    with pytest.raises(ValueError, match="linear is for dense layers, not GenConv; choose one of "):
+        GenConv(1, 2, 3, forward="linear")
+    with pytest.raises(ValueError, match="layer must be one of"):
+        register_mapping(layer="dense2d")
+
+    def doubled(layer, x):  # untagged: any layer may use it
+        return 2 * layer.default_mapping(layer, x)
+
+    assert GenDense(4, 3, forward=doubled)(torch.ones(2, 4)).shape == (2, 3)
+    assert GenConv(1, 2, 3, forward=doubled)(torch.ones(2, 1, 5, 5)).shape == (2, 2, 3, 3)
+    built_in = [m for m in MAPPINGS.values() if m.__module__ == "bender.mappings"]
+    assert len(built_in) == 11
+    assert all(m.layer == ("conv" if m.__name__.startswith("conv") else "dense") for m in built_in)

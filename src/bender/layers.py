@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from bender.mappings import Mapping, conv_linear, linear, mapping_name, resolve_mapping
+from bender.mappings import MAPPINGS, Mapping, conv_linear, linear, mapping_name, resolve_mapping
 
 Init = Callable[[Tensor], Tensor]
 Activation = Callable[[Tensor], Tensor]
@@ -33,6 +33,7 @@ class _GenLayer(nn.Module):
     feedback: Tensor | None
     bias: nn.Parameter | None
     default_mapping: Mapping
+    layer_kind: str  # which mappings fit: those registered with layer=None or this kind
 
     def _setup(
         self,
@@ -60,6 +61,13 @@ class _GenLayer(nn.Module):
             raise TypeError(f"activation must be callable or None, got {activation!r}")
         self.activation = activation
         self.mapping = resolve_mapping(forward)
+        kind = getattr(self.mapping, "layer", None)
+        if kind not in (None, self.layer_kind):
+            fits = sorted(n for n, m in MAPPINGS.items() if getattr(m, "layer", None) != kind)
+            raise ValueError(
+                f"forward mapping {mapping_name(self.mapping)} is for {kind} layers, not "
+                f"{type(self).__name__}; choose one of {', '.join(fits)}"
+            )
         self.generator = generator
         if getattr(self.mapping, "needs_feedback", False) and self.feedback is None:
             raise ValueError(
@@ -126,6 +134,7 @@ class GenDense(_GenLayer):
     """
 
     default_mapping = staticmethod(linear)
+    layer_kind = "dense"
 
     def __init__(
         self,
@@ -201,6 +210,7 @@ class GenConv(_GenLayer):
     """
 
     default_mapping = staticmethod(conv_linear)
+    layer_kind = "conv"
 
     def __init__(
         self,

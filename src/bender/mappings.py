@@ -24,6 +24,7 @@ from bender.functional.ste import sign_ste, stoc_sign_ste
 Mapping = Callable[[nn.Module, Tensor], Tensor]
 
 MAPPINGS: dict[str, Mapping] = {}
+LAYER_KINDS = ("dense", "conv", None)
 
 
 def register_mapping(
@@ -32,18 +33,23 @@ def register_mapping(
     needs_feedback: bool = False,
     exact: Mapping | None = None,
     name: str = "",
+    layer: str | None = None,
 ):
     """Register ``fn`` under ``name`` (default: its ``__name__``) so layers accept the name.
 
     ``needs_feedback=True`` makes layers refuse this mapping at construction when they have no
     feedback matrix. ``exact`` is the mapping with the same forward and backprop's gradient
     (``linear`` for ``linear_asym_dx``); :mod:`bender.alignment` swaps it in to compare the two
-    rules. Usable bare (``@register_mapping``) or with arguments.
+    rules. ``layer="dense"`` or ``"conv"`` makes the other kind of layer refuse the mapping at
+    construction (``None``: any layer). Usable bare (``@register_mapping``) or with arguments.
     """
+    if layer not in LAYER_KINDS:
+        raise ValueError(f"layer must be one of {LAYER_KINDS}, got {layer!r}")
 
     def wrap(f: Mapping) -> Mapping:
         f.needs_feedback = needs_feedback  # type: ignore[attr-defined]
         f.exact = exact  # type: ignore[attr-defined]
+        f.layer = layer  # type: ignore[attr-defined]
         MAPPINGS[name or f.__name__] = f
         return f
 
@@ -91,43 +97,43 @@ def _conv_settings(layer: nn.Module) -> dict[str, Any]:
     }
 
 
-@register_mapping
+@register_mapping(layer="dense")
 def linear(layer: nn.Module, x: Tensor) -> Tensor:
     """``x Wᵀ + b`` with the exact gradient (ordinary backprop)."""
     return F.linear(x, layer.weight, layer.bias)
 
 
-@register_mapping(needs_feedback=True, exact=linear)
+@register_mapping(needs_feedback=True, exact=linear, layer="dense")
 def linear_asym_dx(layer: nn.Module, x: Tensor) -> Tensor:
     """``x Wᵀ + b`` with feedback alignment: ``∂x = δ B``, ``∂W = δᵀ x``, ``∂b = Σ δ``."""
     return bent_linear(x, layer.weight, feedback_of(layer, "linear_asym_dx"), layer.bias)
 
 
-@register_mapping(exact=linear)
+@register_mapping(exact=linear, layer="dense")
 def linear_blocked_dx(layer: nn.Module, x: Tensor) -> Tensor:
     """``x Wᵀ + b``; ``W`` and ``b`` learn, no gradient reaches ``x`` (for DFA)."""
     return bent_linear(x, layer.weight, None, layer.bias)
 
 
-@register_mapping
+@register_mapping(layer="dense")
 def radial(layer: nn.Module, x: Tensor) -> Tensor:
     """``−‖x_n − W_j‖² + b_j`` (an RBF-like layer) with the exact gradient."""
     return bent_radial(x, layer.weight, layer.weight, layer.bias)
 
 
-@register_mapping(needs_feedback=True, exact=radial)
+@register_mapping(needs_feedback=True, exact=radial, layer="dense")
 def radial_asym_dx(layer: nn.Module, x: Tensor) -> Tensor:
     """``−‖x_n − W_j‖² + b_j`` with ``B`` in place of ``W`` in the backward pass."""
     return bent_radial(x, layer.weight, feedback_of(layer, "radial_asym_dx"), layer.bias)
 
 
-@register_mapping
+@register_mapping(layer="dense")
 def linear_binary_weights(layer: nn.Module, x: Tensor) -> Tensor:
     """``x sign(W)ᵀ + b``; the latent real ``W`` learns through the straight-through estimator."""
     return F.linear(x, sign_ste(layer.weight), layer.bias)
 
 
-@register_mapping
+@register_mapping(layer="dense")
 def linear_stoc_binary_weights(layer: nn.Module, x: Tensor, generator: Any | None = None) -> Tensor:
     """``x Sᵀ + b`` with ``S = stoc_sign_ste(W)`` drawn anew each call; STE backward.
 
@@ -137,26 +143,26 @@ def linear_stoc_binary_weights(layer: nn.Module, x: Tensor, generator: Any | Non
     return F.linear(x, stoc_sign_ste(layer.weight, generator), layer.bias)
 
 
-@register_mapping
+@register_mapping(layer="conv")
 def conv_linear(layer: nn.Module, x: Tensor) -> Tensor:
     """Convolution with ``W`` plus bias, exact gradient."""
     return conv(x, layer.weight, layer.bias, **_conv_settings(layer))
 
 
-@register_mapping(needs_feedback=True, exact=conv_linear)
+@register_mapping(needs_feedback=True, exact=conv_linear, layer="conv")
 def conv_linear_asym_dx(layer: nn.Module, x: Tensor) -> Tensor:
     """Convolution plus bias with feedback alignment: ``∂x`` through the feedback kernel ``B``."""
     feedback = feedback_of(layer, "conv_linear_asym_dx")
     return bent_conv(x, layer.weight, feedback, layer.bias, **_conv_settings(layer))
 
 
-@register_mapping(exact=conv_linear)
+@register_mapping(exact=conv_linear, layer="conv")
 def conv_linear_blocked_dx(layer: nn.Module, x: Tensor) -> Tensor:
     """Convolution plus bias; kernel and bias learn, no gradient reaches ``x`` (for DFA)."""
     return bent_conv(x, layer.weight, None, layer.bias, **_conv_settings(layer))
 
 
-@register_mapping
+@register_mapping(layer="conv")
 def conv_binary_weights(layer: nn.Module, x: Tensor) -> Tensor:
     """Convolution with ``sign(W)`` plus bias; latent ``W`` learns through the STE."""
     return conv(x, sign_ste(layer.weight), layer.bias, **_conv_settings(layer))
