@@ -144,6 +144,8 @@ def test_own_tensors_train_as_a_dataset(small_mnist):
         train(nn.Sequential(nn.Linear(784, 5)), no_test)
     with pytest.raises(ValueError, match="cannot evaluate on an empty split"):
         evaluate(nn.Sequential(nn.Linear(784, 5)), no_test.test)
+    with pytest.raises(ValueError, match="batch_size must be a positive int, got 0"):
+        evaluate(nn.Sequential(nn.Linear(784, 5)), test_split, batch_size=0)
 
 
 def test_plain_modules_and_other_optimizers_train(small_mnist):

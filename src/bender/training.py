@@ -109,6 +109,8 @@ def evaluate(
     loss_fn = _choose("loss", loss, LOSSES)
     if len(split) == 0:
         raise ValueError("cannot evaluate on an empty split")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     was_training = model.training
     model.eval()
     total_loss = torch.zeros((), dtype=torch.float64, device=split.x.device)
