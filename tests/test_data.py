@@ -96,8 +96,9 @@ def test_batches_in_order_and_partial():
     sizes = [len(y) for _, y in Batches(split, 4, shuffle=False, drop_last=False)]
     assert sizes == [4, 4, 2]
     assert torch.equal(_epoch(Batches(split, 4, shuffle=False)), torch.arange(8))
-    with pytest.raises(ValueError, match="batch_size must be positive, got 0"):
-        Batches(split, 0)
+    for bad in (0, 2.5, True):
+        with pytest.raises(ValueError, match=f"batch_size must be a positive int, got {bad!r}"):
+            Batches(split, bad)
 
 
 @pytest.mark.parametrize("shuffle", [True, False])

@@ -213,8 +213,8 @@ class Batches:
         drop_last: bool = True,
         seed: int = 0,
     ) -> None:
-        if batch_size <= 0:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         self.split, self.batch_size = split, batch_size
         self.shuffle, self.reshuffle, self.drop_last = shuffle, reshuffle, drop_last
         self.generator = torch.Generator().manual_seed(seed)
