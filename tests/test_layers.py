@@ -3,6 +3,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from bender import GenConv, GenDense, SignSTE
@@ -26,10 +27,36 @@ def test_gendense_feedback_tensor_and_shape_check():
     b = torch.randn(4, 3)
     layer = GenDense(3, 4, feedback=b)
     assert torch.equal(layer.feedback, b)
-    with pytest.raises(ValueError, match=r"weight's shape \(4, 3\), got \(3, 4\)"):
-        GenDense(3, 4, feedback=torch.randn(3, 4))
-    with pytest.raises(TypeError, match="feedback must be a bool or a Tensor"):
+    with pytest.raises(
+        ValueError, match=r"linear_asym_dx needs a feedback matrix of the weight's "
+    ):
+        GenDense(3, 4, forward="linear_asym_dx", feedback=torch.randn(3, 4))
+    with pytest.raises(ValueError, match=r"weight's shape \(4, 3\), got \(10, 4\)"):
+        GenDense(3, 4, forward="linear_asym_dx", feedback=(10, 4))
+    with pytest.raises(
+        TypeError, match=r"feedback must be a bool, a shape \(tuple of ints\) or a "
+    ):
         GenDense(3, 4, feedback="yes")
+    for shape in ((), (3, 0), (3, 2.0), (True, 2)):
+        with pytest.raises(ValueError, match="feedback shape must be a tuple of positive ints"):
+            GenDense(3, 4, feedback=shape)
+
+
+def test_feedback_of_another_shape_for_your_own_mapping():
+    # Bender.jl's GenDense(in=>out, in_asym=>out_asym): a second matrix of any shape, here one
+    # that carries a 10-class error straight to this layer's 4 outputs
+    def error_from_ten_classes(layer, x):
+        return F.linear(x, layer.weight, layer.bias) + layer.alpha * layer.feedback.sum()
+
+    layer = GenDense(3, 4, forward=error_from_ten_classes, feedback=(4, 10), alpha=0.0)
+    assert layer.feedback.shape == (4, 10) and "feedback" in layer.state_dict()
+    bound = math.sqrt(6 / (4 + 10))  # Glorot-uniform for a 4×10 matrix
+    assert layer.feedback.abs().max() <= bound and layer.feedback.std() > bound / 4
+    assert "feedback 4×10" in repr(layer)
+    ones = GenConv(2, 3, 3, feedback=(5, 2, 1, 1), init=nn.init.ones_)
+    assert torch.equal(ones.feedback, torch.ones(5, 2, 1, 1))
+    layer(torch.randn(2, 3)).sum().backward()
+    assert layer.weight.grad is not None
 
 
 def test_gendense_custom_init_and_no_bias():
@@ -124,7 +151,7 @@ def test_genconv_errors():
     ):
         GenConv(3, 4, 3, padding="same")
     with pytest.raises(ValueError, match=r"weight's shape \(4, 3, 3, 3\)"):
-        GenConv(3, 4, 3, feedback=torch.randn(4, 3, 2, 2))
+        GenConv(3, 4, 3, forward="conv_linear_asym_dx", feedback=torch.randn(4, 3, 2, 2))
     layer = GenConv(3, 4, 3)
     with pytest.raises(
         ValueError, match=r"expects inputs of shape \(N, 3, 2 spatial dims\).*got \(2, 1, 8, 8\)"

@@ -5,7 +5,8 @@
 
 Mapping from Bender.jl: ``W`` → ``weight`` (``out×in`` here, as Flux), ``V`` → ``feedback``
 (Bender.jl stores ``V`` with ``Wᵀ``'s shape because Julia is column-major and feature-first; here
-it has exactly ``weight``'s shape), ``b`` → ``bias``, ``α β μ λ`` → ``alpha beta mu lambda_``.
+it has ``weight``'s shape, as the feedback-alignment mappings need), ``b`` → ``bias``,
+``α β μ λ`` → ``alpha beta mu lambda_``.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from bender.mappings import MAPPINGS, Mapping, conv_linear, linear, mapping_name
 
 Init = Callable[[Tensor], Tensor]
 Activation = Callable[[Tensor], Tensor]
+Feedback = bool | Tensor | tuple[int, ...] | None
 EXTRA_SLOTS = ("alpha", "beta", "mu", "lambda_")
 
 
@@ -40,7 +42,7 @@ class _GenLayer(nn.Module):
         weight_shape: tuple[int, ...],
         activation: Activation | None,
         forward: Mapping | str,
-        feedback: bool | Tensor | None,
+        feedback: Feedback,
         bias: bool,
         init: Init | None,
         extras: dict[str, float | Tensor | None],
@@ -69,29 +71,40 @@ class _GenLayer(nn.Module):
                 f"{type(self).__name__}; choose one of {', '.join(fits)}"
             )
         self.generator = generator
-        if getattr(self.mapping, "needs_feedback", False) and self.feedback is None:
-            raise ValueError(
-                f"forward mapping {mapping_name(self.mapping)} needs a feedback matrix; "
-                "pass feedback=True (fixed random, same init as the weight) or a tensor of "
-                f"shape {tuple(weight_shape)}"
-            )
+        if getattr(self.mapping, "needs_feedback", False):
+            name = mapping_name(self.mapping)
+            if self.feedback is None:
+                raise ValueError(
+                    f"forward mapping {name} needs a feedback matrix; pass feedback=True (fixed "
+                    f"random, same init as the weight) or a tensor of shape {tuple(weight_shape)}"
+                )
+            if self.feedback.shape != self.weight.shape:
+                raise ValueError(
+                    f"forward mapping {name} needs a feedback matrix of the weight's shape "
+                    f"{tuple(weight_shape)}, got {tuple(self.feedback.shape)}"
+                )
 
-    def _make_feedback(self, feedback: bool | Tensor | None, init: Init) -> Tensor | None:
+    def _make_feedback(self, feedback: Feedback, init: Init) -> Tensor | None:
+        """``None``, or the buffer: random (``True``, or a shape) with ``init``, or as given."""
         w = self.weight
         if feedback is None or feedback is False:
             return None
         if feedback is True:
-            b = torch.empty_like(w, requires_grad=False)
-            init(b)
-            return b
-        if not isinstance(feedback, Tensor):
-            raise TypeError(f"feedback must be a bool or a Tensor, got {type(feedback).__name__}")
-        if feedback.shape != w.shape:
-            raise ValueError(
-                f"feedback matrix must have the weight's shape {tuple(w.shape)}, "
-                f"got {tuple(feedback.shape)}"
+            feedback = tuple(w.shape)
+        if isinstance(feedback, Tensor):
+            return feedback.detach().to(dtype=w.dtype, device=w.device)
+        if not isinstance(feedback, (tuple, list)):
+            raise TypeError(
+                "feedback must be a bool, a shape (tuple of ints) or a Tensor, got "
+                f"{type(feedback).__name__}"
             )
-        return feedback.detach().to(dtype=w.dtype, device=w.device)
+        if not feedback or not all(
+            isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in feedback
+        ):
+            raise ValueError(f"feedback shape must be a tuple of positive ints, got {feedback!r}")
+        b = torch.empty(tuple(feedback), dtype=w.dtype, device=w.device)
+        init(b)
+        return b
 
     def _apply_mapping(self, x: Tensor) -> Tensor:
         y = self.mapping(self, x)
@@ -123,7 +136,11 @@ class GenDense(_GenLayer):
         activation: callable or ``nn.Module`` applied to the pre-activation (``None``: identity).
         forward: a mapping ``(layer, x) -> pre-activation`` or its registered name.
         feedback: ``True`` makes a fixed random feedback matrix of the weight's shape with the
-            weight's init; a tensor of that shape is used as given. Stored as a buffer.
+            weight's init; a tensor is used as given. Stored as a buffer. Mappings registered
+            with ``needs_feedback`` (``linear_asym_dx``, ...) need the weight's shape; your own
+            mapping may use another, drawn with ``init`` when given as a shape tuple. Bender.jl's
+            ``GenDense(in=>out, in_asym=>out_asym)`` is ``feedback=(in_asym, out_asym)`` here
+            (its tutorials' ``784=>128, 128=>784`` is the weight's shape: ``feedback=True``).
         bias: whether to learn a bias (initialised to zero).
         init: in-place initialiser for weight and feedback (default Glorot-uniform as Flux).
         alpha, beta, mu, lambda_: optional extra trainable slots for custom mappings.
@@ -143,7 +160,7 @@ class GenDense(_GenLayer):
         activation: Activation | None = None,
         *,
         forward: Mapping | str = linear,
-        feedback: bool | Tensor | None = False,
+        feedback: Feedback = False,
         bias: bool = True,
         init: Init | None = None,
         alpha: float | Tensor | None = None,
@@ -224,7 +241,7 @@ class GenConv(_GenLayer):
         dilation: int | Sequence[int] = 1,
         groups: int = 1,
         forward: Mapping | str = conv_linear,
-        feedback: bool | Tensor | None = False,
+        feedback: Feedback = False,
         bias: bool = True,
         init: Init | None = None,
         alpha: float | Tensor | None = None,
