@@ -147,9 +147,13 @@ def test_genconv_errors():
     with pytest.raises(ValueError, match="divisible by groups"):
         GenConv(3, 4, 3, groups=2)
     with pytest.raises(
-        ValueError, match="padding must be an int or a tuple of 2 ints, got the string 'same'"
+        ValueError, match="padding must be an int or a tuple of 2 ints, got the string 'full'"
     ):
-        GenConv(3, 4, 3, padding="same")
+        GenConv(3, 4, 3, padding="full")
+    with pytest.raises(ValueError, match=r"padding='same' needs stride 1, got stride \(2, 2\)"):
+        GenConv(3, 4, 3, padding="same", stride=2)
+    with pytest.raises(ValueError, match=r"padding='same' with kernel \(3, 4\) and dilation"):
+        GenConv(3, 4, (3, 4), padding="same")
     with pytest.raises(ValueError, match=r"weight's shape \(4, 3, 3, 3\)"):
         GenConv(3, 4, 3, forward="conv_linear_asym_dx", feedback=torch.randn(4, 3, 2, 2))
     layer = GenConv(3, 4, 3)
@@ -208,3 +212,22 @@ def test_a_mapping_for_the_other_kind_of_layer_is_refused():
     built_in = [m for m in MAPPINGS.values() if m.__module__ == "bender.mappings"]
     assert len(built_in) == 11
     assert all(m.layer == ("conv" if m.__name__.startswith("conv") else "dense") for m in built_in)
+
+
+@pytest.mark.parametrize(
+    ("kernel", "dilation", "padding"), [(3, 1, (1, 1)), ((5, 3), (1, 2), (2, 2)), ((4, 3), 1, None)]
+)
+def test_genconv_same_and_valid_padding_match_nn_conv2d(kernel, dilation, padding):
+    x = torch.randn(2, 3, 9, 8)
+    for mode in ("same", "valid"):
+        reference = nn.Conv2d(3, 4, kernel, padding=mode, dilation=dilation)
+        if mode == "same" and padding is None:  # even kernel: PyTorch pads unevenly, we refuse
+            with pytest.raises(ValueError, match="would pad one side more than the other"):
+                GenConv(3, 4, kernel, padding=mode, dilation=dilation)
+            continue
+        layer = GenConv(3, 4, kernel, padding=mode, dilation=dilation)
+        assert layer.padding == (padding if mode == "same" else (0, 0))
+        with torch.no_grad():
+            layer.weight.copy_(reference.weight)
+            layer.bias.copy_(reference.bias)
+        torch.testing.assert_close(layer(x), reference(x))

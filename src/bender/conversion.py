@@ -39,35 +39,16 @@ def _dense(linear: nn.Linear, mapping: Mapping, init: Init | None) -> GenDense:
     )
 
 
-def _padding(name: str, layer: nn.Module) -> tuple[int, ...]:
-    """The layer's padding as per-dimension ints; ``"same"`` only where it is symmetric."""
-    padding = layer.padding
-    if padding == "valid":
-        return (0,) * len(layer.kernel_size)
-    if padding == "same":
-        total = [d * (k - 1) for d, k in zip(layer.dilation, layer.kernel_size, strict=True)]
-        if any(t % 2 for t in total):
-            raise ValueError(
-                f"{name}: padding='same' with kernel {layer.kernel_size} and dilation "
-                f"{layer.dilation} pads one side more than the other, which GenConv cannot do; "
-                "use an odd kernel, or pad explicitly (nn.ZeroPad) before the layer"
-            )
-        return tuple(t // 2 for t in total)
-    return tuple(padding)
-
-
-def _conv(name: str, layer: nn.Module, mapping: Mapping, init: Init | None) -> GenConv:
+def _conv(layer: nn.Module, mapping: Mapping, init: Init | None) -> GenConv:
     if layer.padding_mode != "zeros":
-        raise ValueError(
-            f"{name}: padding_mode={layer.padding_mode!r}; GenConv pads with zeros only"
-        )
+        raise ValueError(f"padding_mode={layer.padding_mode!r}; GenConv pads with zeros only")
     w = layer.weight
     return GenConv(
         layer.in_channels,
         layer.out_channels,
         layer.kernel_size,
         stride=layer.stride,
-        padding=_padding(name, layer),
+        padding=layer.padding,
         dilation=layer.dilation,
         groups=layer.groups,
         forward=mapping,
@@ -130,14 +111,17 @@ def convert(
     converted = copy.deepcopy(model)
     replaced, skipped = 0, []
     for name, module in list(converted.named_modules()):
-        if type(module) is nn.Linear and dense_map is not None:
-            new = _take_over(_dense(module, dense_map, init), module)
-        elif type(module) in CONVS and conv_map is not None:
-            new = _take_over(_conv(name, module, conv_map, init), module)
-        else:
-            if isinstance(module, nn.Linear) and dense_map is not None:
-                skipped.append(f"{name} ({type(module).__name__})")
-            continue
+        try:
+            if type(module) is nn.Linear and dense_map is not None:
+                new = _take_over(_dense(module, dense_map, init), module)
+            elif type(module) in CONVS and conv_map is not None:
+                new = _take_over(_conv(module, conv_map, init), module)
+            else:
+                if isinstance(module, nn.Linear) and dense_map is not None:
+                    skipped.append(f"{name} ({type(module).__name__})")
+                continue
+        except ValueError as err:  # say which layer could not be converted
+            raise ValueError(f"{name or type(module).__name__}: {err}") from err
         if name == "":  # the model is itself one layer
             return new
         parent_name, _, child = name.rpartition(".")

@@ -221,9 +221,10 @@ class GenConv(_GenLayer):
 
     ``kernel_size`` is an int (a 2-d square kernel) or a tuple whose length (1, 2 or 3) sets the
     dimensionality. ``weight`` is ``out_channels × in_channels/groups × kernel_size``; stride,
-    padding and dilation are ints or tuples, as in ``nn.Conv2d``. ``feedback``, ``init``, extra
-    slots and ``generator`` as in :class:`GenDense`. Input ``(N, C_in, *spatial)`` or unbatched
-    ``(C_in, *spatial)``.
+    padding and dilation are ints or tuples, as in ``nn.Conv2d``, and padding may also be
+    ``"valid"`` (none) or ``"same"`` (stride 1, odd effective kernel; stored as ints).
+    ``feedback``, ``init``, extra slots and ``generator`` as in :class:`GenDense`. Input
+    ``(N, C_in, *spatial)`` or unbatched ``(C_in, *spatial)``.
     """
 
     default_mapping = staticmethod(conv_linear)
@@ -237,7 +238,7 @@ class GenConv(_GenLayer):
         activation: Activation | None = None,
         *,
         stride: int | Sequence[int] = 1,
-        padding: int | Sequence[int] = 0,
+        padding: str | int | Sequence[int] = 0,
         dilation: int | Sequence[int] = 1,
         groups: int = 1,
         forward: Mapping | str = conv_linear,
@@ -268,8 +269,8 @@ class GenConv(_GenLayer):
         self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
         self.kernel_size = _tuple("kernel_size", kernel, dims)
         self.stride = _tuple("stride", stride, dims)
-        self.padding = _tuple("padding", padding, dims)
         self.dilation = _tuple("dilation", dilation, dims)
+        self.padding = self._resolve_padding(padding, dims)
         extras = {"alpha": alpha, "beta": beta, "mu": mu, "lambda_": lambda_}
         shape = (out_channels, in_channels // groups, *self.kernel_size)
         self._setup(
@@ -283,6 +284,23 @@ class GenConv(_GenLayer):
             generator,
             {"device": device, "dtype": dtype},
         )
+
+    def _resolve_padding(self, padding: str | int | Sequence[int], dims: int) -> tuple[int, ...]:
+        """Per-dimension zero padding; ``"valid"`` is none, ``"same"`` keeps the input size."""
+        if padding == "valid":
+            return (0,) * dims
+        if padding != "same":
+            return _tuple("padding", padding, dims)
+        if any(s != 1 for s in self.stride):
+            raise ValueError(f"padding='same' needs stride 1, got stride {self.stride}")
+        total = [d * (k - 1) for d, k in zip(self.dilation, self.kernel_size, strict=True)]
+        if any(t % 2 for t in total):
+            raise ValueError(
+                f"padding='same' with kernel {self.kernel_size} and dilation {self.dilation} "
+                "would pad one side more than the other, which GenConv does not do; use an odd "
+                "kernel, or pad explicitly (e.g. nn.ZeroPad2d) before the layer"
+            )
+        return tuple(t // 2 for t in total)
 
     def forward(self, x: Tensor) -> Tensor:
         dims = len(self.kernel_size)
