@@ -92,6 +92,16 @@ def test_only_the_layers_given_a_mapping_change():
     assert type(single) is GenDense and single.feedback is None
 
 
+def test_a_layer_used_twice_stays_one_layer():
+    shared = nn.Linear(4, 4)
+    net = nn.Sequential(shared, nn.Tanh(), shared)
+    fa = convert(net, dense="linear_asym_dx")
+    assert type(fa[0]) is GenDense and fa[0] is fa[2]
+    assert len(list(fa.parameters())) == 2
+    x = torch.randn(3, 4)
+    close(fa(x), net(x))
+
+
 def test_converted_plain_mlp_takes_direct_feedback_alignment(batch):
     mlp = nn.Sequential(nn.Linear(5, 4), nn.ReLU(), nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
     dfa = DFA(convert(mlp, dense="linear_blocked_dx"), 2)

@@ -109,10 +109,13 @@ def convert(
     dense_map = resolve_mapping(dense) if dense is not None else None
     conv_map = resolve_mapping(conv) if conv is not None else None
     converted = copy.deepcopy(model)
-    replaced, skipped = 0, []
-    for name, module in list(converted.named_modules()):
+    replaced: dict[int, GenDense | GenConv] = {}  # a layer used twice stays one layer
+    skipped = []
+    for name, module in list(converted.named_modules(remove_duplicate=False)):
         try:
-            if type(module) is nn.Linear and dense_map is not None:
+            if id(module) in replaced:
+                new = replaced[id(module)]
+            elif type(module) is nn.Linear and dense_map is not None:
                 new = _take_over(_dense(module, dense_map, init), module)
             elif type(module) in CONVS and conv_map is not None:
                 new = _take_over(_conv(module, conv_map, init), module)
@@ -124,15 +127,15 @@ def convert(
             raise ValueError(f"{name or type(module).__name__}: {err}") from err
         if name == "":  # the model is itself one layer
             return new
+        replaced[id(module)] = new
         parent_name, _, child = name.rpartition(".")
         setattr(converted.get_submodule(parent_name), child, new)
-        replaced += 1
     if skipped:
         warnings.warn(
             f"convert left these nn.Linear subclasses as they are: {', '.join(skipped)}",
             stacklevel=2,
         )
-    if replaced == 0:
+    if not replaced:
         wanted = " or ".join(
             f"{kind} layer to give {mapping_name(m)}"
             for kind, m in (("nn.Linear", dense_map), ("nn.Conv1d/2d/3d", conv_map))
