@@ -25,24 +25,25 @@ def _needs_feedback(mapping: Mapping) -> bool:
     return bool(getattr(mapping, "needs_feedback", False))
 
 
+def _carried_over(layer: nn.Module, mapping: Mapping, init: Init | None) -> dict:
+    """The keyword arguments a new bender layer takes from ``layer`` and the mapping."""
+    return {
+        "forward": mapping,
+        "feedback": _needs_feedback(mapping),
+        "bias": layer.bias is not None,
+        "init": init,
+        "device": layer.weight.device,
+        "dtype": layer.weight.dtype,
+    }
+
+
 def _dense(linear: nn.Linear, mapping: Mapping, init: Init | None) -> GenDense:
-    w = linear.weight
-    return GenDense(
-        linear.in_features,
-        linear.out_features,
-        forward=mapping,
-        feedback=_needs_feedback(mapping),
-        bias=linear.bias is not None,
-        init=init,
-        device=w.device,
-        dtype=w.dtype,
-    )
+    return GenDense(linear.in_features, linear.out_features, **_carried_over(linear, mapping, init))
 
 
 def _conv(layer: nn.Module, mapping: Mapping, init: Init | None) -> GenConv:
     if layer.padding_mode != "zeros":
         raise ValueError(f"padding_mode={layer.padding_mode!r}; GenConv pads with zeros only")
-    w = layer.weight
     return GenConv(
         layer.in_channels,
         layer.out_channels,
@@ -51,12 +52,7 @@ def _conv(layer: nn.Module, mapping: Mapping, init: Init | None) -> GenConv:
         padding=layer.padding,
         dilation=layer.dilation,
         groups=layer.groups,
-        forward=mapping,
-        feedback=_needs_feedback(mapping),
-        bias=layer.bias is not None,
-        init=init,
-        device=w.device,
-        dtype=w.dtype,
+        **_carried_over(layer, mapping, init),
     )
 
 
