@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from bender.functional._checks import check_positive_int
+
 DATASETS = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}
 FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -93,8 +95,7 @@ class Split:
 
     def subset(self, n: int) -> Split:
         """The first ``n`` examples, or all of them when there are fewer (for quick runs)."""
-        if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
-            raise ValueError(f"subset size must be a positive int, got {n!r}")
+        check_positive_int("subset size", n)
         return Split(self.x[:n], self.y[:n])
 
 
@@ -112,9 +113,8 @@ class Dataset:
             if not isinstance(getattr(self, split), Split):
                 got = type(getattr(self, split)).__name__
                 raise TypeError(f"Dataset.{split} must be a bender.data.Split, got {got}")
+        check_positive_int("num_classes", self.num_classes)
         k = self.num_classes
-        if isinstance(k, bool) or not isinstance(k, int) or k <= 0:
-            raise ValueError(f"num_classes must be a positive int, got {k!r}")
         for split in ("train", "test"):
             y = getattr(self, split).y
             if len(y) and not (int(y.min()) >= 0 and int(y.max()) < k):
@@ -213,8 +213,7 @@ class Batches:
         drop_last: bool = True,
         seed: int = 0,
     ) -> None:
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        check_positive_int("batch_size", batch_size)
         self.split, self.batch_size = split, batch_size
         self.shuffle, self.reshuffle, self.drop_last = shuffle, reshuffle, drop_last
         self.generator = torch.Generator().manual_seed(seed)

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bender.data import Batches, Dataset, Split
+from bender.functional._checks import check_positive_int
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 Callback = Callable[[dict, nn.Module], None]
@@ -109,8 +110,7 @@ def evaluate(
     loss_fn = _choose("loss", loss, LOSSES)
     if len(split) == 0:
         raise ValueError("cannot evaluate on an empty split")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    check_positive_int("batch_size", batch_size)
     was_training = model.training
     model.eval()
     total_loss = torch.zeros((), dtype=torch.float64, device=split.x.device)

@@ -21,3 +21,9 @@ def check_features(x: Tensor, weight: Tensor) -> None:
             f"input must have {weight.shape[1]} features in its last dim "
             f"(weight is {tuple(weight.shape)}), got input of shape {tuple(x.shape)}"
         )
+
+
+def check_positive_int(name: str, value: object) -> None:
+    """Raise ``ValueError`` unless ``value`` is an int above zero (``True`` is not a size)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
