@@ -108,6 +108,48 @@ def test_batch_gradient_is_sum_of_single_sample_gradients(dtype):
         close(batch_grad, p.grad)
 
 
+@pytest.mark.parametrize("use_wrapper", [False, True], ids=["direct_feedback_loss", "DFA"])
+def test_sequence_outputs_get_direct_feedback_row_by_row(batch, dtype, use_wrapper):
+    # a dense net on every position of (N, T, features): each of the N·T rows is one "sample"
+    net = _mlp([12, 9, 7, 4], dtype)
+    x = torch.randn(batch, 5, 12, dtype=dtype)
+    target = torch.randint(0, 4, (batch, 5))
+
+    def loss_of(output, target):
+        return F.cross_entropy(output.reshape(-1, 4), target.reshape(-1))
+
+    if use_wrapper:
+        model = DFA(net, 4)
+        feedback = model.feedback_matrices
+        loss = loss_of(model(x), target)
+    else:
+        feedback = [torch.randn(9, 4, dtype=dtype), torch.randn(7, 4, dtype=dtype)]
+        loss = direct_feedback_loss(loss_of, target, activations(net, x), feedback)
+    loss.backward()
+    expected, _ = _expected_grads(net, feedback, x.reshape(-1, 12), target.reshape(-1))
+    for layer, (dw, db) in zip(net, expected, strict=True):
+        close(layer.weight.grad, dw)
+        close(layer.bias.grad, db)
+
+
+def test_input_of_another_size_than_the_feedback_was_made_for_is_refused():
+    net = nn.Sequential(
+        GenConv(1, 2, 3, nn.ReLU(), padding=1, forward="conv_linear_blocked_dx"),
+        GenConv(2, 3, 3, forward="conv_linear_blocked_dx"),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+    )
+    model = DFA(net, 3, input_shape=(1, 8, 8))
+    assert model.sizes == [2 * 8 * 8]
+    F.cross_entropy(model(torch.randn(4, 1, 8, 8)), torch.tensor([0, 1, 2, 0])).backward()
+    with pytest.raises(
+        ValueError,
+        match=r"hidden output 0 has shape \(4, 2, 10, 10\), but its "
+        r"feedback matrix B_0 has 128 rows",
+    ):
+        model(torch.randn(4, 1, 10, 10))
+
+
 class _CountMatmuls(TorchDispatchMode):
     def __init__(self):
         super().__init__()
@@ -207,6 +249,10 @@ def test_bad_inputs_raise_clear_errors():
         direct_feedback_loss(F.cross_entropy, torch.tensor([0, 12]), outs, fb)
     with pytest.raises(ValueError, match=r"output's shape \(2, 3\) \(3 classes\), got \(2, 5\)"):
         direct_feedback_loss(F.cross_entropy, torch.zeros(2, 5), outs, fb)
+    with pytest.raises(ValueError, match=r"hidden output 1 has shape \(3, 4\), which does not "):
+        direct_feedback_loss(
+            F.cross_entropy, torch.tensor([0, 1]), [outs[0], outs[1][:1].expand(3, 4), outs[2]], fb
+        )
     with pytest.raises(ValueError, match=r"feedback matrix 0 must have shape \(5, 3\)"):
         direct_feedback_loss(
             F.cross_entropy, torch.tensor([0, 1]), outs, [torch.randn(3, 5), fb[1]]

@@ -9,8 +9,8 @@ from torch import Tensor, nn
 
 from bender.functional.direct_feedback import (
     check_feedback_shapes,
+    hidden_sizes,
     inject_direct_feedback,
-    per_sample_size,
 )
 from bender.layers import GenConv, GenDense
 
@@ -83,13 +83,13 @@ class DFA(nn.Module):
                 f"the model's output has {classes} features, but num_outputs={num_outputs}"
             )
         self.num_outputs = classes
-        self.sizes = [per_sample_size(h) for h in hidden]
+        self.sizes = hidden_sizes(hidden, output)
         weight = next(model.parameters())
         if feedback is None:
             feedback = [torch.empty(d, classes) for d in self.sizes]
             for b in feedback:
                 nn.init.xavier_uniform_(b)
-        check_feedback_shapes(feedback, hidden, classes)
+        check_feedback_shapes(feedback, hidden, output)
         stacked = torch.cat([b.detach() for b in feedback]) if hidden else torch.empty(0, classes)
         self.register_buffer("feedback", stacked.to(weight.device, weight.dtype))
 

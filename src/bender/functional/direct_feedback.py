@@ -7,10 +7,15 @@ backpropagated from the layer above. With layers that pass no gradient to their 
 (``linear_blocked_dx``), hidden layer ``i``'s local error is ``(e B_iᵀ) ⊙ σ'(a_i)``
 (Nøkland, "Direct feedback alignment provides learning in deep neural networks", NeurIPS 2016,
 arXiv:1609.01596).
+
+An output with more leading dims, ``(*, C)`` (a dense net applied to every position of a
+sequence), is treated row by row: each hidden output is then ``(*, …)`` with the same leading
+dims, and each of its rows gets its own row's ``e B_iᵀ``.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import torch
@@ -28,8 +33,9 @@ class DirectFeedback(torch.autograd.Function):
     def forward(ctx, output: Tensor, feedback: Tensor, sizes: Sequence[int], *hidden: Tensor):
         ctx.save_for_backward(feedback)
         ctx.sizes = sizes
-        # feature maps get their projections flattened; remember their shapes to restore them
-        ctx.shapes = None if all(h.dim() == 2 for h in hidden) else [h.shape for h in hidden]
+        # projections come out N×d_i; remember the shapes of feature maps and sequences
+        flat = output.dim() == 2 and all(h.dim() == 2 for h in hidden)
+        ctx.shapes = None if flat else [h.shape for h in hidden]
         return output.view_as(output)
 
     @staticmethod
@@ -41,27 +47,51 @@ class DirectFeedback(torch.autograd.Function):
         (feedback,) = ctx.saved_tensors
         if error.dtype != feedback.dtype:  # an output computed under autocast
             feedback = feedback.to(error.dtype)
-        error_2d = error if error.dim() == 2 else error.reshape(len(error), -1)
+        error_2d = error if error.dim() == 2 else error.reshape(-1, feedback.shape[1])
         parts = error_2d.mm(feedback.t()).split(ctx.sizes, dim=1)
         if ctx.shapes is not None:
             parts = [p.reshape(shape) for p, shape in zip(parts, ctx.shapes, strict=True)]
         return (error, None, None, *parts)
 
 
-def per_sample_size(t: Tensor) -> int:
-    """Number of features per sample of a batched tensor (all dims after the first)."""
-    return t[0].numel() if t.dim() > 1 else 1
+def features_per_row(hidden: Tensor, output: Tensor) -> int | None:
+    """Features of ``hidden`` per row of ``output``.
+
+    ``d`` when ``output`` is ``(*lead, C)`` and ``hidden`` is ``(*lead, …)`` with ``d`` elements
+    after ``lead`` (``lead = (N,)`` for a batch); ``None`` when the leading dims differ.
+    """
+    lead = output.shape[:-1]
+    if hidden.shape[: len(lead)] != lead:
+        return None
+    return math.prod(hidden.shape[len(lead) :])
 
 
-def check_feedback_shapes(feedback: Sequence[Tensor], hidden: Sequence[Tensor], classes: int):
-    """Raise a ``ValueError`` naming the first ``B_i`` whose shape is not ``(d_i, classes)``."""
+def hidden_sizes(hidden: Sequence[Tensor], output: Tensor) -> list[int]:
+    """``d_i`` of every hidden output (see :func:`features_per_row`); a clear error otherwise."""
+    sizes = []
+    for i, h in enumerate(hidden):
+        size = features_per_row(h, output)
+        if size is None:
+            raise ValueError(
+                f"hidden output {i} has shape {tuple(h.shape)}, which does not start with the "
+                f"leading dims {tuple(output.shape[:-1])} of the network output "
+                f"{tuple(output.shape)}: direct feedback sends each row of the output error to "
+                "the same row of every hidden output"
+            )
+        sizes.append(size)
+    return sizes
+
+
+def check_feedback_shapes(feedback: Sequence[Tensor], hidden: Sequence[Tensor], output: Tensor):
+    """Raise a ``ValueError`` naming the first ``B_i`` whose shape is not ``(d_i, C)``."""
     if len(feedback) != len(hidden):
         raise ValueError(
             f"direct feedback needs one matrix per hidden output: {len(hidden)} hidden outputs, "
             f"got {len(feedback)} feedback matrices"
         )
-    for i, (b, h) in enumerate(zip(feedback, hidden, strict=True)):
-        expected = (per_sample_size(h), classes)
+    sizes = hidden_sizes(hidden, output)
+    for i, (b, h, size) in enumerate(zip(feedback, hidden, sizes, strict=True)):
+        expected = (size, output.shape[-1])
         if tuple(b.shape) != expected:
             raise ValueError(
                 f"feedback matrix {i} must have shape {expected} (features of hidden output {i} "
@@ -74,10 +104,18 @@ def inject_direct_feedback(
 ) -> Tensor:
     """``output`` unchanged, wired so that backward sends ``e B_iᵀ`` to ``hidden[i]``.
 
-    ``sizes[i]`` is the number of rows of ``B_i`` in the stacked ``feedback`` (checked shapes).
+    ``sizes[i]`` is the number of rows of ``B_i`` in the stacked ``feedback``; each hidden output
+    must have that many features per row of ``output`` (checked here, before any backward).
     """
     if not hidden:
         return output
+    for i, (h, size) in enumerate(zip(hidden, sizes, strict=True)):
+        if features_per_row(h, output) != size:
+            raise ValueError(
+                f"hidden output {i} has shape {tuple(h.shape)}, but its feedback matrix B_{i} has "
+                f"{size} rows, one per feature of a row of the output {tuple(output.shape)}; "
+                "was the input of another size than the one the feedback was made for?"
+            )
     return DirectFeedback.apply(output, feedback, sizes, *hidden)
 
 
@@ -118,7 +156,7 @@ def direct_feedback_loss(
         raise ValueError("outputs must hold at least the network's output")
     *hidden, output = outputs
     _check_target(target, output)
-    check_feedback_shapes(feedback, hidden, output.shape[-1])
+    check_feedback_shapes(feedback, hidden, output)
     stacked = torch.cat(list(feedback)) if hidden else None
     sizes = [len(b) for b in feedback]
     return loss_fn(inject_direct_feedback(output, hidden, stacked, sizes), target)
