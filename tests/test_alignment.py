@@ -179,3 +179,38 @@ def test_alignment_recorder_on_dfa_has_gradient_angles_only():
     recorder = AlignmentRecorder(torch.rand(6, 784), torch.randint(0, 10, (6,)))
     recorder({"epoch": 3}, recipes.build("dfa-mlp"))
     assert list(recorder.table().columns) == ["epoch"] + [f"grad_angle_model.{i}" for i in range(3)]
+
+
+def _fa_net_with_dropout_and_batch_norm() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        GenDense(784, 32, forward="linear_asym_dx", feedback=True),
+        nn.BatchNorm1d(32),
+        nn.ReLU(),
+        nn.Dropout(0.3),
+        GenDense(32, 10, forward="linear_asym_dx", feedback=True),
+    )
+
+
+def test_gradient_alignment_passes_draw_alike_and_leave_the_random_state():
+    model = _fa_net_with_dropout_and_batch_norm()  # train mode: dropout draws a mask per pass
+    x, y = torch.rand(16, 784), torch.randint(0, 10, (16,))
+    torch.manual_seed(5)
+    angles = gradient_alignment(model, x, y)
+    after = torch.rand(3)
+    torch.manual_seed(5)
+    assert torch.equal(after, torch.rand(3))  # the caller's random state was not consumed
+    assert angles["4"] == pytest.approx(0.0, abs=1e-3)  # same mask in both: the true error
+
+
+def test_alignment_recorder_leaves_dropout_batch_norm_and_randomness_alone(small_mnist):
+    model = _fa_net_with_dropout_and_batch_norm()
+    recorder = AlignmentRecorder(small_mnist.test.x[:200], small_mnist.test.y[:200])
+    statistics = model[1].running_mean.clone()
+    recorder({"epoch": 0}, model)
+    assert torch.equal(model[1].running_mean, statistics)  # the probe does not enter them
+    assert model.training
+    table = train(model, small_mnist, epochs=2, callbacks=[recorder])
+    plain = train(_fa_net_with_dropout_and_batch_norm(), small_mnist, epochs=2)
+    assert table.drop(columns="seconds").equals(plain.drop(columns="seconds"))
+    assert (recorder.table()["grad_angle_4"] < 1e-3).all()  # output layer: the true error

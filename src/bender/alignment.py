@@ -132,15 +132,29 @@ def gradient_alignment(
 
     Keyed by layer name, for each bent layer. The network's last layer gets the true error, so
     its angle is 0; the layers below show how far the error they receive is from the true one.
-    Two forward and backward passes; the parameters' ``.grad`` are left untouched. With dropout
-    or other randomness, call it in eval mode so that both passes see the same network.
+    Two forward and backward passes, both starting from the caller's random state, so that
+    dropout masks and stochastic layers draw the same in both; the random state, and the
+    parameters' ``.grad``, are left as they were. The model runs in its current mode: in train
+    mode batch norm updates its running statistics, as in any forward pass (the
+    :class:`AlignmentRecorder` measures in eval mode).
     """
     layers = bent_layers(model)
     weights = [m.weight for m in layers.values()]
-    bent = torch.autograd.grad(loss(model(x), target), weights)
-    with backprop(model):
+    with _from_current_random_state(weights[0].device):
+        bent = torch.autograd.grad(loss(model(x), target), weights)
+    with _from_current_random_state(weights[0].device), backprop(model):
         exact = torch.autograd.grad(loss(model(x), target), weights)
     return {name: angle(b, e) for name, b, e in zip(layers, bent, exact, strict=True)}
+
+
+def _from_current_random_state(device: torch.device):
+    """Run a block from the current global random state and restore that state afterwards.
+
+    Covers the CPU generator and, for a model on an accelerator, that device's generator.
+    """
+    if device.type == "cpu":
+        return torch.random.fork_rng(devices=[])
+    return torch.random.fork_rng(devices=[device], device_type=device.type)
 
 
 class AlignmentRecorder:
@@ -150,7 +164,8 @@ class AlignmentRecorder:
     matrix) and ``grad_angle_<layer>`` (``∠(∂W bent, ∂W backprop)`` on the fixed batch
     ``(x, target)``), in degrees. Call it once with ``{"epoch": 0}`` before training for the
     starting point. Pass it in ``train(..., callbacks=[recorder])``; it changes nothing in the
-    training.
+    training: it measures in eval mode, like the epoch's metrics (no dropout, batch norm's
+    running statistics used and not updated), and leaves the random state as it found it.
     """
 
     def __init__(
@@ -165,7 +180,12 @@ class AlignmentRecorder:
         angles: dict[str, float] = {"epoch": row["epoch"]}
         if any(_uses_feedback(m) for m in model.modules()):
             angles |= {f"weight_angle_{k}": a for k, a in weight_alignment(model).items()}
-        grads = gradient_alignment(model, x, target, self.loss)
+        was_training = model.training
+        model.eval()
+        try:
+            grads = gradient_alignment(model, x, target, self.loss)
+        finally:
+            model.train(was_training)
         angles |= {f"grad_angle_{k}": a for k, a in grads.items()}
         self.rows.append(angles)
 
