@@ -146,10 +146,22 @@ def test_genconv_errors():
         GenConv(1, 1, (1, 1, 1, 1))
     with pytest.raises(ValueError, match="divisible by groups"):
         GenConv(3, 4, 3, groups=2)
-    with pytest.raises(
-        ValueError, match="padding must be an int or a tuple of 2 ints, got the string 'full'"
-    ):
+    with pytest.raises(ValueError, match=r"padding must be 'valid', 'same', an int .*got 'full'"):
         GenConv(3, 4, 3, padding="full")
+    for kwargs, message in [
+        ({"in_channels": 0}, "in_channels must be a positive int, got 0"),
+        ({"out_channels": 2.0}, "out_channels must be a positive int, got 2.0"),
+        ({"groups": 0}, "groups must be a positive int, got 0"),
+        ({"kernel_size": 0}, "kernel_size must be an int or a tuple of 2 positive ints, got 0"),
+        ({"kernel_size": "3"}, "kernel_size must be an int or a tuple of 1 to 3 ints, got '3'"),
+        ({"kernel_size": (3, True)}, r"tuple of 2 positive ints, got \(3, True\)"),
+        ({"stride": 0}, "stride must be an int or a tuple of 2 positive ints, got 0"),
+        ({"dilation": (1, 0)}, r"dilation must be .* 2 positive ints, got \(1, 0\)"),
+        ({"padding": -1}, "padding must be an int or a tuple of 2 ints ≥ 0, got -1"),
+    ]:
+        sizes = {"in_channels": 2, "out_channels": 4, "kernel_size": 3}
+        with pytest.raises(ValueError, match=message):
+            GenConv(**(sizes | kwargs))
     with pytest.raises(ValueError, match=r"padding='same' needs stride 1, got stride \(2, 2\)"):
         GenConv(3, 4, 3, padding="same", stride=2)
     with pytest.raises(ValueError, match=r"padding='same' with kernel \(3, 4\) and dilation"):
@@ -166,6 +178,8 @@ def test_genconv_errors():
 def test_bad_sizes_and_activation():
     with pytest.raises(ValueError, match="in_features must be a positive int, got 0"):
         GenDense(0, 3)
+    with pytest.raises(ValueError, match="out_features must be a positive int, got True"):
+        GenDense(3, True)
     with pytest.raises(TypeError, match="activation must be callable"):
         GenDense(3, 2, "relu")
 

@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
+from bender.functional._checks import check_positive_int
 from bender.mappings import MAPPINGS, Mapping, conv_linear, linear, mapping_name, resolve_mapping
 
 Init = Callable[[Tensor], Tensor]
@@ -172,9 +173,8 @@ class GenDense(_GenLayer):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        for name, value in (("in_features", in_features), ("out_features", out_features)):
-            if not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        check_positive_int("in_features", in_features)
+        check_positive_int("out_features", out_features)
         self.in_features = in_features
         self.out_features = out_features
         extras = {"alpha": alpha, "beta": beta, "mu": mu, "lambda_": lambda_}
@@ -205,14 +205,15 @@ class GenDense(_GenLayer):
         return self._describe(f"{self.in_features} → {self.out_features}")
 
 
-def _tuple(name: str, value: int | Sequence[int], dims: int) -> tuple[int, ...]:
+def _tuple(name: str, value: int | Sequence[int], dims: int, minimum: int = 1) -> tuple[int, ...]:
+    """``value`` as ``dims`` ints, each at least ``minimum``; a clear error otherwise."""
+    kind = "positive ints" if minimum == 1 else f"ints ≥ {minimum}"
     if isinstance(value, str):
-        raise ValueError(
-            f"{name} must be an int or a tuple of {dims} ints, got the string {value!r}"
-        )
+        raise ValueError(f"{name} must be an int or a tuple of {dims} {kind}, got {value!r}")
     t = (value,) * dims if isinstance(value, int) else tuple(value)
-    if len(t) != dims or not all(isinstance(v, int) for v in t):
-        raise ValueError(f"{name} must be an int or a tuple of {dims} ints, got {value!r}")
+    ok = all(isinstance(v, int) and not isinstance(v, bool) and v >= minimum for v in t)
+    if len(t) != dims or not ok:
+        raise ValueError(f"{name} must be an int or a tuple of {dims} {kind}, got {value!r}")
     return t
 
 
@@ -254,6 +255,13 @@ class GenConv(_GenLayer):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
+        check_positive_int("in_channels", in_channels)
+        check_positive_int("out_channels", out_channels)
+        check_positive_int("groups", groups)
+        if isinstance(kernel_size, str):
+            raise ValueError(
+                f"kernel_size must be an int or a tuple of 1 to 3 ints, got {kernel_size!r}"
+            )
         kernel = (kernel_size, kernel_size) if isinstance(kernel_size, int) else tuple(kernel_size)
         if not 1 <= len(kernel) <= 3:
             raise ValueError(
@@ -267,7 +275,7 @@ class GenConv(_GenLayer):
                 f"divisible by groups ({groups})"
             )
         self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
-        self.kernel_size = _tuple("kernel_size", kernel, dims)
+        self.kernel_size = _tuple("kernel_size", kernel_size, dims)
         self.stride = _tuple("stride", stride, dims)
         self.dilation = _tuple("dilation", dilation, dims)
         self.padding = self._resolve_padding(padding, dims)
@@ -289,8 +297,13 @@ class GenConv(_GenLayer):
         """Per-dimension zero padding; ``"valid"`` is none, ``"same"`` keeps the input size."""
         if padding == "valid":
             return (0,) * dims
+        if isinstance(padding, str) and padding != "same":
+            raise ValueError(
+                f"padding must be 'valid', 'same', an int or a tuple of {dims} ints ≥ 0, "
+                f"got {padding!r}"
+            )
         if padding != "same":
-            return _tuple("padding", padding, dims)
+            return _tuple("padding", padding, dims, minimum=0)
         if any(s != 1 for s in self.stride):
             raise ValueError(f"padding='same' needs stride 1, got stride {self.stride}")
         total = [d * (k - 1) for d, k in zip(self.dilation, self.kernel_size, strict=True)]

@@ -149,9 +149,8 @@ def train(
     every epoch. A non-finite training loss stops training with a warning; the rows of the
     completed epochs are returned and the message is in ``df.attrs["stopped"]``.
     """
-    for name, value in (("epochs", epochs), ("batch_size", batch_size)):
-        if not isinstance(value, int) or value <= 0:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    check_positive_int("epochs", epochs)
+    check_positive_int("batch_size", batch_size)
     if not (lr > 0 and math.isfinite(lr)):
         raise ValueError(f"lr must be positive and finite, got {lr!r}")
     seed = check_seed(seed)
