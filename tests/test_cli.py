@@ -272,3 +272,26 @@ def test_cnn_recipe_trains_from_the_command_line(tmp_path, data_root):
     assert pd.read_csv(out / "metrics.csv")["epoch"].tolist() == [1]
     angles = pd.read_csv(out / "alignment.csv")
     assert list(angles.columns)[1:4] == ["weight_angle_1", "weight_angle_3", "weight_angle_6"]
+
+
+def test_a_full_disk_stops_the_run_with_a_message_and_the_table(
+    tmp_path, data_root, monkeypatch, capsys
+):
+    real_save = torch.save
+
+    def save_once_then_disk_full(obj, path):
+        if (Path(path).parent / "model.pt").exists():
+            raise OSError(28, "No space left on device")
+        real_save(obj, path)
+
+    monkeypatch.setattr(torch, "save", save_once_then_disk_full)
+    code, out = _train(tmp_path, data_root, epochs=3)
+    assert code == 1
+    captured = capsys.readouterr()
+    assert "writing the results of epoch 2 failed: [Errno 28] No space left on device" in (
+        captured.err
+    )
+    assert "Traceback" not in captured.err
+    assert "0." in captured.out.splitlines()[-1]  # epoch 1's row, printed for the record
+    assert pd.read_csv(out / "metrics.csv")["epoch"].tolist() == [1]
+    assert not [p.name for p in out.iterdir() if ".partial" in p.name]

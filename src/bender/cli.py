@@ -223,6 +223,7 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         record["alignment_probe"] = f"first {len(recorder.x)} test examples"
 
     def save(row: dict, model: torch.nn.Module) -> None:  # after every epoch: nothing is lost
+        saving.append(row["epoch"])
         _replace(out / "model.pt", lambda p: torch.save(model.state_dict(), p))
         history.append(row)  # after the weights: the table never runs ahead of model.pt
         _write_table(out, pd.DataFrame(history), record)
@@ -231,6 +232,7 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             _replace(out / "alignment.csv", lambda p: recorder.table().to_csv(p, index=False))
 
     history: list[dict] = []
+    saving: list[int] = []  # the epochs whose results were being written
     interrupted = False
     try:
         table = train(
@@ -249,6 +251,16 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         interrupted = True
         table = pd.DataFrame(history, columns=COLUMNS)
         table.attrs["stopped"] = f"interrupted (Ctrl-C) in epoch {len(history) + 1}"
+    except OSError as err:  # a result file could not be written: disk full, folder gone
+        if history:  # the numbers are in memory: show them, as they may be nowhere else
+            print(pd.DataFrame(history, columns=COLUMNS).round(3).to_string(index=False))
+        where = f"writing the results of epoch {saving[-1]}" if saving else "training"
+        print(
+            f"bender: error: {where} failed: {err}. The run stopped; {out} keeps the files "
+            "written before.",
+            file=sys.stderr,
+        )
+        return 1
     if len(table):
         print(table.round(3).to_string(index=False))
         title = f"{args.recipe} on {args.dataset}, seed {args.seed}"
