@@ -154,6 +154,8 @@ def test_genconv_errors():
         ({"groups": 0}, "groups must be a positive int, got 0"),
         ({"kernel_size": 0}, "kernel_size must be an int or a tuple of 2 positive ints, got 0"),
         ({"kernel_size": "3"}, "kernel_size must be an int or a tuple of 1 to 3 ints, got '3'"),
+        ({"kernel_size": 3.0}, "kernel_size must be an int or a tuple of 1 to 3 ints, got 3.0"),
+        ({"stride": 1.5}, "stride must be an int or a tuple of 2 positive ints, got 1.5"),
         ({"kernel_size": (3, True)}, r"tuple of 2 positive ints, got \(3, True\)"),
         ({"stride": 0}, "stride must be an int or a tuple of 2 positive ints, got 0"),
         ({"dilation": (1, 0)}, r"dilation must be .* 2 positive ints, got \(1, 0\)"),

@@ -208,11 +208,12 @@ class GenDense(_GenLayer):
 def _tuple(name: str, value: int | Sequence[int], dims: int, minimum: int = 1) -> tuple[int, ...]:
     """``value`` as ``dims`` ints, each at least ``minimum``; a clear error otherwise."""
     kind = "positive ints" if minimum == 1 else f"ints ≥ {minimum}"
-    if isinstance(value, str):
-        raise ValueError(f"{name} must be an int or a tuple of {dims} {kind}, got {value!r}")
-    t = (value,) * dims if isinstance(value, int) else tuple(value)
-    ok = all(isinstance(v, int) and not isinstance(v, bool) and v >= minimum for v in t)
-    if len(t) != dims or not ok:
+    t = (value,) * dims if isinstance(value, int) else value
+    ok = isinstance(t, Sequence) and not isinstance(t, str) and len(t) == dims
+    if ok:
+        t = tuple(t)
+        ok = all(isinstance(v, int) and not isinstance(v, bool) and v >= minimum for v in t)
+    if not ok:
         raise ValueError(f"{name} must be an int or a tuple of {dims} {kind}, got {value!r}")
     return t
 
@@ -258,11 +259,11 @@ class GenConv(_GenLayer):
         check_positive_int("in_channels", in_channels)
         check_positive_int("out_channels", out_channels)
         check_positive_int("groups", groups)
-        if isinstance(kernel_size, str):
+        kernel = (kernel_size, kernel_size) if isinstance(kernel_size, int) else kernel_size
+        if isinstance(kernel, str) or not isinstance(kernel, Sequence):
             raise ValueError(
                 f"kernel_size must be an int or a tuple of 1 to 3 ints, got {kernel_size!r}"
             )
-        kernel = (kernel_size, kernel_size) if isinstance(kernel_size, int) else tuple(kernel_size)
         if not 1 <= len(kernel) <= 3:
             raise ValueError(
                 f"kernel_size must describe a 1-, 2- or 3-d kernel, got {kernel_size!r} "
