@@ -104,6 +104,11 @@ def test_bad_arguments(small_mnist):
         train(model, small_mnist, loss="hinge")
     with pytest.raises(ValueError, match=r"batch_size 64 is larger than the training set \(10 "):
         train(model, small_mnist.subset(10, 10), batch_size=64)
+    with pytest.raises(ValueError, match="returns 5 scores per example, but the data has 10"):
+        train(nn.Linear(784, 5), small_mnist)
+    with pytest.raises(ValueError, match=r"shape \(64, 10\) for this batch, got \(640,\)"):
+        train(nn.Sequential(nn.Linear(784, 10), nn.Flatten(0)), small_mnist)
+    assert "stopped" not in train(nn.Linear(784, 12), small_mnist, epochs=1).attrs  # extra is fine
 
 
 def test_devices_that_cannot_hold_a_tensor_are_refused_up_front(small_mnist):

@@ -180,7 +180,10 @@ def train(
         steps = _progress(batches, epoch, epochs) if progress else batches
         for step, (x, y) in enumerate(steps, 1):
             opt.zero_grad(set_to_none=True)
-            batch_loss = loss_fn(model(x), y)
+            output = model(x)
+            if epoch == step == 1:
+                _check_output(output, len(x), data.num_classes)
+            batch_loss = loss_fn(output, y)
             batch_loss.backward()
             opt.step()
             running += batch_loss.detach()
@@ -205,6 +208,21 @@ def train(
         for callback in callbacks or ():
             callback(row, model)
     return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def _check_output(output: Tensor, batch: int, num_classes: int) -> None:
+    """The model must give one row of at least ``num_classes`` scores per example."""
+    if not isinstance(output, Tensor) or output.dim() != 2 or len(output) != batch:
+        got = tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__
+        raise ValueError(
+            f"the model must return one row of class scores per example, shape ({batch}, "
+            f"{num_classes}) for this batch, got {got}"
+        )
+    if output.shape[1] < num_classes:
+        raise ValueError(
+            f"the model returns {output.shape[1]} scores per example, but the data has "
+            f"{num_classes} classes"
+        )
 
 
 def _progress(batches: Batches, epoch: int, epochs: int):
