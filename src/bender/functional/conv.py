@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.nn import grad as conv_grad
 
+from bender.functional._apply import direct_apply
 from bender.functional._checks import check_same_shape
 from bender.functional._precision import in_grad_dtype
 
@@ -78,6 +79,9 @@ class BentConv(torch.autograd.Function):
         return grad_x, grad_w, None, grad_b, None, None, None, None
 
 
+_bent_conv_apply = direct_apply(BentConv)
+
+
 def bent_conv(
     x: Tensor,
     weight: Tensor,
@@ -102,7 +106,7 @@ def bent_conv(
     if feedback is weight or not (x.requires_grad and torch.is_grad_enabled()):
         # the exact rule, or no ∂x to compute (so the feedback kernel changes nothing)
         return _CONV[dims](x, weight, bias, stride, padding, dilation, groups)
-    return BentConv.apply(x, weight, feedback, bias, stride, padding, dilation, groups)
+    return _bent_conv_apply(x, weight, feedback, bias, stride, padding, dilation, groups)
 
 
 def conv_asym_dx(

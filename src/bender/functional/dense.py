@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from bender.functional._apply import direct_apply
 from bender.functional._checks import check_features, check_same_shape
 from bender.functional._precision import in_grad_dtype
 
@@ -44,6 +45,9 @@ class BentLinear(torch.autograd.Function):
         return grad_x, grad_w, None, grad_b
 
 
+_bent_linear_apply = direct_apply(BentLinear)
+
+
 def bent_linear(
     x: Tensor, weight: Tensor, feedback: Tensor | None, bias: Tensor | None = None
 ) -> Tensor:
@@ -62,7 +66,7 @@ def bent_linear(
         check_same_shape("feedback matrix B", feedback, "the weight W", weight)
     if feedback is weight or not (x.requires_grad and torch.is_grad_enabled()):
         return F.linear(x, weight, bias)
-    return BentLinear.apply(x, weight, feedback, bias)
+    return _bent_linear_apply(x, weight, feedback, bias)
 
 
 def matmul(x: Tensor, weight: Tensor) -> Tensor:

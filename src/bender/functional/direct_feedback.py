@@ -21,6 +21,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
+from bender.functional._apply import direct_apply
+
 
 class DirectFeedback(torch.autograd.Function):
     """Identity on ``output``; backward: ``e`` to ``output``, ``e B_iᵀ`` to each ``hidden[i]``.
@@ -52,6 +54,9 @@ class DirectFeedback(torch.autograd.Function):
         if ctx.shapes is not None:
             parts = [p.reshape(shape) for p, shape in zip(parts, ctx.shapes, strict=True)]
         return (error, None, None, *parts)
+
+
+_direct_feedback_apply = direct_apply(DirectFeedback)
 
 
 def features_per_row(hidden: Tensor, output: Tensor) -> int | None:
@@ -116,7 +121,7 @@ def inject_direct_feedback(
                 f"{size} rows, one per feature of a row of the output {tuple(output.shape)}; "
                 "was the input of another size than the one the feedback was made for?"
             )
-    return DirectFeedback.apply(output, feedback, sizes, *hidden)
+    return _direct_feedback_apply(output, feedback, sizes, *hidden)
 
 
 def _check_target(target: Tensor, output: Tensor) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from bender.functional._apply import direct_apply
 from bender.functional._checks import check_features, check_same_shape
 from bender.functional._precision import in_grad_dtype
 
@@ -47,6 +48,9 @@ class BentRadial(torch.autograd.Function):
         return grad_x, grad_w, None, grad_b
 
 
+_bent_radial_apply = direct_apply(BentRadial)
+
+
 def bent_radial(x: Tensor, weight: Tensor, feedback: Tensor, bias: Tensor | None = None) -> Tensor:
     """Checked entry point of :class:`BentRadial`; ``x`` is ``N×in``.
 
@@ -60,7 +64,7 @@ def bent_radial(x: Tensor, weight: Tensor, feedback: Tensor, bias: Tensor | None
         check_same_shape("feedback matrix B", feedback, "the weight W", weight)
     if feedback is weight or not torch.is_grad_enabled():
         return _radial(x, weight, bias)
-    return BentRadial.apply(x, weight, feedback, bias)
+    return _bent_radial_apply(x, weight, feedback, bias)
 
 
 def radial_sim(x: Tensor, weight: Tensor) -> Tensor:

@@ -8,6 +8,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from bender.functional._apply import direct_apply
+
 
 def hard_sigmoid(x: Tensor) -> Tensor:
     """``hardσ(x) = max(0, min(1, (x + 1) / 2))``; exact gradient (``1/2`` inside ``(−1, 1)``).
@@ -30,6 +32,9 @@ class SignSTEFunction(torch.autograd.Function):
         return grad
 
 
+_sign_ste_apply = direct_apply(SignSTEFunction)
+
+
 class StocSignSTEFunction(torch.autograd.Function):
     """Forward ``+1`` with probability ``hardσ(x)``, else ``−1``; backward the identity."""
 
@@ -41,6 +46,9 @@ class StocSignSTEFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor):
         return grad, None
+
+
+_stoc_sign_ste_apply = direct_apply(StocSignSTEFunction)
 
 
 class HardtanhAdaSTEFunction(torch.autograd.Function):
@@ -62,13 +70,16 @@ class HardtanhAdaSTEFunction(torch.autograd.Function):
         return grad * scale
 
 
+_hardtanh_adaste_apply = direct_apply(HardtanhAdaSTEFunction)
+
+
 def sign_ste(x: Tensor) -> Tensor:
     """``sign(x)`` with the straight-through estimator: ``∂x = g`` (the exact derivative is 0).
 
     ``sign(0) = 0`` as in Julia and :func:`torch.sign`. Reference: Bengio, Léonard, Courville,
     "Estimating or propagating gradients through stochastic neurons", arXiv:1308.3432.
     """
-    return SignSTEFunction.apply(x)
+    return _sign_ste_apply(x)
 
 
 def stoc_sign_ste(x: Tensor, generator: torch.Generator | None = None) -> Tensor:
@@ -77,7 +88,7 @@ def stoc_sign_ste(x: Tensor, generator: torch.Generator | None = None) -> Tensor
     Pass a :class:`torch.Generator` (on ``x``'s device) for reproducible draws. Reference:
     Courbariaux, Bengio, David, "BinaryConnect", arXiv:1511.00363.
     """
-    return StocSignSTEFunction.apply(x, generator)
+    return _stoc_sign_ste_apply(x, generator)
 
 
 def hardtanh_adaste(x: Tensor) -> Tensor:
@@ -95,4 +106,4 @@ def hardtanh_adaste(x: Tensor) -> Tensor:
     this rule but computes its "elsewhere" mask wrongly and adds ``g`` to every element; bender
     implements the rule as stated in the paper.
     """
-    return HardtanhAdaSTEFunction.apply(x)
+    return _hardtanh_adaste_apply(x)

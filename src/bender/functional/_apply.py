@@ -1,0 +1,33 @@
+"""A leaner ``Function.apply`` for the custom backwards that run once per layer and step."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+# What ``Function.apply`` itself asks; private, so a torch without it takes the usual path.
+_transforms_active = getattr(torch._C, "_are_functorch_transforms_active", lambda: True)
+
+
+def direct_apply(function: type[torch.autograd.Function]) -> Callable[..., Tensor]:
+    """``function.apply``, skipping the Python layer of ``Function.apply`` where it does nothing.
+
+    ``torch.autograd.Function.apply`` is a Python method in front of the C ``apply``: it binds
+    default arguments (only for Functions with ``setup_context``, which bender's are not) and,
+    outside torch.func transforms, unwraps tensors left over from finished ones. bender's
+    Functions run for every bent layer on every step, and for the small layers of fa-mlp that
+    Python layer costs about 2 % of a CPU epoch (``benchmarks/epoch_time.py``), so the returned
+    callable calls the C ``apply`` directly. Under a torch.func transform, or while
+    torch.compile traces, it calls ``function.apply`` as usual: that raises PyTorch's own error
+    or lets Dynamo see the Function.
+    """
+    c_apply = super(torch.autograd.Function, function).apply
+
+    def apply(*args) -> Tensor:
+        if _transforms_active() or torch.compiler.is_compiling():
+            return function.apply(*args)
+        return c_apply(*args)
+
+    return apply
