@@ -21,6 +21,14 @@ def close(actual: torch.Tensor, expected: torch.Tensor) -> None:
     torch.testing.assert_close(actual, expected, rtol=tol, atol=tol)
 
 
+def dense_gradcheck_inputs(batch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """float64 ``x`` (batch×4), ``W`` (2×4) and bias (2), all requiring grad, for gradcheck."""
+    return tuple(
+        torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+        for shape in ((batch, 4), (2, 4), (2,))
+    )
+
+
 def gradcheck_with_weight_as_feedback(function, x, weight, bias, *settings) -> bool:
     """gradcheck of ``function.apply(x, W, copy of W, bias, *settings)``.
 

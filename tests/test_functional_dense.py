@@ -4,7 +4,7 @@ import torch.nn.functional as F
 
 from bender.functional import matmul, matmul_asym_dx, matmul_blocked_dx
 from bender.functional.dense import BentLinear, bent_linear
-from tests.conftest import close, gradcheck_with_weight_as_feedback
+from tests.conftest import close, dense_gradcheck_inputs, gradcheck_with_weight_as_feedback
 
 
 def _tensors(batch, dtype, n_in=7, n_out=5):
@@ -84,10 +84,7 @@ def test_gradcheck_matmul():
 @pytest.mark.parametrize("batch", [1, 3])
 def test_gradcheck_bent_linear_with_feedback_equal_to_the_weight(batch):
     # B = a copy of W: the custom backward must then give the exact gradient
-    x = torch.randn(batch, 4, dtype=torch.float64, requires_grad=True)
-    w = torch.randn(2, 4, dtype=torch.float64, requires_grad=True)
-    bias = torch.randn(2, dtype=torch.float64, requires_grad=True)
-    assert gradcheck_with_weight_as_feedback(BentLinear, x, w, bias)
+    assert gradcheck_with_weight_as_feedback(BentLinear, *dense_gradcheck_inputs(batch))
 
 
 def test_wrong_feedback_shape_raises():

@@ -3,7 +3,7 @@ import torch
 
 from bender.functional import radial_sim, radial_sim_asym
 from bender.functional.radial import BentRadial
-from tests.conftest import close, gradcheck_with_weight_as_feedback
+from tests.conftest import close, dense_gradcheck_inputs, gradcheck_with_weight_as_feedback
 
 
 def _reference(x, w):
@@ -55,10 +55,7 @@ def test_gradcheck_radial_sim():
 @pytest.mark.parametrize("batch", [1, 3])
 def test_gradcheck_bent_radial_with_feedback_equal_to_the_weight(batch):
     # radial_sim differentiates native ops; the custom backward with B = a copy of W is exact too
-    x = torch.randn(batch, 4, dtype=torch.float64, requires_grad=True)
-    w = torch.randn(2, 4, dtype=torch.float64, requires_grad=True)
-    bias = torch.randn(2, dtype=torch.float64, requires_grad=True)
-    assert gradcheck_with_weight_as_feedback(BentRadial, x, w, bias)
+    assert gradcheck_with_weight_as_feedback(BentRadial, *dense_gradcheck_inputs(batch))
 
 
 def test_radial_rejects_bad_shapes():
