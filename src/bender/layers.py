@@ -298,12 +298,12 @@ class GenConv(_GenLayer):
         """Per-dimension zero padding; ``"valid"`` is none, ``"same"`` keeps the input size."""
         if padding == "valid":
             return (0,) * dims
-        if isinstance(padding, str) and padding != "same":
-            raise ValueError(
-                f"padding must be 'valid', 'same', an int or a tuple of {dims} ints ≥ 0, "
-                f"got {padding!r}"
-            )
         if padding != "same":
+            if isinstance(padding, str):
+                raise ValueError(
+                    f"padding must be 'valid', 'same', an int or a tuple of {dims} ints ≥ 0, "
+                    f"got {padding!r}"
+                )
             return _tuple("padding", padding, dims, minimum=0)
         if any(s != 1 for s in self.stride):
             raise ValueError(f"padding='same' needs stride 1, got stride {self.stride}")
