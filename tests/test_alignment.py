@@ -214,3 +214,46 @@ def test_alignment_recorder_leaves_dropout_batch_norm_and_randomness_alone(small
     plain = train(_fa_net_with_dropout_and_batch_norm(), small_mnist, epochs=2)
     assert table.drop(columns="seconds").equals(plain.drop(columns="seconds"))
     assert (recorder.table()["grad_angle_4"] < 1e-3).all()  # output layer: the true error
+
+
+def _spectral_fa_net() -> nn.Sequential:
+    from torch.nn.utils.parametrizations import spectral_norm, weight_norm
+
+    torch.manual_seed(0)
+    return nn.Sequential(
+        weight_norm(GenDense(20, 12, nn.Tanh(), forward="linear_asym_dx", feedback=True)),
+        spectral_norm(GenDense(12, 8, nn.Tanh(), forward="linear_asym_dx", feedback=True)),
+        GenDense(8, 4, forward="linear_asym_dx", feedback=True),
+    ).double()
+
+
+def test_gradient_alignment_of_parametrized_weights_is_taken_at_the_weight_used(batch):
+    model = _spectral_fa_net().eval()  # eval: spectral_norm reuses its vectors, one W per pass
+    plain = nn.Sequential(  # the same weights, feedback and rule without the parametrizations
+        *[
+            GenDense(
+                m.in_features, m.out_features, m.activation, forward=m.mapping, feedback=m.feedback
+            )
+            for m in model
+        ]
+    ).double()
+    for twin, m in zip(plain, model, strict=True):
+        with torch.no_grad():
+            twin.weight.copy_(m.weight)
+            twin.bias.copy_(m.bias)
+    x, y = torch.randn(batch, 20, dtype=torch.float64), torch.randint(0, 4, (batch,))
+    angles = gradient_alignment(model, x, y)
+    assert angles.keys() == {"0", "1", "2"}
+    assert angles == pytest.approx(gradient_alignment(plain, x, y), abs=1e-4)
+    assert angles["2"] == pytest.approx(0.0, abs=1e-4)  # acos near 1 leaves ~1e-6°
+
+
+def test_alignment_recorder_does_not_step_spectral_norm():
+    model = _spectral_fa_net()  # train mode: every read of its weight takes a power step
+    vectors = model[1].parametrizations.weight[0]._u.clone()
+    x, y = torch.randn(8, 20, dtype=torch.float64), torch.randint(0, 4, (8,))
+    recorder = AlignmentRecorder(x, y)
+    recorder({"epoch": 0}, model)
+    assert torch.equal(model[1].parametrizations.weight[0]._u, vectors)
+    assert model.training
+    assert set(recorder.table().columns) >= {"weight_angle_1", "grad_angle_1"}

@@ -243,6 +243,10 @@ def test_bad_inputs_raise_clear_errors():
         DFA(nn.Sequential(nn.ReLU()))
     with pytest.raises(ValueError, match="pass input_shape"):
         DFA(nn.Sequential(GenConv(1, 2, 3), nn.Flatten(), GenDense(2 * 6 * 6, 3)))
+    conv_net = nn.Sequential(GenConv(1, 2, 3), nn.Flatten(), GenDense(2 * 6 * 6, 3))
+    with pytest.raises(ValueError, match=r"expects inputs of shape \(\*, 72\), got \(1, 18\)"):
+        DFA(conv_net, input_shape=(1, 5, 5))  # its dry run fails in the dense layer
+    assert conv_net.training  # the dry run's eval mode is undone
     outs = activations(net, torch.randn(2, 6))
     fb = [torch.randn(5, 3), torch.randn(4, 3)]
     with pytest.raises(ValueError, match=r"class indices in \[0, 3\).*got values in \[0, 12\]"):
@@ -257,3 +261,19 @@ def test_bad_inputs_raise_clear_errors():
         direct_feedback_loss(
             F.cross_entropy, torch.tensor([0, 1]), outs, [torch.randn(3, 5), fb[1]]
         )
+
+
+def test_dfa_over_spectral_normed_layers_keeps_their_state_until_training():
+    from torch.nn.utils.parametrizations import spectral_norm
+
+    torch.manual_seed(0)
+    net = _mlp([6, 5, 4, 3])
+    net[0], net[1] = spectral_norm(net[0]), spectral_norm(net[1])
+    vectors = net[0].parametrizations.weight[0]._u.clone()
+    dfa = DFA(net, 3)  # its dry run reads the first weight and runs the net in eval mode
+    assert torch.equal(net[0].parametrizations.weight[0]._u, vectors)
+    assert dfa.training and net[0].parametrizations.weight[0].training
+    x, y = torch.randn(7, 6), torch.randint(0, 3, (7,))
+    F.cross_entropy(dfa(x), y).backward()
+    originals = [m.parametrizations.weight.original for m in net[:2]]
+    assert all(w.grad is not None and w.grad.abs().sum() > 0 for w in originals)

@@ -125,6 +125,18 @@ def test_repr():
     )
 
 
+def test_repr_of_a_spectral_normed_layer_names_it_and_leaves_its_state_alone():
+    from torch.nn.utils.parametrizations import spectral_norm
+
+    layer = spectral_norm(GenDense(4, 3, forward="linear_asym_dx", feedback=True))
+    vectors = layer.parametrizations.weight[0]._u.clone()
+    assert repr(layer) == (
+        "ParametrizedGenDense(4 → 3, forward=linear_asym_dx, weight parametrized by "
+        "_SpectralNorm, feedback 3×4)"
+    )
+    assert torch.equal(layer.parametrizations.weight[0]._u, vectors)  # no power step taken
+
+
 @pytest.mark.parametrize("kernel", [3, (3,), (3, 3), (1, 3, 3)])
 def test_genconv_dims_and_shapes(kernel):
     dims = 2 if isinstance(kernel, int) else len(kernel)

@@ -28,6 +28,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 
 from bender.dfa import DFA
 
@@ -139,12 +140,28 @@ def gradient_alignment(
     :class:`AlignmentRecorder` measures in eval mode).
     """
     layers = bent_layers(model)
-    weights = [m.weight for m in layers.values()]
-    with _from_current_random_state(weights[0].device):
-        bent = torch.autograd.grad(loss(model(x), target), weights)
-    with _from_current_random_state(weights[0].device), backprop(model):
-        exact = torch.autograd.grad(loss(model(x), target), weights)
+    with _from_current_random_state(x.device):
+        bent = _weight_gradients(model, layers, x, target, loss)
+    with _from_current_random_state(x.device), backprop(model):
+        exact = _weight_gradients(model, layers, x, target, loss)
     return {name: angle(b, e) for name, b, e in zip(layers, bent, exact, strict=True)}
+
+
+def _weight_gradients(
+    model: nn.Module,
+    layers: dict[str, nn.Module],
+    x: Tensor,
+    target: Tensor,
+    loss: Callable[[Tensor, Tensor], Tensor],
+) -> tuple[Tensor, ...]:
+    """``∂loss/∂W`` of each layer for one forward and backward pass of ``model``.
+
+    A parametrized weight (``weight_norm``, ``spectral_norm``) is computed once for the pass, so
+    the gradient is taken with respect to the very tensor the forward pass used.
+    """
+    with parametrize.cached():
+        weights = [m.weight for m in layers.values()]
+        return torch.autograd.grad(loss(model(x), target), weights)
 
 
 def _from_current_random_state(device: torch.device):
@@ -178,11 +195,11 @@ class AlignmentRecorder:
         device = next(model.parameters()).device
         x, target = self.x.to(device), self.target.to(device)
         angles: dict[str, float] = {"epoch": row["epoch"]}
-        if any(_uses_feedback(m) for m in model.modules()):
-            angles |= {f"weight_angle_{k}": a for k, a in weight_alignment(model).items()}
         was_training = model.training
-        model.eval()
+        model.eval()  # also keeps a spectral_norm weight from taking a power step when read
         try:
+            if any(_uses_feedback(m) for m in model.modules()):
+                angles |= {f"weight_angle_{k}": a for k, a in weight_alignment(model).items()}
             grads = gradient_alignment(model, x, target, self.loss)
         finally:
             model.train(was_training)

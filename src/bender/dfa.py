@@ -103,12 +103,14 @@ class DFA(nn.Module):
                     "of one sample, e.g. input_shape=(1, 28, 28)"
                 )
             input_shape = (first.in_features,)
-        weight = first.weight
-        x = torch.zeros(1, *input_shape, dtype=weight.dtype, device=weight.device)
         was_training = self.model.training
-        self.model.eval()
-        outputs = self._outputs(x)
-        self.model.train(was_training)
+        self.model.eval()  # before reading the weight: a spectral_norm one steps in train mode
+        try:
+            weight = first.weight
+            x = torch.zeros(1, *input_shape, dtype=weight.dtype, device=weight.device)
+            outputs = self._outputs(x)
+        finally:
+            self.model.train(was_training)
         return outputs[:-1], outputs[-1]
 
     def _outputs(self, x: Tensor) -> list[Tensor]:

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 
 from bender.functional._checks import check_positive_int
 from bender.mappings import MAPPINGS, Mapping, conv_linear, linear, mapping_name, resolve_mapping
@@ -118,7 +119,11 @@ class _GenLayer(nn.Module):
             parts.append(repr(act) if isinstance(act, nn.Module) else mapping_name(act))
         if self.mapping is not self.default_mapping:
             parts.append(f"forward={mapping_name(self.mapping)}")
-        parts.append(f"weight {_shape(self.weight)}")
+        if parametrize.is_parametrized(self, "weight"):  # reading it could change its state
+            chain = self.parametrizations.weight
+            parts.append("weight parametrized by " + " then ".join(type(p).__name__ for p in chain))
+        else:
+            parts.append(f"weight {_shape(self.weight)}")
         if self.feedback is not None:
             parts.append(f"feedback {_shape(self.feedback)}")
         if self.bias is None:
