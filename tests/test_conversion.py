@@ -155,3 +155,68 @@ def test_bad_requests_are_refused():
         convert(nn.Sequential(nn.Conv2d(1, 1, 3, padding_mode="reflect")), conv="conv_linear")
     with pytest.raises(ValueError, match=r"0: padding='same' with kernel \(4, 4\)"):
         convert(nn.Sequential(nn.Conv2d(1, 1, 4, padding="same")), conv="conv_linear")
+
+
+def _spectral_u(layer: nn.Module) -> torch.Tensor:
+    return layer.parametrizations.weight[0]._u
+
+
+def test_parametrized_layers_are_converted_with_their_parametrizations_and_state():
+    from torch.nn.utils.parametrizations import orthogonal, spectral_norm, weight_norm
+
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        weight_norm(nn.Conv2d(1, 3, 3)),
+        nn.ReLU(),
+        nn.Flatten(),
+        spectral_norm(nn.Linear(48, 8)),
+        nn.Tanh(),
+        orthogonal(nn.Linear(8, 8)),
+        spectral_norm(weight_norm(nn.Linear(8, 3))),
+    )
+    model[0].parametrizations.weight.original0.requires_grad_(False)  # lengths frozen
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    bent = convert(model, dense="linear_asym_dx", conv="conv_linear_asym_dx")
+
+    trainable = {n for n, p in bent.named_parameters() if p.requires_grad}
+    assert trainable == {n for n, p in model.named_parameters() if p.requires_grad}
+    assert "0.parametrizations.weight.original0" not in trainable
+    assert [type(bent[i]).__name__ for i in (0, 3, 5, 6)] == [
+        "ParametrizedGenConv",
+        *["ParametrizedGenDense"] * 3,
+    ]
+    # the same unparametrized tensors and state under the same names: only feedback is new
+    state = bent.state_dict()
+    assert set(state) - set(before) == {f"{i}.feedback" for i in (0, 3, 5, 6)}
+    for key, value in before.items():
+        assert torch.equal(state[key], value), key
+        assert torch.equal(model.state_dict()[key], value), key  # the source is left alone
+    assert "weight parametrized by _WeightNorm then _SpectralNorm" in repr(bent[6])
+    assert torch.equal(_spectral_u(bent[3]), before["3.parametrizations.weight.0._u"])
+    x = torch.randn(5, 1, 6, 6)
+    for mode in (False, True):  # eval first: train mode takes a power step in both
+        model.train(mode), bent.train(mode)
+        close(bent(x), model(x))
+    close(_spectral_u(bent[3]), _spectral_u(model[3]))
+
+
+def test_a_weight_normed_feedback_layer_learns_through_its_parametrization(batch, dtype):
+    from torch.nn.utils.parametrizations import weight_norm
+
+    layer = weight_norm(nn.Linear(6, 4)).to(dtype)
+    bent = convert(layer, dense="linear_asym_dx")
+    g = bent.parametrizations.weight.original0  # (4, 1), one length per output row
+    v = bent.parametrizations.weight.original1  # (4, 6), the direction
+    x = torch.randn(batch, 6, dtype=dtype, requires_grad=True)
+    delta = torch.randn(batch, 4, dtype=dtype)
+    bent(x).backward(delta)
+
+    # W = g v / ‖v‖ row by row; ∂W = δᵀx; ∂x = δ B (feedback alignment)
+    norm = v.detach().norm(dim=1, keepdim=True)
+    direction = v.detach() / norm
+    dw = delta.t() @ x.detach()
+    close(x.grad, delta @ bent.feedback)
+    close(g.grad, (dw * direction).sum(1, keepdim=True))
+    radial = (dw * direction).sum(1, keepdim=True) * direction
+    close(v.grad, g.detach() / norm * (dw - radial))
+    close(bent.bias.grad, delta.sum(0))

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import copy
 import warnings
+from collections.abc import Callable
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from bender.layers import GenConv, GenDense, Init
 from bender.mappings import Mapping, mapping_name, resolve_mapping
@@ -56,8 +58,19 @@ def _conv(layer: nn.Module, mapping: Mapping, init: Init | None) -> GenConv:
     )
 
 
-def _take_over(new: GenDense | GenConv, old: nn.Module) -> GenDense | GenConv:
-    """Give ``new`` the weight, bias, trainability and train/eval mode of ``old``."""
+def _layer_class(module: nn.Module) -> type:
+    """The module's class; for a parametrized one (``weight_norm``, ``spectral_norm``, ...) the
+    class the parametrizations were registered on, not the ``Parametrized…`` class made for it."""
+    cls = type(module)
+    return cls.__bases__[0] if parametrize.is_parametrized(module) else cls
+
+
+def _rebuilt(old: nn.Module, build: Callable[[nn.Module], GenDense | GenConv]) -> nn.Module:
+    """``build(old)``, given the weight, bias, parametrizations, trainability and train/eval mode
+    of ``old``."""
+    training = old.training
+    old.eval()  # in train mode, reading a parametrized weight runs spectral_norm's power step
+    new = build(old)
     with torch.no_grad():
         new.weight.copy_(old.weight)
         if old.bias is not None:
@@ -65,7 +78,24 @@ def _take_over(new: GenDense | GenConv, old: nn.Module) -> GenDense | GenConv:
     new.weight.requires_grad_(old.weight.requires_grad)
     if old.bias is not None:
         new.bias.requires_grad_(old.bias.requires_grad)
-    return new.train(old.training)
+    if parametrize.is_parametrized(old):
+        _carry_parametrizations(new, old)
+    return new.train(training)
+
+
+def _carry_parametrizations(new: nn.Module, old: nn.Module) -> None:
+    """Register ``old``'s parametrizations (the same modules, in order) on ``new`` and give
+    ``new`` the exact unparametrized tensors of ``old`` (``original``, or ``original0``, ...)."""
+    for name, chain in old.parametrizations.items():
+        for parametrization in chain:
+            parametrize.register_parametrization(new, name, parametrization, unsafe=True)
+        kept = new.parametrizations[name]
+        originals = [*chain.named_parameters(recurse=False), *chain.named_buffers(recurse=False)]
+        for key, source in originals:
+            target = getattr(kept, key)
+            with torch.no_grad():
+                target.copy_(source)
+            target.requires_grad_(source.requires_grad)
 
 
 def convert(
@@ -85,7 +115,11 @@ def convert(
     Glorot-uniform) and the global RNG: seed it for reproducible feedback. Leave ``dense`` or
     ``conv`` at ``None`` to keep those layers as they are. ``model`` itself is not changed.
 
-    Subclasses of ``nn.Linear`` (such as the output projection inside
+    A parametrized layer (``weight_norm``, ``spectral_norm``, ...) keeps its parametrizations:
+    the new layer gets the same parametrization modules and exact copies of their tensors and
+    state, under the same names.
+
+    Other subclasses of ``nn.Linear`` (such as the output projection inside
     ``nn.MultiheadAttention``, which the attention reads as a weight, not as a layer) are left
     as they are, with a warning. Transposed and lazy convolutions are not converted.
 
@@ -111,10 +145,10 @@ def convert(
         try:
             if id(module) in replaced:
                 new = replaced[id(module)]
-            elif type(module) is nn.Linear and dense_map is not None:
-                new = _take_over(_dense(module, dense_map, init), module)
-            elif type(module) in CONVS and conv_map is not None:
-                new = _take_over(_conv(module, conv_map, init), module)
+            elif _layer_class(module) is nn.Linear and dense_map is not None:
+                new = _rebuilt(module, lambda m: _dense(m, dense_map, init))
+            elif _layer_class(module) in CONVS and conv_map is not None:
+                new = _rebuilt(module, lambda m: _conv(m, conv_map, init))
             else:
                 if isinstance(module, nn.Linear) and dense_map is not None:
                     skipped.append(f"{name} ({type(module).__name__})")
