@@ -42,7 +42,7 @@ def test_train_writes_all_outputs(tmp_path, data_root, capsys):
         and "seconds" in record["epochs"][0]
         and record["threads"] == torch.get_num_threads()
     )
-    state = torch.load(out / "model.pt")
+    state = torch.load(out / "model.pt", weights_only=True)
     model = recipes.build("fa-mlp")
     model.load_state_dict(state)
     assert "0.feedback" in state
@@ -206,7 +206,7 @@ def test_ctrl_c_while_saving_keeps_the_last_whole_checkpoint(tmp_path, data_root
     monkeypatch.setattr(torch, "save", save_then_ctrl_c_halfway)
     code, out = _train(tmp_path, data_root, epochs=3)
     assert code == 130
-    state = torch.load(out / "model.pt")
+    state = torch.load(out / "model.pt", weights_only=True)
     assert state.keys() == saved[0].keys()
     assert all(torch.equal(state[k], saved[0][k]) for k in state)  # epoch 1's weights, whole
     assert pd.read_csv(out / "metrics.csv")["epoch"].tolist() == [1]  # matches model.pt

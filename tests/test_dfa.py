@@ -210,7 +210,7 @@ def test_state_dict_round_trip():
     torch.save(a.state_dict(), buf)
     buf.seek(0)
     b = DFA(_mlp([6, 5, 3]), 3)
-    b.load_state_dict(torch.load(buf))
+    b.load_state_dict(torch.load(buf, weights_only=True))
     assert torch.equal(a.feedback, b.feedback)
     assert torch.equal(a.model[0].weight, b.model[0].weight)
     assert "DFA(feedback 5×3" in repr(a)

@@ -60,7 +60,8 @@ def test_ddp_syncs_feedback_and_averages_bent_gradients(tmp_path):
     x, y = _batch()
     for name in RECIPES:
         (state0, grads0), (state1, grads1) = (
-            torch.load(tmp_path / f"{name}-rank{rank}.pt") for rank in range(WORLD)
+            torch.load(tmp_path / f"{name}-rank{rank}.pt", weights_only=True)
+            for rank in range(WORLD)
         )
         for key, value in state0.items():  # rank 1 now holds rank 0's weights and feedback
             assert torch.equal(state1[key], value), (name, key)

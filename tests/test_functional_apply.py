@@ -45,3 +45,19 @@ def test_torch_func_transforms_get_pytorchs_own_error():
 
     with pytest.raises(RuntimeError, match="must override the setup_context staticmethod"):
         grad(loss, argnums=(0, 1))(params, x)
+
+
+def test_while_compiling_the_transform_check_is_not_asked(monkeypatch):
+    """Dynamo in torch 2.4 cannot trace ``_are_functorch_transforms_active``: the compile check
+    comes first and, while tracing, decides alone."""
+    import bender.functional._apply as module
+
+    def transforms_check_not_expected():
+        raise AssertionError("the transform check was asked while compiling")
+
+    monkeypatch.setattr(module, "_is_compiling", lambda: True)
+    monkeypatch.setattr(module, "_transforms_active", transforms_check_not_expected)
+    x = torch.randn(3, requires_grad=True)
+    y = direct_apply(_Double)(x)
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, torch.full_like(x, 3.0))

@@ -96,7 +96,7 @@ def test_state_dict_round_trip_restores_everything():
     torch.save(a.state_dict(), buf)
     buf.seek(0)
     b = GenDense(6, 4, SignSTE(), forward="linear_asym_dx", feedback=True, alpha=0.0, mu=0.0)
-    b.load_state_dict(torch.load(buf))
+    b.load_state_dict(torch.load(buf, weights_only=True))
     for name in ("weight", "bias", "feedback", "alpha", "mu"):
         assert torch.equal(getattr(a, name), getattr(b, name)), name
     assert set(a.state_dict()) == {"weight", "bias", "feedback", "alpha", "mu"}

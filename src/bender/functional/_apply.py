@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 
 import torch
@@ -10,17 +9,7 @@ from torch import Tensor
 
 # What ``Function.apply`` itself asks; private, so a torch without it takes the usual path.
 _transforms_active = getattr(torch._C, "_are_functorch_transforms_active", lambda: True)
-
-
-def _compile_check() -> Callable[[], bool]:
-    """``torch.compiler.is_compiling`` (torch ≥ 2.3), else Dynamo's own flag (torch 2.2)."""
-    check = getattr(torch.compiler, "is_compiling", None)
-    if check is None:
-        check = importlib.import_module("torch._dynamo").is_compiling
-    return check
-
-
-_is_compiling = _compile_check()
+_is_compiling = torch.compiler.is_compiling
 
 
 def direct_apply(function: type[torch.autograd.Function]) -> Callable[..., Tensor]:
@@ -38,7 +27,7 @@ def direct_apply(function: type[torch.autograd.Function]) -> Callable[..., Tenso
     c_apply = super(torch.autograd.Function, function).apply
 
     def apply(*args) -> Tensor:
-        if _transforms_active() or _is_compiling():
+        if _is_compiling() or _transforms_active():  # Dynamo 2.4 cannot trace the second
             return function.apply(*args)
         return c_apply(*args)
 
