@@ -56,6 +56,18 @@ def test_hard_sigmoid(batch, dtype):
     assert torch.all(x.grad[(xd < -1) | (xd > 1)] == 0)
 
 
+def test_hard_sigmoid_gradient_at_and_next_to_the_kinks(dtype):
+    below_one = torch.nextafter(torch.tensor(1.0, dtype=dtype), torch.tensor(0.0, dtype=dtype))
+    x = torch.stack(
+        [-below_one, below_one, torch.tensor(1.0, dtype=dtype), -torch.ones((), dtype=dtype)]
+    )
+    x.requires_grad_()
+    y = hard_sigmoid(x)
+    assert y[1] == 1.0  # (x + 1) / 2 rounds to 1 one ulp below the kink ...
+    y.sum().backward()
+    assert x.grad.tolist() == [0.5, 0.5, 0.0, 0.0]  # ... but x is inside (−1, 1): slope 1/2
+
+
 def test_hardtanh_adaste_four_cases_and_interior(dtype):
     x = torch.tensor([-2.0, -3.0, 1.5, 3.0, 0.25, -0.5, -1.0, 1.0], dtype=dtype, requires_grad=True)
     g = torch.tensor([0.7, -0.6, -0.4, 0.9, 0.3, -0.8, 0.0, 0.0], dtype=dtype)

@@ -6,18 +6,23 @@ Each states its forward, its pseudo-gradient, and where that differs from the ex
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from bender.functional._apply import direct_apply
 
 
 def hard_sigmoid(x: Tensor) -> Tensor:
-    """``hardσ(x) = max(0, min(1, (x + 1) / 2))``; exact gradient (``1/2`` inside ``(−1, 1)``).
+    """``hardσ(x) = max(0, min(1, (x + 1) / 2))``; exact gradient: ``1/2`` for ``−1 < x < 1``,
+    else 0 (also at the kinks ``x = ±1``, as for ``hardtanh``).
 
-    Note the slope: this is Bender.jl's (and BinaryConnect's) hard sigmoid, not
-    :func:`torch.nn.functional.hardsigmoid`, which uses ``(x + 3) / 6``.
+    Computed as ``(hardtanh(x) + 1) / 2``, so the gradient follows ``x`` itself: a clamp after
+    the division would see ``(x + 1) / 2`` rounded to exactly 1 for ``x`` one ulp below 1, and
+    torch ≥ 2.14 gives a clamp no gradient at its bounds. Note the slope: this is Bender.jl's
+    (and BinaryConnect's) hard sigmoid, not :func:`torch.nn.functional.hardsigmoid`, which
+    uses ``(x + 3) / 6``.
     """
-    return ((x + 1) * 0.5).clamp(0, 1)
+    return (F.hardtanh(x) + 1) * 0.5
 
 
 class SignSTEFunction(torch.autograd.Function):
