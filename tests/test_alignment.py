@@ -257,3 +257,44 @@ def test_alignment_recorder_does_not_step_spectral_norm():
     assert torch.equal(model[1].parametrizations.weight[0]._u, vectors)
     assert model.training
     assert set(recorder.table().columns) >= {"weight_angle_1", "grad_angle_1"}
+
+
+def test_gradient_alignment_of_pruned_weights_is_taken_at_the_masked_weight(batch):
+    from torch.nn.utils import prune
+
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        GenDense(20, 12, nn.Tanh(), forward="linear_asym_dx", feedback=True),
+        GenDense(12, 4, forward="linear_asym_dx", feedback=True),
+    ).double()
+    plain = nn.Sequential(  # the masked weights as parameters, the same feedback
+        *[
+            GenDense(
+                m.in_features, m.out_features, m.activation, forward=m.mapping, feedback=m.feedback
+            )
+            for m in model
+        ]
+    ).double()
+    prune.l1_unstructured(model[0], "weight", amount=0.6)
+    for twin, m in zip(plain, model, strict=True):
+        with torch.no_grad():
+            twin.weight.copy_(m.weight)
+            twin.bias.copy_(m.bias)
+    x, y = torch.randn(batch, 20, dtype=torch.float64), torch.randint(0, 4, (batch,))
+    angles = gradient_alignment(model, x, y)
+    assert angles == pytest.approx(gradient_alignment(plain, x, y), abs=1e-4)
+
+
+def test_a_bent_layer_the_forward_pass_skips_is_named():
+    class SkipsOne(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.used = GenDense(6, 3, forward="linear_asym_dx", feedback=True)
+            self.spare = GenDense(6, 3, forward="linear_asym_dx", feedback=True)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.used(x)
+
+    x, y = torch.randn(4, 6), torch.randint(0, 3, (4,))
+    with pytest.raises(ValueError, match=r"bent layers not called in the forward pass: spare$"):
+        gradient_alignment(SkipsOne(), x, y)

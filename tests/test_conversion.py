@@ -1,3 +1,5 @@
+import warnings
+
 import pytest
 import torch
 from torch import nn
@@ -220,3 +222,57 @@ def test_a_weight_normed_feedback_layer_learns_through_its_parametrization(batch
     radial = (dw * direction).sum(1, keepdim=True) * direction
     close(v.grad, g.detach() / norm * (dw - radial))
     close(bent.bias.grad, delta.sum(0))
+
+
+def test_pruned_layers_keep_their_masks_and_learn_only_where_unpruned(batch, dtype):
+    from torch.nn.utils import prune
+
+    torch.manual_seed(0)
+    mlp = nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 4)).to(dtype)
+    prune.l1_unstructured(mlp[0], "weight", amount=0.5)
+    prune.random_unstructured(mlp[0], "weight", amount=0.2)  # a container of two methods
+    prune.l1_unstructured(mlp[2], "bias", amount=2)
+    x = torch.randn(batch, 6, dtype=dtype, requires_grad=True)
+    mlp(x)  # after a forward pass the pruned weight is a non-leaf tensor, which deepcopy refuses
+    fa = convert(mlp, dense="linear_asym_dx")
+
+    state, before = fa.state_dict(), mlp.state_dict()
+    assert set(state) - set(before) == {"0.feedback", "2.feedback"}
+    assert all(torch.equal(state[k], v) for k, v in before.items())
+    out = fa(x)
+    close(out, mlp(x))
+    delta = torch.randn(batch, 4, dtype=dtype)
+    out.backward(delta)
+    mask = fa[0].weight_mask
+    h = torch.tanh(x.detach() @ (fa[0].weight_orig.detach() * mask).t() + fa[0].bias.detach())
+    da1 = (delta @ fa[2].feedback) * (1 - h**2)  # feedback alignment through B2
+    close(fa[0].weight_orig.grad, (da1.t() @ x.detach()) * mask)  # nothing where pruned
+    close(x.grad, da1 @ fa[0].feedback)
+    close(fa[2].bias_orig.grad, delta.sum(0) * fa[2].bias_mask)
+
+    torch.optim.SGD(fa.parameters(), lr=0.5).step()
+    assert torch.all(fa[0].weight[mask == 0] == 0)  # still pruned after a step
+
+
+def test_hook_based_norms_are_refused_and_other_hooks_named():
+    from torch.nn.utils import weight_norm  # the old, hook-based one
+
+    with warnings.catch_warnings():  # newer torch says it is deprecated
+        warnings.simplefilter("ignore")
+        old = nn.Sequential(weight_norm(nn.Linear(6, 5)), nn.ReLU(), nn.Linear(5, 3))
+    old(torch.randn(2, 6))
+    with pytest.raises(
+        ValueError,
+        match=r"^0: .*hook-based torch\.nn\.utils\.weight_norm.*"
+        r"parametrizations\.weight_norm",
+    ):
+        convert(old, dense="linear_asym_dx")
+
+    def log_output(module, args, output):
+        pass
+
+    model = nn.Sequential(nn.Linear(6, 5))
+    model[0].register_forward_hook(log_output)
+    with pytest.warns(UserWarning, match=r"does not carry the hooks of a Linear.*\(log_output\)"):
+        converted = convert(model, dense="linear_asym_dx")
+    assert not converted[0]._forward_hooks

@@ -156,12 +156,27 @@ def _weight_gradients(
 ) -> tuple[Tensor, ...]:
     """``∂loss/∂W`` of each layer for one forward and backward pass of ``model``.
 
-    A parametrized weight (``weight_norm``, ``spectral_norm``) is computed once for the pass, so
-    the gradient is taken with respect to the very tensor the forward pass used.
+    Taken with respect to the weight tensor each layer used in that pass, whatever made it:
+    a parameter, a parametrization (``weight_norm``, ``spectral_norm``; computed once for the
+    pass) or a pruning mask (``torch.nn.utils.prune`` sets ``weight`` before each forward).
     """
-    with parametrize.cached():
-        weights = [m.weight for m in layers.values()]
-        return torch.autograd.grad(loss(model(x), target), weights)
+    used: dict[int, Tensor] = {}
+
+    def record(layer: nn.Module, args: tuple) -> None:  # runs after any pruning hook
+        used[id(layer)] = layer.weight
+
+    handles = [m.register_forward_pre_hook(record) for m in layers.values()]
+    try:
+        with parametrize.cached():
+            out = model(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    missing = [name for name, m in layers.items() if id(m) not in used]
+    if missing:
+        raise ValueError(f"bent layers not called in the forward pass: {', '.join(missing)}")
+    weights = [used[id(m)] for m in layers.values()]
+    return torch.autograd.grad(loss(out, target), weights)
 
 
 def _from_current_random_state(device: torch.device):

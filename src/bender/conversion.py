@@ -14,8 +14,10 @@ import warnings
 from collections.abc import Callable
 
 import torch
-from torch import nn
-from torch.nn.utils import parametrize
+from torch import Tensor, nn
+from torch.nn.utils import parametrize, prune
+from torch.nn.utils.spectral_norm import SpectralNorm
+from torch.nn.utils.weight_norm import WeightNorm
 
 from bender.layers import GenConv, GenDense, Init
 from bender.mappings import Mapping, mapping_name, resolve_mapping
@@ -66,21 +68,67 @@ def _layer_class(module: nn.Module) -> type:
 
 
 def _rebuilt(old: nn.Module, build: Callable[[nn.Module], GenDense | GenConv]) -> nn.Module:
-    """``build(old)``, given the weight, bias, parametrizations, trainability and train/eval mode
-    of ``old``."""
+    """``build(old)``, given the weight, bias, parametrizations, pruning masks, trainability and
+    train/eval mode of ``old``."""
     training = old.training
     old.eval()  # in train mode, reading a parametrized weight runs spectral_norm's power step
+    masks = _pruning_masks(old)
     new = build(old)
-    with torch.no_grad():
-        new.weight.copy_(old.weight)
-        if old.bias is not None:
-            new.bias.copy_(old.bias)
-    new.weight.requires_grad_(old.weight.requires_grad)
-    if old.bias is not None:
-        new.bias.requires_grad_(old.bias.requires_grad)
+    for name in ("weight", "bias"):  # a pruned tensor's unpruned values are in <name>_orig
+        source = getattr(old, f"{name}_orig" if name in masks else name)
+        if source is not None:
+            target = getattr(new, name)
+            with torch.no_grad():
+                target.copy_(source)
+            target.requires_grad_(source.requires_grad)
     if parametrize.is_parametrized(old):
         _carry_parametrizations(new, old)
+    for name, mask in masks.items():
+        prune.custom_from_mask(new, name, mask)
     return new.train(training)
+
+
+def _pruning_masks(layer: nn.Module) -> dict[str, Tensor]:
+    """``{tensor name: mask}`` for the tensors ``torch.nn.utils.prune`` pruned in ``layer``.
+
+    Other hooks cannot be carried over: hook-based weight or spectral norm is refused, and any
+    other hook is named in a warning.
+    """
+    masks, others = {}, []
+    for hook in layer._forward_pre_hooks.values():
+        if isinstance(hook, prune.BasePruningMethod):
+            masks[hook._tensor_name] = getattr(layer, f"{hook._tensor_name}_mask")
+        elif isinstance(hook, (WeightNorm, SpectralNorm)):
+            kind = "weight_norm" if isinstance(hook, WeightNorm) else "spectral_norm"
+            raise ValueError(
+                f"it uses the hook-based torch.nn.utils.{kind}, which convert cannot carry "
+                f"over; apply torch.nn.utils.parametrizations.{kind} instead (the same math)"
+            )
+        else:
+            others.append(hook)
+    others += [*layer._forward_hooks.values(), *layer._backward_hooks.values()]
+    others += layer._backward_pre_hooks.values()
+    if others:
+        names = ", ".join(getattr(h, "__name__", type(h).__name__) for h in others)
+        warnings.warn(
+            f"convert does not carry the hooks of a {type(layer).__name__} over to the bender "
+            f"layer that replaces it ({names}); register them on the converted model",
+            stacklevel=4,
+        )
+    return masks
+
+
+def _copy(model: nn.Module) -> nn.Module:
+    """``copy.deepcopy(model)``, also where a hook sets a computed tensor as a plain attribute
+    before each forward (pruning's ``weight``), which deepcopy refuses: those are copied
+    detached, as the hook computes them anew."""
+    computed = {
+        id(value): value.detach().clone()
+        for module in model.modules()
+        for value in vars(module).values()
+        if isinstance(value, Tensor) and not value.is_leaf
+    }
+    return copy.deepcopy(model, computed)
 
 
 def _carry_parametrizations(new: nn.Module, old: nn.Module) -> None:
@@ -117,7 +165,8 @@ def convert(
 
     A parametrized layer (``weight_norm``, ``spectral_norm``, ...) keeps its parametrizations:
     the new layer gets the same parametrization modules and exact copies of their tensors and
-    state, under the same names.
+    state, under the same names. A pruned layer (``torch.nn.utils.prune``) keeps its masks.
+    Other hooks on a replaced layer are not carried over (a warning names them).
 
     Other subclasses of ``nn.Linear`` (such as the output projection inside
     ``nn.MultiheadAttention``, which the attention reads as a weight, not as a layer) are left
@@ -138,7 +187,7 @@ def convert(
         )
     dense_map = resolve_mapping(dense) if dense is not None else None
     conv_map = resolve_mapping(conv) if conv is not None else None
-    converted = copy.deepcopy(model)
+    converted = _copy(model)
     replaced: dict[int, GenDense | GenConv] = {}  # a layer used twice stays one layer
     skipped = []
     for name, module in list(converted.named_modules(remove_duplicate=False)):
