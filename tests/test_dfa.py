@@ -277,3 +277,26 @@ def test_dfa_over_spectral_normed_layers_keeps_their_state_until_training():
     F.cross_entropy(dfa(x), y).backward()
     originals = [m.parametrizations.weight.original for m in net[:2]]
     assert all(w.grad is not None and w.grad.abs().sum() > 0 for w in originals)
+
+
+def test_reset_parameters_draws_the_feedback_again_and_keeps_given_matrices():
+    torch.manual_seed(0)
+    net = _mlp([6, 5, 4, 3])
+    dfa = DFA(net, 3)
+    built = {k: v.clone() for k, v in dfa.state_dict().items()}
+    with torch.no_grad():
+        dfa.feedback.add_(1.0)
+        net[0].weight.add_(1.0)
+    torch.manual_seed(0)
+    for m in net:  # construction order: the layers, then the wrapper's feedback
+        m.reset_parameters()
+    nn.init.uniform_(net[0].bias, -0.1, 0.1), nn.init.uniform_(net[1].bias, -0.1, 0.1)
+    nn.init.uniform_(net[2].bias, -0.1, 0.1)  # as _mlp does after building
+    dfa.reset_parameters()
+    for key, value in built.items():
+        assert torch.equal(dfa.state_dict()[key], value), key
+
+    given = [torch.randn(5, 3), torch.randn(4, 3)]
+    fixed = DFA(_mlp([6, 5, 4, 3]), 3, feedback=given)
+    fixed.reset_parameters()
+    assert torch.equal(fixed.feedback, torch.cat(given))

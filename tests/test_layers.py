@@ -259,3 +259,56 @@ def test_genconv_same_and_valid_padding_match_nn_conv2d(kernel, dilation, paddin
             layer.weight.copy_(reference.weight)
             layer.bias.copy_(reference.bias)
         torch.testing.assert_close(layer(x), reference(x))
+
+
+ALPHA = torch.ones(5)  # made outside any meta-device block, so it holds values
+
+
+def _layers() -> nn.Sequential:
+    return nn.Sequential(
+        GenDense(6, 5, nn.ReLU(), forward="linear_asym_dx", feedback=True, alpha=ALPHA),
+        GenDense(5, 4, feedback=(3, 7), beta=0.5),
+        nn.Unflatten(1, (1, 2, 2)),
+        GenConv(1, 2, 2, forward="conv_linear_asym_dx", feedback=True),
+    )
+
+
+def test_reset_parameters_draws_again_as_when_built():
+    torch.manual_seed(0)
+    model = _layers()
+    given = torch.randn(4, 3)
+    kept = GenDense(3, 4, forward="linear_asym_dx", feedback=given)
+    with torch.no_grad():  # as after training: every tensor moved away from its start
+        for t in [*model.parameters(), *model.buffers(), *kept.parameters()]:
+            t.add_(1.0)
+    torch.manual_seed(0)
+    for m in model.modules():  # the usual idiom, in construction order
+        if hasattr(m, "reset_parameters"):
+            m.reset_parameters()
+    kept.reset_parameters()
+    torch.manual_seed(0)
+    fresh = _layers()
+    for key, value in fresh.state_dict().items():
+        assert torch.equal(model.state_dict()[key], value), key
+    assert torch.all(model[0].bias == 0) and torch.all(model[0].alpha == 1)
+    assert torch.equal(kept.feedback, given)  # a feedback tensor given is not redrawn
+    assert torch.all(kept.bias == 0)
+
+
+def test_a_model_built_on_the_meta_device_materialises_with_reset_parameters():
+    with torch.device("meta"):
+        model = _layers()
+    assert model[0].weight.is_meta and model[0].feedback.is_meta
+    model.to_empty(device="cpu")
+    torch.manual_seed(0)
+    for m in model.modules():
+        if hasattr(m, "reset_parameters"):
+            m.reset_parameters()
+    torch.manual_seed(0)
+    for key, value in _layers().state_dict().items():
+        assert torch.equal(model.state_dict()[key], value), key
+
+    with torch.device("meta"):
+        valueless = GenDense(2, 3, alpha=torch.ones(3))
+    with pytest.raises(ValueError, match="alpha was given as a tensor on the meta device"):
+        valueless.to_empty(device="cpu").reset_parameters()

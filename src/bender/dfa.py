@@ -85,13 +85,24 @@ class DFA(nn.Module):
         self.num_outputs = classes
         self.sizes = hidden_sizes(hidden, output)
         weight = next(model.parameters())
+        self._draws_feedback = feedback is None
         if feedback is None:
             feedback = [torch.empty(d, classes) for d in self.sizes]
-            for b in feedback:
-                nn.init.xavier_uniform_(b)
         check_feedback_shapes(feedback, hidden, output)
         stacked = torch.cat([b.detach() for b in feedback]) if hidden else torch.empty(0, classes)
         self.register_buffer("feedback", stacked.to(weight.device, weight.dtype))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Draw the feedback matrices again, each Glorot-uniform as when built (matrices given
+        as ``feedback`` are kept). Only the wrapper's own buffer: the network's layers have
+        their own ``reset_parameters``. Draws from the global CPU RNG, then moves to the
+        buffer's device and dtype."""
+        if not self._draws_feedback:
+            return
+        with torch.no_grad():
+            for b in self.feedback_matrices:
+                b.copy_(nn.init.xavier_uniform_(torch.empty(b.shape, device="cpu")))
 
     @torch.no_grad()
     def _dry_run(self, input_shape: Sequence[int] | None) -> tuple[list[Tensor], Tensor]:

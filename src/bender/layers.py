@@ -51,16 +51,21 @@ class _GenLayer(nn.Module):
         generator: torch.Generator | None,
         factory: dict,
     ) -> None:
-        init = init or nn.init.xavier_uniform_
+        self.init = init or nn.init.xavier_uniform_
         self.weight = nn.Parameter(torch.empty(weight_shape, **factory))
-        init(self.weight.data)
-        self.bias = nn.Parameter(torch.zeros(weight_shape[0], **factory)) if bias else None
-        self.register_buffer("feedback", self._make_feedback(feedback, init))
+        self.bias = nn.Parameter(torch.empty(weight_shape[0], **factory)) if bias else None
+        self.register_buffer("feedback", self._make_feedback(feedback))
+        self._draws_feedback = feedback is True or isinstance(feedback, (tuple, list))
+        self._extra_values = {}  # as given, for reset_parameters
         for name, value in extras.items():
             param = None
             if value is not None:
                 param = nn.Parameter(torch.as_tensor(value, **factory).clone())
+                self._extra_values[name] = (
+                    value.detach().clone() if torch.is_tensor(value) else value
+                )
             self.register_parameter(name, param)
+        self._draw()
         if activation is not None and not callable(activation):
             raise TypeError(f"activation must be callable or None, got {activation!r}")
         self.activation = activation
@@ -86,8 +91,35 @@ class _GenLayer(nn.Module):
                     f"{tuple(weight_shape)}, got {tuple(self.feedback.shape)}"
                 )
 
-    def _make_feedback(self, feedback: Feedback, init: Init) -> Tensor | None:
-        """``None``, or the buffer: random (``True``, or a shape) with ``init``, or as given."""
+    def reset_parameters(self) -> None:
+        """Initialise again, as when the layer was built: the weight drawn with ``init``, the
+        bias zero, a random feedback matrix (``feedback=True`` or a shape) drawn again with
+        ``init`` (a tensor given as ``feedback`` is kept), the extra slots set to the values
+        given. As ``nn.Linear.reset_parameters``: to re-initialise a network between runs, or to
+        fill a layer built on the meta device after ``to_empty``. Uses the global RNG.
+        """
+        self._draw()
+        with torch.no_grad():
+            for name, value in self._extra_values.items():
+                if torch.is_tensor(value) and value.is_meta:
+                    raise ValueError(
+                        f"{name} was given as a tensor on the meta device, which holds no "
+                        "values to reset it to; give it as a number or a tensor with data"
+                    )
+                getattr(self, name).copy_(torch.as_tensor(value))
+
+    @torch.no_grad()
+    def _draw(self) -> None:
+        """The weight (and a random feedback matrix) drawn with ``init``; the bias zero."""
+        self.init(self.weight)
+        if self.bias is not None:
+            self.bias.zero_()
+        if self._draws_feedback:
+            self.init(self.feedback)
+
+    def _make_feedback(self, feedback: Feedback) -> Tensor | None:
+        """``None``, the tensor given, or an empty buffer of the shape given (``True``: the
+        weight's) that :meth:`reset_parameters` draws."""
         w = self.weight
         if feedback is None or feedback is False:
             return None
@@ -104,9 +136,7 @@ class _GenLayer(nn.Module):
             isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in feedback
         ):
             raise ValueError(f"feedback shape must be a tuple of positive ints, got {feedback!r}")
-        b = torch.empty(tuple(feedback), dtype=w.dtype, device=w.device)
-        init(b)
-        return b
+        return torch.empty(tuple(feedback), dtype=w.dtype, device=w.device)
 
     def _apply_mapping(self, x: Tensor) -> Tensor:
         y = self.mapping(self, x)
