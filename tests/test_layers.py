@@ -196,6 +196,8 @@ def test_bad_sizes_and_activation():
         GenDense(3, True)
     with pytest.raises(TypeError, match="activation must be callable"):
         GenDense(3, 2, "relu")
+    with pytest.raises(TypeError, match=r"init must fill a tensor in place.*got 0\.1"):
+        GenDense(3, 2, init=0.1)
 
 
 def test_fa_sequential_trains_with_adam_and_feedback_stays_fixed():

@@ -160,6 +160,18 @@ def test_register_and_resolve_by_name():
         del MAPPINGS["test_double_linear"]
 
 
+def test_register_mapping_refuses_what_is_not_a_function():
+    with pytest.raises(
+        TypeError, match=r"got 'my_rule' \(for a name, write register_mapping\(name="
+    ):
+        register_mapping("my_rule")
+    with pytest.raises(TypeError, match="exact must be a mapping, its registered name, or None"):
+        register_mapping(lambda layer, x: x, exact=1)
+    with pytest.raises(ValueError, match="unknown forward mapping 'lienar'"):
+        register_mapping(lambda layer, x: x, exact="lienar")
+    assert "my_rule" not in MAPPINGS and "<lambda>" not in MAPPINGS
+
+
 def test_unknown_and_non_callable_forward():
     with pytest.raises(
         ValueError, match=r"unknown forward mapping 'lienar'; known mappings: .*linear_asym_dx"

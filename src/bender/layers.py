@@ -51,6 +51,10 @@ class _GenLayer(nn.Module):
         generator: torch.Generator | None,
         factory: dict,
     ) -> None:
+        if init is not None and not callable(init):
+            raise TypeError(
+                f"init must fill a tensor in place, like nn.init.xavier_uniform_; got {init!r}"
+            )
         self.init = init or nn.init.xavier_uniform_
         self.weight = nn.Parameter(torch.empty(weight_shape, **factory))
         self.bias = nn.Parameter(torch.empty(weight_shape[0], **factory)) if bias else None

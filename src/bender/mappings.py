@@ -31,20 +31,28 @@ def register_mapping(
     fn: Mapping | None = None,
     *,
     needs_feedback: bool = False,
-    exact: Mapping | None = None,
+    exact: Mapping | str | None = None,
     name: str = "",
     layer: str | None = None,
 ):
     """Register ``fn`` under ``name`` (default: its ``__name__``) so layers accept the name.
 
     ``needs_feedback=True`` makes layers refuse this mapping at construction when they have no
-    feedback matrix. ``exact`` is the mapping with the same forward and backprop's gradient
-    (``linear`` for ``linear_asym_dx``); :mod:`bender.alignment` swaps it in to compare the two
-    rules. ``layer="dense"`` or ``"conv"`` makes the other kind of layer refuse the mapping at
-    construction (``None``: any layer). Usable bare (``@register_mapping``) or with arguments.
+    feedback matrix. ``exact`` is the mapping (or its registered name) with the same forward and
+    backprop's gradient (``linear`` for ``linear_asym_dx``); :mod:`bender.alignment` swaps it in
+    to compare the two rules. ``layer="dense"`` or ``"conv"`` makes the other kind of layer
+    refuse the mapping at construction (``None``: any layer). Usable bare
+    (``@register_mapping``) or with arguments.
     """
     if layer not in LAYER_KINDS:
         raise ValueError(f"layer must be one of {LAYER_KINDS}, got {layer!r}")
+    if fn is not None and not callable(fn):
+        hint = f" (for a name, write register_mapping(name={fn!r}))" if isinstance(fn, str) else ""
+        raise TypeError(f"register_mapping registers a function (layer, x) -> y, got {fn!r}{hint}")
+    if isinstance(exact, str):
+        exact = resolve_mapping(exact)
+    if exact is not None and not callable(exact):
+        raise TypeError(f"exact must be a mapping, its registered name, or None, got {exact!r}")
 
     def wrap(f: Mapping) -> Mapping:
         f.needs_feedback = needs_feedback  # type: ignore[attr-defined]
