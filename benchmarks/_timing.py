@@ -70,7 +70,9 @@ def time_contenders(
     return times
 
 
-def report(times: dict[str, list[float]], ratios: dict[str, tuple[str, str, str]]) -> None:
+def report(
+    times: dict[str, list[float]], ratios: dict[str, tuple[str, str, str]], unit: str = "s"
+) -> None:
     """Print each contender's minimum and median, then each ratio three ways.
 
     ``paired`` is the median over rounds of the ratio within a round (the two contenders ran
@@ -79,11 +81,13 @@ def report(times: dict[str, list[float]], ratios: dict[str, tuple[str, str, str]
     for minutes at a time, so the two minima can come from different states, while a round
     almost always sits inside one. The ratio of minima (``timeit``'s reasoning: interference
     only adds time) and of medians are printed beside it; when the three disagree, the run was
-    disturbed. ``ratios`` maps a label to (numerator, denominator, target).
+    disturbed. ``ratios`` maps a label to (numerator, denominator, target); ``unit`` is what
+    the times are in.
     """
     width = max(map(len, times))
     for name, ts in times.items():
-        print(f"{name:<{width}}  min {min(ts):7.3f} s   median {statistics.median(ts):7.3f} s")
+        minimum, median = min(ts), statistics.median(ts)
+        print(f"{name:<{width}}  min {minimum:7.3f} {unit}   median {median:7.3f} {unit}")
     for label, (num, den, target) in ratios.items():
         paired = statistics.median(a / b for a, b in zip(times[num], times[den], strict=True))
         by_min = min(times[num]) / min(times[den])

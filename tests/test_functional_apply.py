@@ -1,10 +1,8 @@
-"""direct_apply: the C ``apply`` in eager mode, ``Function.apply`` under torch.func transforms."""
+"""direct_apply: the C ``apply`` in eager mode, ``Function.apply`` under torch.func and compile."""
 
 import pytest
 import torch
-from torch.func import functional_call, grad
 
-from bender import GenDense
 from bender.functional._apply import direct_apply
 
 
@@ -12,8 +10,12 @@ class _Double(torch.autograd.Function):
     """Forward ``2x``; backward ``3g`` (a rule no exact gradient gives)."""
 
     @staticmethod
-    def forward(ctx, x):
+    def forward(x):
         return 2 * x
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        pass
 
     @staticmethod
     def backward(ctx, g):
@@ -35,18 +37,6 @@ def test_eager_calls_skip_the_python_apply_and_keep_the_rule(monkeypatch, dtype,
     assert y.grad_fn.name() == "_DoubleBackward"
 
 
-def test_torch_func_transforms_get_pytorchs_own_error():
-    layer = GenDense(4, 3, forward="linear_asym_dx", feedback=True)
-    params = {k: v.detach() for k, v in layer.named_parameters()}
-    x = torch.randn(5, 4)
-
-    def loss(p, x):  # x needs a gradient inside the transform, so BentLinear runs
-        return functional_call(layer, p, (x,)).sum()
-
-    with pytest.raises(RuntimeError, match="must override the setup_context staticmethod"):
-        grad(loss, argnums=(0, 1))(params, x)
-
-
 def test_while_compiling_the_transform_check_is_not_asked(monkeypatch):
     """Dynamo in torch 2.4 cannot trace ``_are_functorch_transforms_active``: the compile check
     comes first and, while tracing, decides alone."""
@@ -61,3 +51,21 @@ def test_while_compiling_the_transform_check_is_not_asked(monkeypatch):
     y = direct_apply(_Double)(x)
     y.sum().backward()
     torch.testing.assert_close(x.grad, torch.full_like(x, 3.0))
+
+
+def test_a_forward_with_default_arguments_is_refused():
+    class WithDefault(torch.autograd.Function):
+        @staticmethod
+        def forward(x, scale=2.0):
+            return scale * x
+
+        @staticmethod
+        def setup_context(ctx, inputs, output):
+            pass
+
+        @staticmethod
+        def backward(ctx, g):
+            return g, None
+
+    with pytest.raises(TypeError, match=r"WithDefault\.forward has default arguments \(scale\)"):
+        direct_apply(WithDefault)

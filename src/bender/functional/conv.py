@@ -56,13 +56,18 @@ class BentConv(torch.autograd.Function):
     (Blocking ``∂x`` needs no custom backward: see :func:`bent_conv`.)
     """
 
+    generate_vmap_rule = True
+
     @staticmethod
-    def forward(ctx, x, weight, feedback, bias, stride, padding, dilation, groups):
-        dims = conv_dims(weight)
+    def forward(x, weight, feedback, bias, stride, padding, dilation, groups) -> Tensor:
+        return _CONV[conv_dims(weight)](x, weight, bias, stride, padding, dilation, groups)
+
+    @staticmethod
+    def setup_context(ctx, inputs: tuple, output: Tensor) -> None:
+        x, weight, feedback, bias, stride, padding, dilation, groups = inputs
         ctx.save_for_backward(x, weight, feedback)
-        ctx.conf = (dims, stride, padding, dilation, groups)
+        ctx.conf = (conv_dims(weight), stride, padding, dilation, groups)
         ctx.has_bias = bias is not None
-        return _CONV[dims](x, weight, bias, stride, padding, dilation, groups)
 
     @staticmethod
     def backward(ctx, grad: Tensor):

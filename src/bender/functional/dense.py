@@ -25,10 +25,16 @@ class BentLinear(torch.autograd.Function):
     :func:`bent_linear`.)
     """
 
+    generate_vmap_rule = True
+
     @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, feedback: Tensor, bias: Tensor | None):
-        ctx.save_for_backward(x, feedback)
+    def forward(x: Tensor, weight: Tensor, feedback: Tensor, bias: Tensor | None) -> Tensor:
         return F.linear(x, weight, bias)
+
+    @staticmethod
+    def setup_context(ctx, inputs: tuple, output: Tensor) -> None:
+        x, _, feedback, _ = inputs
+        ctx.save_for_backward(x, feedback)
 
     @staticmethod
     def backward(ctx, grad: Tensor):

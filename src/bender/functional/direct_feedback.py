@@ -31,14 +31,20 @@ class DirectFeedback(torch.autograd.Function):
     one matrix product ``e · feedbackᵀ``, split afterwards. ``feedback`` gets no gradient.
     """
 
+    generate_vmap_rule = True
+
     @staticmethod
-    def forward(ctx, output: Tensor, feedback: Tensor, sizes: Sequence[int], *hidden: Tensor):
+    def forward(output: Tensor, feedback: Tensor, sizes: Sequence[int], *hidden: Tensor) -> Tensor:
+        return output.view_as(output)
+
+    @staticmethod
+    def setup_context(ctx, inputs: tuple, result: Tensor) -> None:
+        output, feedback, sizes, *hidden = inputs
         ctx.save_for_backward(feedback)
         ctx.sizes = sizes
         # projections come out N×d_i; remember the shapes of feature maps and sequences
         flat = output.dim() == 2 and all(h.dim() == 2 for h in hidden)
         ctx.shapes = None if flat else [h.shape for h in hidden]
-        return output.view_as(output)
 
     @staticmethod
     def backward(ctx, error: Tensor):

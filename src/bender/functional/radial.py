@@ -28,11 +28,17 @@ class BentRadial(torch.autograd.Function):
     ``F = W`` is exact. The ``−‖x‖²`` term's gradient is always exact.
     """
 
+    generate_vmap_rule = True
+
     @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, feedback: Tensor, bias: Tensor | None):
+    def forward(x: Tensor, weight: Tensor, feedback: Tensor, bias: Tensor | None) -> Tensor:
+        return _radial(x, weight, bias)
+
+    @staticmethod
+    def setup_context(ctx, inputs: tuple, output: Tensor) -> None:
+        x, _, feedback, bias = inputs
         ctx.save_for_backward(x, feedback)
         ctx.has_bias = bias is not None
-        return _radial(x, weight, bias)
 
     @staticmethod
     def backward(ctx, grad: Tensor):

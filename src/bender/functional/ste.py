@@ -28,9 +28,15 @@ def hard_sigmoid(x: Tensor) -> Tensor:
 class SignSTEFunction(torch.autograd.Function):
     """Forward ``sign(x)``; backward the identity ``∂x = g`` (straight-through)."""
 
+    generate_vmap_rule = True
+
     @staticmethod
-    def forward(ctx, x: Tensor) -> Tensor:
+    def forward(x: Tensor) -> Tensor:
         return torch.sign(x)
+
+    @staticmethod
+    def setup_context(ctx, inputs: tuple, output: Tensor) -> None:
+        pass
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> Tensor:
@@ -43,10 +49,16 @@ _sign_ste_apply = direct_apply(SignSTEFunction)
 class StocSignSTEFunction(torch.autograd.Function):
     """Forward ``+1`` with probability ``hardσ(x)``, else ``−1``; backward the identity."""
 
+    generate_vmap_rule = True
+
     @staticmethod
-    def forward(ctx, x: Tensor, generator: torch.Generator | None) -> Tensor:
+    def forward(x: Tensor, generator: torch.Generator | None) -> Tensor:
         u = torch.rand(x.shape, generator=generator, dtype=x.dtype, device=x.device)
         return torch.where(u < hard_sigmoid(x), 1.0, -1.0).to(x.dtype)
+
+    @staticmethod
+    def setup_context(ctx, inputs: tuple, output: Tensor) -> None:
+        pass
 
     @staticmethod
     def backward(ctx, grad: Tensor):
@@ -59,10 +71,15 @@ _stoc_sign_ste_apply = direct_apply(StocSignSTEFunction)
 class HardtanhAdaSTEFunction(torch.autograd.Function):
     """Forward ``hardtanh(x)``; backward the adaptive straight-through rule (see below)."""
 
+    generate_vmap_rule = True
+
     @staticmethod
-    def forward(ctx, x: Tensor) -> Tensor:
-        ctx.save_for_backward(x)
+    def forward(x: Tensor) -> Tensor:
         return x.clamp(-1, 1)
+
+    @staticmethod
+    def setup_context(ctx, inputs: tuple, output: Tensor) -> None:
+        ctx.save_for_backward(inputs[0])
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> Tensor:
