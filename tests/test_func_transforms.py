@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
-from torch.func import functional_call, grad, vmap
+from torch.func import functional_call, grad, jacrev, vmap
 
 from bender import DFA, GenConv, GenDense, HardtanhAdaSTE, SignSTE, StocSignSTE
 from tests.conftest import close
@@ -104,3 +104,9 @@ def test_grad_of_a_functional_loss_gives_the_bent_input_gradient():
     grad_params, grad_x = grad(loss, argnums=(0, 1))(params, x)
     close(grad_x, delta @ layer.feedback)  # δ B, not δ W
     close(grad_params["weight"], delta.t() @ x)
+
+
+def test_jacrev_of_a_feedback_alignment_layer_is_the_feedback_matrix():
+    """Reverse mode builds the Jacobian from the rule's vector-Jacobian products: ``B``, not W."""
+    layer = GenDense(4, 3, forward="linear_asym_dx", feedback=True)
+    close(jacrev(layer)(torch.randn(4)), layer.feedback)
