@@ -1,3 +1,5 @@
+from itertools import pairwise
+
 import numpy as np
 import pytest
 import torch
@@ -78,6 +80,36 @@ def test_nan_loss_stops_and_keeps_completed_epochs(small_mnist):
         table = train(model, small_mnist, epochs=3, loss=flaky_loss)
     assert table["epoch"].tolist() == [1]
     assert "stopped after 1 complete epoch" in table.attrs["stopped"]
+
+
+def test_a_callback_returning_true_stops_after_that_epoch(small_mnist):
+    seen, best = [], {"acc": 0.0, "stale": 0}
+
+    def log(row, model):
+        seen.append(row["epoch"])
+        return row  # a truthy value that is not True does not stop
+
+    def early_stop(row, model):  # patience 0: stop at the first epoch without a new best
+        if row["acc_test"] > best["acc"]:
+            best["acc"] = row["acc_test"]
+            return None
+        return True
+
+    def stop_at_two(row, model):
+        return row["epoch"] == 2
+
+    table = train(recipes.build("bp-mlp"), small_mnist, epochs=5, callbacks=[stop_at_two, log])
+    assert table["epoch"].tolist() == [1, 2] == seen  # the other callback still ran at epoch 2
+    assert table.attrs["stopped"] == "stopped after epoch 2 of 5 by stop_at_two"
+
+    table = train(recipes.build("bp-mlp"), small_mnist, epochs=6, lr=3e-2, callbacks=[early_stop])
+    acc = table["acc_test"].tolist()
+    if "stopped" in table.attrs:  # the last epoch was the first without a new best
+        assert all(b > a for a, b in pairwise(acc[:-1])) and acc[-1] <= max(acc[:-1])
+        assert table.attrs["stopped"].endswith("by early_stop")
+    else:
+        assert len(acc) == 6 and all(b > a for a, b in pairwise(acc))
+    assert "stopped" not in train(recipes.build("bp-mlp"), small_mnist, epochs=2).attrs
 
 
 def test_bad_arguments(small_mnist):

@@ -17,7 +17,7 @@ from bender.data import Batches, Dataset, Split
 from bender.functional._checks import check_positive_int
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
-Callback = Callable[[dict, nn.Module], None]
+Callback = Callable[[dict, nn.Module], bool | None]  # True: stop after this epoch
 COLUMNS = ["epoch", "loss_train", "loss_test", "acc_train", "acc_test", "seconds"]
 
 
@@ -146,8 +146,10 @@ def train(
     with ``reshuffle=False``, as in Bender.jl's tutorials) and the last partial batch is dropped;
     ``torch.manual_seed(seed)`` is also set for stochastic layers (seed the model's own
     initialisation before building it). Each callback is called as ``cb(row, model)`` after
-    every epoch. A non-finite training loss stops training with a warning; the rows of the
-    completed epochs are returned and the message is in ``df.attrs["stopped"]``.
+    every epoch; one that returns ``True`` stops training there (early stopping), after the
+    other callbacks of that epoch have run. A non-finite training loss stops training with a
+    warning. Either way the rows of the completed epochs are returned, and the reason is in
+    ``df.attrs["stopped"]``.
     """
     check_positive_int("epochs", epochs)
     check_positive_int("batch_size", batch_size)
@@ -205,8 +207,12 @@ def train(
             zip(COLUMNS, (epoch, loss_train, loss_test, acc_train, acc_test, seconds), strict=True)
         )
         rows.append(row)
-        for callback in callbacks or ():
-            callback(row, model)
+        stoppers = [cb for cb in callbacks or () if cb(row, model) is True]
+        if stoppers:
+            names = ", ".join(getattr(cb, "__name__", type(cb).__name__) for cb in stoppers)
+            table = pd.DataFrame(rows, columns=COLUMNS)
+            table.attrs["stopped"] = f"stopped after epoch {epoch} of {epochs} by {names}"
+            return table
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
