@@ -39,6 +39,16 @@ def test_evaluate_matches_a_direct_computation(small_mnist):
     assert acc == pytest.approx((out.argmax(1) == small_mnist.test.y).float().mean().item())
 
 
+def test_evaluate_puts_train_mode_back_after_an_error(small_mnist):
+    def failing_loss(out, y):
+        raise RuntimeError("not a number")
+
+    model = nn.Sequential(nn.Linear(784, 10))
+    with pytest.raises(RuntimeError, match="not a number"):
+        evaluate(model, small_mnist.test, loss=failing_loss)
+    assert model.training
+
+
 def test_same_seed_same_numbers(small_mnist):
     runs = [recipes.run("fa-mlp", small_mnist, seed=5, epochs=2) for _ in range(2)]
     cols = COLUMNS[:-1]

@@ -115,11 +115,13 @@ def evaluate(
     model.eval()
     total_loss = torch.zeros((), dtype=torch.float64, device=split.x.device)
     correct = torch.zeros((), dtype=torch.int64, device=split.x.device)
-    for x, y in zip(split.x.split(batch_size), split.y.split(batch_size), strict=True):
-        out = model(x)
-        total_loss += loss_fn(out, y).double() * len(y)
-        correct += (out.argmax(-1) == y).sum()
-    model.train(was_training)
+    try:
+        for x, y in zip(split.x.split(batch_size), split.y.split(batch_size), strict=True):
+            out = model(x)
+            total_loss += loss_fn(out, y).double() * len(y)
+            correct += (out.argmax(-1) == y).sum()
+    finally:
+        model.train(was_training)
     return total_loss.item() / len(split), correct.item() / len(split)
 
 
