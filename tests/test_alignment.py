@@ -298,3 +298,22 @@ def test_a_bent_layer_the_forward_pass_skips_is_named():
     x, y = torch.randn(4, 6), torch.randint(0, 3, (4,))
     with pytest.raises(ValueError, match=r"bent layers not called in the forward pass: spare$"):
         gradient_alignment(SkipsOne(), x, y)
+
+
+def test_gradient_alignment_inside_dfa_blocks_of_plain_layers():
+    torch.manual_seed(0)
+    block = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 5))
+    model = DFA(nn.Sequential(block, nn.ReLU(), nn.Linear(5, 3)), 3).double()
+    x, y = torch.randn(10, 6, dtype=torch.float64), torch.randint(0, 3, (10,))
+    angles = gradient_alignment(model, x, y)
+    assert angles.keys() == {"model.0.0", "model.0.2", "model.2"}
+
+    w1, b1, w2, b2, w3, b3 = [p.detach().clone().requires_grad_() for p in model.parameters()]
+    h = torch.relu(torch.tanh(x @ w1.T + b1) @ w2.T + b2)
+    out = h @ w3.T + b3
+    exact = torch.autograd.grad(F.cross_entropy(out, y), [w1, w2], retain_graph=True)
+    e = (torch.softmax(out, -1) - F.one_hot(y, 3).double()).detach() / len(x)  # ∂L/∂y
+    dfa = torch.autograd.grad(h, [w1, w2], grad_outputs=e @ model.feedback.T)
+    assert angles["model.0.0"] == pytest.approx(_degrees(dfa[0], exact[0]), abs=1e-6)
+    assert angles["model.0.2"] == pytest.approx(_degrees(dfa[1], exact[1]), abs=1e-6)
+    assert angles["model.2"] == pytest.approx(0.0, abs=1e-4)

@@ -74,13 +74,14 @@ def feedback_layers(model: nn.Module) -> dict[str, nn.Module]:
 
 def bent_layers(model: nn.Module) -> dict[str, nn.Module]:
     """The submodules (by name) that learn by a bent rule: those whose mapping has an exact
-    counterpart, and every ``GenDense``/``GenConv`` inside a ``DFA``."""
+    counterpart, and every module with a ``weight`` inside a ``DFA`` (bender layers,
+    ``nn.Linear``, the layers of a sub-network block)."""
     in_dfa = {
         id(layer)
         for dfa in model.modules()
         if isinstance(dfa, DFA)
         for layer in dfa.model.modules()
-        if hasattr(layer, "mapping")
+        if isinstance(getattr(layer, "weight", None), Tensor)
     }
 
     def is_bent(m: nn.Module) -> bool:
@@ -107,7 +108,7 @@ def backprop(model: nn.Module) -> Iterator[nn.Module]:
     inputs or sending direct feedback. Everything is put back when the block ends, also after
     an error. Layers without an exact counterpart (binary weights) keep their rule.
     """
-    layers = bent_layers(model)
+    layers = {name: m for name, m in bent_layers(model).items() if hasattr(m, "mapping")}
     mappings = {name: m.mapping for name, m in layers.items()}
     wrappers = [m for m in model.modules() if isinstance(m, DFA)]
     try:

@@ -12,52 +12,57 @@ from bender.functional.direct_feedback import (
     hidden_sizes,
     inject_direct_feedback,
 )
-from bender.layers import GenConv, GenDense
 
-LEARNING_LAYERS = (GenDense, GenConv)
+
+def _has_parameters(module: nn.Module) -> bool:
+    return next(module.parameters(), None) is not None
 
 
 def _blocks(model: nn.Sequential) -> tuple[list[nn.Module], list[nn.Module]]:
-    """Split ``model`` into a parameter-free prefix and one block per learning layer.
+    """Split ``model`` into a parameter-free prefix and one block per module with parameters.
 
-    A block is a ``GenDense``/``GenConv`` followed by the parameter-free modules after it
-    (activations, pooling, flatten, dropout); its output is where direct feedback arrives.
+    A block is a module with parameters (a ``GenDense``/``GenConv``, an ``nn.Linear``, or a
+    whole sub-network such as an ``nn.Sequential`` or a transformer layer) followed by the
+    parameter-free modules after it (activations, pooling, flatten, dropout); its output is
+    where direct feedback arrives, and inside it gradients flow by the layers' own rules.
     """
     prefix: list[nn.Module] = []
     blocks: list[list[nn.Module]] = []
-    for index, module in enumerate(model):
-        if isinstance(module, LEARNING_LAYERS):
+    for module in model:
+        if _has_parameters(module):
             blocks.append([module])
-        elif next(module.parameters(), None) is not None:
-            raise TypeError(
-                f"layer {index} ({type(module).__name__}) has parameters but cannot take direct "
-                "feedback alignment; DFA trains GenDense and GenConv layers (with parameter-free "
-                "modules such as activations, pooling or flatten between them). Turn nn.Linear "
-                "and nn.Conv layers into them with bender.convert(model, dense="
-                "'linear_blocked_dx', conv='conv_linear_blocked_dx')"
-            )
         else:
             (blocks[-1] if blocks else prefix).append(module)
     if not blocks:
-        raise TypeError("DFA needs at least one GenDense or GenConv layer in the model")
+        raise TypeError(
+            "DFA needs at least one module with parameters (a GenDense, GenConv or any layer "
+            "that learns) in the model"
+        )
     return prefix, [b[0] if len(b) == 1 else nn.Sequential(*b) for b in blocks]
 
 
 class DFA(nn.Module):
     """Wrap an ``nn.Sequential`` so that ``loss.backward()`` performs direct feedback alignment.
 
-    Each learning layer (``GenDense``/``GenConv``) gets its input detached, so no gradient flows
-    from a layer to the one below it; the output of hidden block ``i`` receives ``e B_iᵀ``, with
-    ``e = ∂L/∂y`` the error at the network output, from one product with the stacked feedback
-    matrix. Any loss works: ``F.cross_entropy(dfa(x), y).backward()``. Hidden layers are usually
-    built with ``forward=linear_blocked_dx`` (Bender.jl's DFA layers); the detach makes any
-    mapping safe.
+    Each child with parameters starts a block, which takes the parameter-free children after
+    it. Each block gets its input detached, so no gradient flows from a block to the one below
+    it; the output of hidden block ``i`` receives ``e B_iᵀ``, with ``e = ∂L/∂y`` the error at the
+    network output, from one product with the stacked feedback matrix. Any loss works:
+    ``F.cross_entropy(dfa(x), y).backward()``. A block of one layer (``GenDense``, ``GenConv``,
+    ``nn.Linear``, ...) is Nøkland's DFA; hidden layers are usually built with
+    ``forward=linear_blocked_dx`` (Bender.jl's DFA layers), and the detach makes any mapping
+    safe. A block that is a sub-network (an ``nn.Sequential`` child, a transformer layer) is
+    trained inside by its layers' own rules from the feedback at its output. (DFA on modern
+    architectures, transformers among them: Launay et al. 2020, arXiv:2006.12878.)
 
     Args:
         model: the network, an ``nn.Sequential``.
         num_outputs: expected size ``C`` of the network output (checked), or ``None``.
-        input_shape: shape of one input sample; needed only when the first learning layer is a
-            ``GenConv`` (``GenDense`` tells its own ``in_features``).
+        input_shape: shape of one input sample; needed unless the first module is a layer
+            with ``in_features`` (``GenDense``, ``nn.Linear``).
+        input_dtype: dtype of that sample for the set-up pass that measures the hidden outputs
+            (default: the parameters' dtype; ``torch.long`` for a model that starts with an
+            ``nn.Embedding``).
         feedback: optional list of matrices ``B_i`` of shape ``(d_i, C)``; by default they are
             drawn Glorot-uniform. Stored stacked as the buffer ``feedback`` (``Σ d_i × C``).
     """
@@ -68,6 +73,7 @@ class DFA(nn.Module):
         num_outputs: int | None = None,
         *,
         input_shape: Sequence[int] | None = None,
+        input_dtype: torch.dtype | None = None,
         feedback: Sequence[Tensor] | None = None,
     ) -> None:
         super().__init__()
@@ -76,7 +82,7 @@ class DFA(nn.Module):
         self.model = model
         # the same modules as in ``model``, kept in plain lists so they are registered once
         self.prefix, self.blocks = _blocks(model)
-        hidden, output = self._dry_run(input_shape)
+        hidden, output = self._dry_run(input_shape, input_dtype)
         classes = output.shape[-1]
         if num_outputs is not None and classes != num_outputs:
             raise ValueError(
@@ -105,20 +111,27 @@ class DFA(nn.Module):
                 b.copy_(nn.init.xavier_uniform_(torch.empty(b.shape, device="cpu")))
 
     @torch.no_grad()
-    def _dry_run(self, input_shape: Sequence[int] | None) -> tuple[list[Tensor], Tensor]:
-        first = self.blocks[0] if isinstance(self.blocks[0], LEARNING_LAYERS) else self.blocks[0][0]
+    def _dry_run(
+        self, input_shape: Sequence[int] | None, input_dtype: torch.dtype | None
+    ) -> tuple[list[Tensor], Tensor]:
+        first = next(m for m in self.model if _has_parameters(m))
         if input_shape is None:
-            if not isinstance(first, GenDense) or self.prefix:
+            entry = first
+            while isinstance(entry, nn.Sequential) and len(entry):  # a sub-network block
+                entry = entry[0]
+            in_features = getattr(entry, "in_features", None)
+            if not isinstance(in_features, int) or self.prefix:
                 raise ValueError(
                     "DFA cannot infer the input size of this model; pass input_shape, the shape "
                     "of one sample, e.g. input_shape=(1, 28, 28)"
                 )
-            input_shape = (first.in_features,)
+            input_shape = (in_features,)
         was_training = self.model.training
-        self.model.eval()  # before reading the weight: a spectral_norm one steps in train mode
+        self.model.eval()  # before reading the weights: a spectral_norm one steps in train mode
         try:
-            weight = first.weight
-            x = torch.zeros(1, *input_shape, dtype=weight.dtype, device=weight.device)
+            weight = next(first.parameters())
+            dtype = input_dtype or weight.dtype
+            x = torch.zeros(1, *input_shape, dtype=dtype, device=weight.device)
             outputs = self._outputs(x)
         finally:
             self.model.train(was_training)
