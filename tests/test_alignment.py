@@ -296,7 +296,7 @@ def test_a_bent_layer_the_forward_pass_skips_is_named():
             return self.used(x)
 
     x, y = torch.randn(4, 6), torch.randint(0, 3, (4,))
-    with pytest.raises(ValueError, match=r"bent layers not called in the forward pass: spare$"):
+    with pytest.raises(ValueError, match=r"the forward pass did not use the weight of: spare$"):
         gradient_alignment(SkipsOne(), x, y)
 
 
@@ -317,3 +317,26 @@ def test_gradient_alignment_inside_dfa_blocks_of_plain_layers():
     assert angles["model.0.0"] == pytest.approx(_degrees(dfa[0], exact[0]), abs=1e-6)
     assert angles["model.0.2"] == pytest.approx(_degrees(dfa[1], exact[1]), abs=1e-6)
     assert angles["model.2"] == pytest.approx(0.0, abs=1e-4)
+
+
+def test_dfa_over_transformer_layers_trains_and_is_measured_layer_by_layer():
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True)
+    net = nn.Sequential(nn.Embedding(50, 16), layer, nn.Flatten(), nn.Linear(16 * 6, 4))
+    model = DFA(net, 4, input_shape=(6,), input_dtype=torch.long)
+    assert model.sizes == [96, 96]  # the embedding's and the transformer layer's outputs
+    tokens, y = torch.randint(0, 50, (8, 6)), torch.randint(0, 4, (8,))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(20):
+        opt.zero_grad()
+        loss = F.cross_entropy(model(tokens), y)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
+    angles = gradient_alignment(model, tokens, y)
+    # attention's out_proj is read as a weight, never called: measured all the same
+    assert {"model.0", "model.1.self_attn.out_proj", "model.1.linear1", "model.3"} <= set(angles)
+    assert all(math.isfinite(a) for a in angles.values())
+    assert angles["model.3"] == pytest.approx(0.0, abs=1e-3)

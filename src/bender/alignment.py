@@ -159,7 +159,9 @@ def _weight_gradients(
 
     Taken with respect to the weight tensor each layer used in that pass, whatever made it:
     a parameter, a parametrization (``weight_norm``, ``spectral_norm``; computed once for the
-    pass) or a pruning mask (``torch.nn.utils.prune`` sets ``weight`` before each forward).
+    pass) or a pruning mask (``torch.nn.utils.prune`` sets ``weight`` before each forward). A
+    layer that is not called, but whose weight is read (attention's ``out_proj``), counts with
+    its ``weight`` as it is.
     """
     used: dict[int, Tensor] = {}
 
@@ -173,11 +175,13 @@ def _weight_gradients(
     finally:
         for handle in handles:
             handle.remove()
-    missing = [name for name, m in layers.items() if id(m) not in used]
-    if missing:
-        raise ValueError(f"bent layers not called in the forward pass: {', '.join(missing)}")
-    weights = [used[id(m)] for m in layers.values()]
-    return torch.autograd.grad(loss(out, target), weights)
+    # a layer whose weight is read without calling it (attention's out_proj): its parameter
+    weights = [used.get(id(m), m.weight) for m in layers.values()]
+    grads = torch.autograd.grad(loss(out, target), weights, allow_unused=True)
+    unused = [name for name, g in zip(layers, grads, strict=True) if g is None]
+    if unused:
+        raise ValueError(f"the forward pass did not use the weight of: {', '.join(unused)}")
+    return grads
 
 
 def _from_current_random_state(device: torch.device):
