@@ -343,3 +343,24 @@ def test_a_model_that_starts_with_an_embedding_takes_an_input_dtype():
     tokens = torch.randint(0, 20, (6, 3))
     F.cross_entropy(model(tokens), torch.randint(0, 2, (6,))).backward()
     assert all(p.grad is not None for p in net.parameters())
+
+
+def test_a_norm_layer_stays_in_the_block_of_the_layer_before_it():
+    torch.manual_seed(0)
+    dense = GenDense(6, 5, forward="linear_blocked_dx")
+    norm = nn.BatchNorm1d(5)
+    model = DFA(nn.Sequential(dense, norm, nn.ReLU(), GenDense(5, 3)), 3).double()
+    assert model.sizes == [5]  # one hidden block: dense, norm, relu
+    x, target = torch.randn(8, 6, dtype=torch.float64), torch.randint(0, 3, (8,))
+    F.cross_entropy(model(x), target).backward()
+
+    w, b, gamma, beta = [
+        p.detach().clone().requires_grad_() for p in (*dense.parameters(), *norm.parameters())
+    ]
+    a = x @ w.T + b
+    h = torch.relu((a - a.mean(0)) / torch.sqrt(a.var(0, unbiased=False) + norm.eps) * gamma + beta)
+    y = model.model[3](h.detach())
+    e = (torch.softmax(y, -1) - F.one_hot(target, 3).double()).detach() / len(x)
+    expected = torch.autograd.grad(h, [w, b, gamma, beta], grad_outputs=e @ model.feedback.T)
+    for param, grad in zip((*dense.parameters(), *norm.parameters()), expected, strict=True):
+        close(param.grad, grad)

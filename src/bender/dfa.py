@@ -1,4 +1,4 @@
-"""Train any ``nn.Sequential`` of bender layers with direct feedback alignment."""
+"""Train any ``nn.Sequential`` with direct feedback alignment."""
 
 from __future__ import annotations
 
@@ -13,6 +13,20 @@ from bender.functional.direct_feedback import (
     inject_direct_feedback,
 )
 
+# Normalization layers stay with the layer before them, as activations do.
+NORMS = (
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.BatchNorm3d,
+    nn.SyncBatchNorm,
+    nn.LayerNorm,
+    nn.GroupNorm,
+    nn.InstanceNorm1d,
+    nn.InstanceNorm2d,
+    nn.InstanceNorm3d,
+    nn.RMSNorm,
+)
+
 
 def _has_parameters(module: nn.Module) -> bool:
     return next(module.parameters(), None) is not None
@@ -23,13 +37,14 @@ def _blocks(model: nn.Sequential) -> tuple[list[nn.Module], list[nn.Module]]:
 
     A block is a module with parameters (a ``GenDense``/``GenConv``, an ``nn.Linear``, or a
     whole sub-network such as an ``nn.Sequential`` or a transformer layer) followed by the
-    parameter-free modules after it (activations, pooling, flatten, dropout); its output is
-    where direct feedback arrives, and inside it gradients flow by the layers' own rules.
+    parameter-free modules and normalization layers after it (activations, pooling, flatten,
+    dropout, batch or layer norm); its output is where direct feedback arrives, and inside it
+    gradients flow by the layers' own rules.
     """
     prefix: list[nn.Module] = []
     blocks: list[list[nn.Module]] = []
     for module in model:
-        if _has_parameters(module):
+        if _has_parameters(module) and not (blocks and isinstance(module, NORMS)):
             blocks.append([module])
         else:
             (blocks[-1] if blocks else prefix).append(module)
