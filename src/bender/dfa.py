@@ -59,10 +59,11 @@ def _blocks(model: nn.Sequential) -> tuple[list[nn.Module], list[nn.Module]]:
 class DFA(nn.Module):
     """Wrap an ``nn.Sequential`` so that ``loss.backward()`` performs direct feedback alignment.
 
-    Each child with parameters starts a block, which takes the parameter-free children after
-    it. Each block gets its input detached, so no gradient flows from a block to the one below
-    it; the output of hidden block ``i`` receives ``e B_iᵀ``, with ``e = ∂L/∂y`` the error at the
-    network output, from one product with the stacked feedback matrix. Any loss works:
+    Each child with parameters starts a block, which takes the parameter-free children and
+    normalization layers after it. Each block gets its input detached, so no gradient flows
+    from a block to the one below it; the output of hidden block ``i`` receives ``e B_iᵀ``, with
+    ``e = ∂L/∂y`` the error at the network output, from one product with the stacked feedback
+    matrix. Any loss works:
     ``F.cross_entropy(dfa(x), y).backward()``. A block of one layer (``GenDense``, ``GenConv``,
     ``nn.Linear``, ...) is Nøkland's DFA; hidden layers are usually built with
     ``forward=linear_blocked_dx`` (Bender.jl's DFA layers), and the detach makes any mapping
@@ -142,7 +143,7 @@ class DFA(nn.Module):
                 )
             input_shape = (in_features,)
         was_training = self.model.training
-        self.model.eval()  # before reading the weights: a spectral_norm one steps in train mode
+        self.model.eval()  # no batch-norm statistics or spectral-norm steps from this pass
         try:
             weight = next(first.parameters())
             dtype = input_dtype or weight.dtype
