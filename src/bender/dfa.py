@@ -63,13 +63,14 @@ class DFA(nn.Module):
     normalization layers after it. Each block gets its input detached, so no gradient flows
     from a block to the one below it; the output of hidden block ``i`` receives ``e B_iᵀ``, with
     ``e = ∂L/∂y`` the error at the network output, from one product with the stacked feedback
-    matrix. Any loss works:
-    ``F.cross_entropy(dfa(x), y).backward()``. A block of one layer (``GenDense``, ``GenConv``,
-    ``nn.Linear``, ...) is Nøkland's DFA; hidden layers are usually built with
-    ``forward=linear_blocked_dx`` (Bender.jl's DFA layers), and the detach makes any mapping
-    safe. A block that is a sub-network (an ``nn.Sequential`` child, a transformer layer) is
-    trained inside by its layers' own rules from the feedback at its output. (DFA on modern
-    architectures, transformers among them: Launay et al. 2020, arXiv:2006.12878.)
+    matrix. Any loss works: ``F.cross_entropy(dfa(x), y).backward()``.
+
+    A block of one layer (``GenDense``, ``GenConv``, ``nn.Linear``, ...) is Nøkland's DFA;
+    hidden layers are usually built with ``forward=linear_blocked_dx`` (Bender.jl's DFA
+    layers), and the detach makes any mapping safe. A block that is a sub-network (an
+    ``nn.Sequential`` child, a transformer layer) is trained inside by its layers' own rules
+    from the feedback at its output. (DFA on modern architectures, transformers among them:
+    Launay et al. 2020, arXiv:2006.12878.)
 
     Args:
         model: the network, an ``nn.Sequential``.
