@@ -2,6 +2,7 @@ import warnings
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from bender import DFA, GenConv, GenDense, convert
@@ -153,8 +154,6 @@ def test_bad_requests_are_refused():
         convert(mlp, conv="conv_linear")
     with pytest.raises(TypeError, match=r"convert needs an nn\.Module, got function"):
         convert(lambda x: x, dense="linear")
-    with pytest.raises(ValueError, match=r"0: padding_mode='reflect'; GenConv pads with zeros"):
-        convert(nn.Sequential(nn.Conv2d(1, 1, 3, padding_mode="reflect")), conv="conv_linear")
     with pytest.raises(ValueError, match=r"0: padding='same' with kernel \(4, 4\)"):
         convert(nn.Sequential(nn.Conv2d(1, 1, 4, padding="same")), conv="conv_linear")
 
@@ -276,3 +275,24 @@ def test_hook_based_norms_are_refused_and_other_hooks_named():
     with pytest.warns(UserWarning, match=r"does not carry the hooks of a Linear.*\(log_output\)"):
         converted = convert(model, dense="linear_asym_dx")
     assert not converted[0]._forward_hooks
+
+
+@pytest.mark.parametrize("mode", ["reflect", "replicate", "circular"])
+def test_convs_with_other_padding_modes_convert_and_send_dx_through_the_pad(mode):
+    layer = nn.Conv2d(2, 3, 3, padding=(1, 2), padding_mode=mode, groups=1).double()
+    bent = convert(nn.Sequential(layer), conv="conv_linear_asym_dx")[0]
+    assert bent.padding_mode == mode and bent.padding == (0, 0)
+    assert f"padding=(1, 2), padding_mode='{mode}'" in repr(bent)
+    x = torch.randn(2, 2, 6, 7, dtype=torch.float64, requires_grad=True)
+    out = bent(x)
+    close(out, layer(x))
+    delta = torch.randn_like(out)
+    out.backward(delta)
+
+    # independent: pad as F.pad does, the feedback kernel's transposed conv, back through the pad
+    xd = x.detach().requires_grad_()
+    padded = F.pad(xd, (2, 2, 1, 1), mode=mode)
+    dpadded = torch.nn.grad.conv2d_input(padded.shape, bent.feedback, delta)
+    (expected_dx,) = torch.autograd.grad(padded, xd, grad_outputs=dpadded)
+    close(x.grad, expected_dx)
+    close(bent.weight.grad, torch.nn.grad.conv2d_weight(padded.detach(), layer.weight.shape, delta))

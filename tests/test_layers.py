@@ -189,6 +189,19 @@ def test_genconv_errors():
         layer(torch.randn(2, 1, 8, 8))
 
 
+def test_genconv_padding_modes_match_nn_conv_and_unbatched_inputs():
+    torch.manual_seed(0)
+    for dims, mode in ((1, "circular"), (2, "reflect"), (3, "replicate")):
+        conv = getattr(nn, f"Conv{dims}d")(2, 3, 3, padding=1, padding_mode=mode)
+        layer = GenConv(2, 3, (3,) * dims, padding=1, padding_mode=mode)
+        layer.load_state_dict(conv.state_dict())
+        x = torch.randn(2, 2, *(5,) * dims)
+        torch.testing.assert_close(layer(x), conv(x))
+        torch.testing.assert_close(layer(x[0]), conv(x[:1])[0])  # unbatched
+    with pytest.raises(ValueError, match="padding_mode must be one of zeros, reflect, replicate"):
+        GenConv(1, 1, 3, padding_mode="mirror")
+
+
 def test_bad_sizes_and_activation():
     with pytest.raises(ValueError, match="in_features must be a positive int, got 0"):
         GenDense(0, 3)

@@ -46,8 +46,6 @@ def _dense(linear: nn.Linear, mapping: Mapping, init: Init | None) -> GenDense:
 
 
 def _conv(layer: nn.Module, mapping: Mapping, init: Init | None) -> GenConv:
-    if layer.padding_mode != "zeros":
-        raise ValueError(f"padding_mode={layer.padding_mode!r}; GenConv pads with zeros only")
     return GenConv(
         layer.in_channels,
         layer.out_channels,
@@ -56,6 +54,7 @@ def _conv(layer: nn.Module, mapping: Mapping, init: Init | None) -> GenConv:
         padding=layer.padding,
         dilation=layer.dilation,
         groups=layer.groups,
+        padding_mode=layer.padding_mode,
         **_carried_over(layer, mapping, init),
     )
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
@@ -24,6 +25,7 @@ Init = Callable[[Tensor], Tensor]
 Activation = Callable[[Tensor], Tensor]
 Feedback = bool | Tensor | tuple[int, ...] | None
 EXTRA_SLOTS = ("alpha", "beta", "mu", "lambda_")
+PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 
 
 def _shape(t: Tensor) -> str:
@@ -264,6 +266,10 @@ class GenConv(_GenLayer):
     dimensionality. ``weight`` is ``out_channels × in_channels/groups × kernel_size``; stride,
     padding and dilation are ints or tuples, as in ``nn.Conv2d``, and padding may also be
     ``"valid"`` (none) or ``"same"`` (stride 1, odd effective kernel; stored as ints).
+    ``padding_mode`` is ``"zeros"`` (the convolution pads) or, as in ``nn.Conv2d``,
+    ``"reflect"``, ``"replicate"`` or ``"circular"``: then the layer pads its input with
+    :func:`torch.nn.functional.pad` (kept in ``input_padding``) and the mapping's convolution
+    pads nothing (``padding`` is 0), so ``∂x`` of the padded input flows back through the pad.
     ``feedback``, ``init``, extra slots and ``generator`` as in :class:`GenDense`. Input
     ``(N, C_in, *spatial)`` or unbatched ``(C_in, *spatial)``.
     """
@@ -282,6 +288,7 @@ class GenConv(_GenLayer):
         padding: str | int | Sequence[int] = 0,
         dilation: int | Sequence[int] = 1,
         groups: int = 1,
+        padding_mode: str = "zeros",
         forward: Mapping | str = conv_linear,
         feedback: Feedback = False,
         bias: bool = True,
@@ -318,7 +325,15 @@ class GenConv(_GenLayer):
         self.kernel_size = _tuple("kernel_size", kernel_size, dims)
         self.stride = _tuple("stride", stride, dims)
         self.dilation = _tuple("dilation", dilation, dims)
-        self.padding = self._resolve_padding(padding, dims)
+        if padding_mode not in PADDING_MODES:
+            raise ValueError(
+                f"padding_mode must be one of {', '.join(PADDING_MODES)}, got {padding_mode!r}"
+            )
+        self.padding_mode = padding_mode
+        padding = self._resolve_padding(padding, dims)
+        # other modes than zeros: the layer pads the input itself; the convolution pads nothing
+        self.input_padding = None if padding_mode == "zeros" else padding
+        self.padding = padding if padding_mode == "zeros" else (0,) * dims
         extras = {"alpha": alpha, "beta": beta, "mu": mu, "lambda_": lambda_}
         shape = (out_channels, in_channels // groups, *self.kernel_size)
         self._setup(
@@ -364,17 +379,26 @@ class GenConv(_GenLayer):
                 f"inputs of shape (N, {self.in_channels}, {dims} spatial dims) or unbatched "
                 f"({self.in_channels}, {dims} spatial dims), got {tuple(x.shape)}"
             )
-        if batched:
-            return self._apply_mapping(x)
-        return self._apply_mapping(x.unsqueeze(0)).squeeze(0)
+        x = x if batched else x.unsqueeze(0)
+        if self.input_padding is not None:  # F.pad wants the last dim's widths first
+            widths = [w for p in reversed(self.input_padding) for w in (p, p)]
+            x = F.pad(x, widths, mode=self.padding_mode)
+        y = self._apply_mapping(x)
+        return y if batched else y.squeeze(0)
 
     def __repr__(self) -> str:
         k = "×".join(map(str, self.kernel_size))
         sizes = f"{self.in_channels} → {self.out_channels}, kernel {k}"
-        for name, default in (("stride", 1), ("padding", 0), ("dilation", 1)):
-            value = getattr(self, name)
+        padding = self.padding if self.input_padding is None else self.input_padding
+        for name, value, default in (
+            ("stride", self.stride, 1),
+            ("padding", padding, 0),
+            ("dilation", self.dilation, 1),
+        ):
             if any(v != default for v in value):
                 sizes += f", {name}={value}"
+        if self.padding_mode != "zeros":
+            sizes += f", padding_mode={self.padding_mode!r}"
         if self.groups != 1:
             sizes += f", groups={self.groups}"
         return self._describe(sizes)
