@@ -227,9 +227,10 @@ def _spectral_fa_net() -> nn.Sequential:
     ).double()
 
 
-def test_gradient_alignment_of_parametrized_weights_is_taken_at_the_weight_used(batch):
-    model = _spectral_fa_net().eval()  # eval: spectral_norm reuses its vectors, one W per pass
-    plain = nn.Sequential(  # the same weights, feedback and rule without the parametrizations
+def _plain_twin(model: nn.Sequential) -> nn.Sequential:
+    """float64 GenDense layers whose plain weights are ``model``'s weights as its layers compute
+    them now (through a parametrization or a pruning mask), with the same feedback and rule."""
+    twin = nn.Sequential(
         *[
             GenDense(
                 m.in_features, m.out_features, m.activation, forward=m.mapping, feedback=m.feedback
@@ -237,10 +238,16 @@ def test_gradient_alignment_of_parametrized_weights_is_taken_at_the_weight_used(
             for m in model
         ]
     ).double()
-    for twin, m in zip(plain, model, strict=True):
-        with torch.no_grad():
-            twin.weight.copy_(m.weight)
-            twin.bias.copy_(m.bias)
+    with torch.no_grad():
+        for layer, m in zip(twin, model, strict=True):
+            layer.weight.copy_(m.weight)
+            layer.bias.copy_(m.bias)
+    return twin
+
+
+def test_gradient_alignment_of_parametrized_weights_is_taken_at_the_weight_used(batch):
+    model = _spectral_fa_net().eval()  # eval: spectral_norm reuses its vectors, one W per pass
+    plain = _plain_twin(model)  # the same weights, feedback and rule, no parametrizations
     x, y = torch.randn(batch, 20, dtype=torch.float64), torch.randint(0, 4, (batch,))
     angles = gradient_alignment(model, x, y)
     assert angles.keys() == {"0", "1", "2"}
@@ -267,19 +274,8 @@ def test_gradient_alignment_of_pruned_weights_is_taken_at_the_masked_weight(batc
         GenDense(20, 12, nn.Tanh(), forward="linear_asym_dx", feedback=True),
         GenDense(12, 4, forward="linear_asym_dx", feedback=True),
     ).double()
-    plain = nn.Sequential(  # the masked weights as parameters, the same feedback
-        *[
-            GenDense(
-                m.in_features, m.out_features, m.activation, forward=m.mapping, feedback=m.feedback
-            )
-            for m in model
-        ]
-    ).double()
     prune.l1_unstructured(model[0], "weight", amount=0.6)
-    for twin, m in zip(plain, model, strict=True):
-        with torch.no_grad():
-            twin.weight.copy_(m.weight)
-            twin.bias.copy_(m.bias)
+    plain = _plain_twin(model)  # the masked weights as parameters, the same feedback
     x, y = torch.randn(batch, 20, dtype=torch.float64), torch.randint(0, 4, (batch,))
     angles = gradient_alignment(model, x, y)
     assert angles == pytest.approx(gradient_alignment(plain, x, y), abs=1e-4)
