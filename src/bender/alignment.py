@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
+from bender._modes import eval_mode
 from bender.dfa import DFA
 
 
@@ -215,14 +216,10 @@ class AlignmentRecorder:
         device = next(model.parameters()).device
         x, target = self.x.to(device), self.target.to(device)
         angles: dict[str, float] = {"epoch": row["epoch"]}
-        was_training = model.training
-        model.eval()  # also keeps a spectral_norm weight from taking a power step when read
-        try:
+        with eval_mode(model):  # also keeps a spectral_norm weight from a power step when read
             if any(_uses_feedback(m) for m in model.modules()):
                 angles |= {f"weight_angle_{k}": a for k, a in weight_alignment(model).items()}
             grads = gradient_alignment(model, x, target, self.loss)
-        finally:
-            model.train(was_training)
         angles |= {f"grad_angle_{k}": a for k, a in grads.items()}
         self.rows.append(angles)
 

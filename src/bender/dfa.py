@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from bender._modes import eval_mode
 from bender.functional.direct_feedback import (
     check_feedback_shapes,
     hidden_sizes,
@@ -143,15 +144,11 @@ class DFA(nn.Module):
                     "of one sample, e.g. input_shape=(1, 28, 28)"
                 )
             input_shape = (in_features,)
-        was_training = self.model.training
-        self.model.eval()  # no batch-norm statistics or spectral-norm steps from this pass
-        try:
+        with eval_mode(self.model):  # no batch-norm statistics or spectral-norm steps
             weight = next(first.parameters())
             dtype = input_dtype or weight.dtype
             x = torch.zeros(1, *input_shape, dtype=dtype, device=weight.device)
             outputs = self._outputs(x)
-        finally:
-            self.model.train(was_training)
         return outputs[:-1], outputs[-1]
 
     def _outputs(self, x: Tensor) -> list[Tensor]:

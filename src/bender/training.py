@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bender._modes import eval_mode
 from bender.data import Batches, Dataset, Split
 from bender.functional._checks import check_positive_int
 
@@ -111,17 +112,13 @@ def evaluate(
     if len(split) == 0:
         raise ValueError("cannot evaluate on an empty split")
     check_positive_int("batch_size", batch_size)
-    was_training = model.training
-    model.eval()
     total_loss = torch.zeros((), dtype=torch.float64, device=split.x.device)
     correct = torch.zeros((), dtype=torch.int64, device=split.x.device)
-    try:
+    with eval_mode(model):
         for x, y in zip(split.x.split(batch_size), split.y.split(batch_size), strict=True):
             out = model(x)
             total_loss += loss_fn(out, y).double() * len(y)
             correct += (out.argmax(-1) == y).sum()
-    finally:
-        model.train(was_training)
     return total_loss.item() / len(split), correct.item() / len(split)
 
 
