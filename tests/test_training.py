@@ -208,3 +208,31 @@ def test_make_optimizer_uses_fused_adam_when_available():
     assert opt.defaults.get("fused") in (True, None)
     sgd = make_optimizer(torch.optim.SGD, params, 0.1)
     assert isinstance(sgd, torch.optim.SGD)
+
+
+def test_evaluate_dfa_set_up_and_recorder_keep_each_submodules_mode(small_mnist):
+    from bender import DFA, GenDense
+    from bender.alignment import AlignmentRecorder
+
+    def mixed() -> nn.Sequential:  # in train mode, but with a batch norm the user froze in eval
+        net = nn.Sequential(
+            GenDense(784, 16, forward="linear_asym_dx", feedback=True),
+            nn.BatchNorm1d(16),
+            nn.ReLU(),
+            GenDense(16, 10, forward="linear_asym_dx", feedback=True),
+        )
+        net[1].eval()
+        return net
+
+    def modes(model: nn.Module) -> list[bool]:
+        return [m.training for m in model.modules()]
+
+    net = mixed()
+    before = modes(net)
+    evaluate(net, small_mnist.test)
+    assert modes(net) == before
+    AlignmentRecorder(small_mnist.test.x[:50], small_mnist.test.y[:50])({"epoch": 0}, net)
+    assert modes(net) == before
+    blocked = mixed()
+    DFA(blocked, 10)
+    assert modes(blocked) == before

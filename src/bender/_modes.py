@@ -10,11 +10,12 @@ from torch import nn
 
 @contextmanager
 def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Within the block ``model`` is in eval mode; afterwards, also after an error, its mode is
-    what it was before."""
-    was_training = model.training
+    """Within the block ``model`` is in eval mode; afterwards, also after an error, every
+    submodule's mode is what it was before (a batch norm the caller keeps in eval stays so)."""
+    modes = [(module, module.training) for module in model.modules()]
     model.eval()
     try:
         yield model
     finally:
-        model.train(was_training)
+        for module, training in modes:
+            module.training = training
