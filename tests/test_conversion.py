@@ -154,8 +154,6 @@ def test_bad_requests_are_refused():
         convert(mlp, conv="conv_linear")
     with pytest.raises(TypeError, match=r"convert needs an nn\.Module, got function"):
         convert(lambda x: x, dense="linear")
-    with pytest.raises(ValueError, match=r"0: padding='same' with kernel \(4, 4\)"):
-        convert(nn.Sequential(nn.Conv2d(1, 1, 4, padding="same")), conv="conv_linear")
 
 
 def _spectral_u(layer: nn.Module) -> torch.Tensor:
@@ -296,3 +294,39 @@ def test_convs_with_other_padding_modes_convert_and_send_dx_through_the_pad(mode
     (expected_dx,) = torch.autograd.grad(padded, xd, grad_outputs=dpadded)
     close(x.grad, expected_dx)
     close(bent.weight.grad, torch.nn.grad.conv2d_weight(padded.detach(), layer.weight.shape, delta))
+
+
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")
+@pytest.mark.parametrize(
+    ("make", "shape"),
+    [
+        (lambda: nn.Conv1d(2, 3, 4, padding="same"), (3, 2, 9)),
+        (lambda: nn.Conv2d(2, 4, (2, 3), padding="same", groups=2), (1, 2, 6, 5)),
+        (
+            lambda: nn.Conv3d(
+                2, 3, (2, 3, 2), padding="same", dilation=(1, 2, 3), padding_mode="circular"
+            ),
+            (2, 2, 5, 6, 7),
+        ),
+    ],
+)
+def test_convs_with_uneven_same_padding_convert(make, shape):
+    """Even kernels pad one more row after than before; PyTorch's own layer, given ``B`` as its
+    weight, computes the feedback-alignment ``∂x`` independently."""
+    layer = make().double()
+    bent = convert(nn.Sequential(layer), conv="conv_linear_asym_dx")[0]
+    twin = make().double()
+    with torch.no_grad():
+        twin.weight.copy_(bent.feedback)
+    x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+    out = bent(x)
+    close(out, layer(x))
+    assert out.shape == shape[:1] + out.shape[1:2] + shape[2:]  # "same": the input's size
+    delta = torch.randn_like(out)
+    out.backward(delta)
+    exact_x, twin_x = (x.detach().requires_grad_() for _ in range(2))
+    layer(exact_x).backward(delta)
+    twin(twin_x).backward(delta)
+    close(x.grad, twin_x.grad)
+    close(bent.weight.grad, layer.weight.grad)
+    close(bent.bias.grad, layer.bias.grad)

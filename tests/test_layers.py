@@ -178,8 +178,6 @@ def test_genconv_errors():
             GenConv(**(sizes | kwargs))
     with pytest.raises(ValueError, match=r"padding='same' needs stride 1, got stride \(2, 2\)"):
         GenConv(3, 4, 3, padding="same", stride=2)
-    with pytest.raises(ValueError, match=r"padding='same' with kernel \(3, 4\) and dilation"):
-        GenConv(3, 4, (3, 4), padding="same")
     with pytest.raises(ValueError, match=r"weight's shape \(4, 3, 3, 3\)"):
         GenConv(3, 4, 3, forward="conv_linear_asym_dx", feedback=torch.randn(4, 3, 2, 2))
     layer = GenConv(3, 4, 3)
@@ -258,22 +256,67 @@ def test_a_mapping_for_the_other_kind_of_layer_is_refused():
 
 
 @pytest.mark.parametrize(
-    ("kernel", "dilation", "padding"), [(3, 1, (1, 1)), ((5, 3), (1, 2), (2, 2)), ((4, 3), 1, None)]
+    ("kernel", "dilation", "padding", "input_padding"),
+    [
+        (3, 1, (1, 1), None),
+        ((5, 3), (1, 2), (2, 2), None),
+        ((4, 3), 1, (0, 0), ((1, 2), (1, 1))),  # odd total: PyTorch puts the extra row after
+        ((2, 2), (3, 2), (0, 0), ((1, 2), (1, 1))),
+    ],
 )
-def test_genconv_same_and_valid_padding_match_nn_conv2d(kernel, dilation, padding):
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")
+def test_genconv_same_and_valid_padding_match_nn_conv2d(kernel, dilation, padding, input_padding):
     x = torch.randn(2, 3, 9, 8)
     for mode in ("same", "valid"):
         reference = nn.Conv2d(3, 4, kernel, padding=mode, dilation=dilation)
-        if mode == "same" and padding is None:  # even kernel: PyTorch pads unevenly, we refuse
-            with pytest.raises(ValueError, match="would pad one side more than the other"):
-                GenConv(3, 4, kernel, padding=mode, dilation=dilation)
-            continue
         layer = GenConv(3, 4, kernel, padding=mode, dilation=dilation)
-        assert layer.padding == (padding if mode == "same" else (0, 0))
+        if mode == "same":
+            assert (layer.padding, layer.input_padding) == (padding, input_padding)
+        else:
+            assert (layer.padding, layer.input_padding) == ((0, 0), None)
         with torch.no_grad():
             layer.weight.copy_(reference.weight)
             layer.bias.copy_(reference.bias)
         torch.testing.assert_close(layer(x), reference(x))
+        assert layer(x[0]).shape == reference(x[0]).shape  # unbatched
+
+
+@pytest.mark.parametrize("padding_mode", ["zeros", "reflect"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("n", [1, 3])
+def test_genconv_feedback_alignment_with_uneven_same_padding(padding_mode, dtype, n):
+    """An even kernel with ``padding="same"`` pads 1 before and 2 after: ``∂x`` is ``δ``'s
+    transposed convolution with ``B`` on the padded input, sent back through the pad."""
+    torch.manual_seed(0)
+    layer = GenConv(
+        2,
+        3,
+        (4, 3),
+        padding="same",
+        padding_mode=padding_mode,
+        forward="conv_linear_asym_dx",
+        feedback=True,
+        dtype=dtype,
+    )
+    x = torch.randn(n, 2, 7, 6, dtype=dtype, requires_grad=True)
+    out = layer(x)
+    assert out.shape == (n, 3, 7, 6)
+    delta = torch.randn_like(out)
+    out.backward(delta)
+
+    # independent: pad by hand (rows 1 before, 2 after; columns 1 and 1), then the formulas
+    xd = x.detach().requires_grad_()
+    padded = F.pad(xd, (1, 1, 1, 2), mode="constant" if padding_mode == "zeros" else padding_mode)
+    p = padded.detach()
+    torch.testing.assert_close(out, F.conv2d(p, layer.weight, layer.bias))
+    flipped = layer.feedback.detach().flip(2, 3).transpose(0, 1)  # transposed conv as a conv
+    dpadded = F.conv2d(F.pad(delta, (2, 2, 3, 3)), flipped)
+    (expected_dx,) = torch.autograd.grad(padded, xd, grad_outputs=dpadded)
+    torch.testing.assert_close(x.grad, expected_dx)
+    windows = F.unfold(p, (4, 3))  # n × (2·4·3) × (7·6): each output position's input patch
+    expected_dw = torch.einsum("nop,nkp->ok", delta.flatten(2), windows).view_as(layer.weight)
+    torch.testing.assert_close(layer.weight.grad, expected_dw)
+    torch.testing.assert_close(layer.bias.grad, delta.sum((0, 2, 3)))
 
 
 ALPHA = torch.ones(5)  # made outside any meta-device block, so it holds values

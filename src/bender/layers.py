@@ -265,11 +265,13 @@ class GenConv(_GenLayer):
     ``kernel_size`` is an int (a 2-d square kernel) or a tuple whose length (1, 2 or 3) sets the
     dimensionality. ``weight`` is ``out_channels × in_channels/groups × kernel_size``; stride,
     padding and dilation are ints or tuples, as in ``nn.Conv2d``, and padding may also be
-    ``"valid"`` (none) or ``"same"`` (stride 1, odd effective kernel; stored as ints).
-    ``padding_mode`` is ``"zeros"`` (the convolution pads) or, as in ``nn.Conv2d``,
-    ``"reflect"``, ``"replicate"`` or ``"circular"``: then the layer pads its input with
-    :func:`torch.nn.functional.pad` (kept in ``input_padding``) and the mapping's convolution
-    pads nothing (``padding`` is 0), so ``∂x`` of the padded input flows back through the pad.
+    ``"valid"`` (none) or ``"same"`` (stride 1; where the total ``dilation·(k−1)`` is odd, the
+    extra row goes after, as in PyTorch). ``padding_mode`` is ``"zeros"`` (default) or, as in
+    ``nn.Conv2d``, ``"reflect"``, ``"replicate"`` or ``"circular"``. Symmetric zero padding is
+    done by the mapping's convolution (``padding``). Otherwise the layer pads its input with
+    :func:`torch.nn.functional.pad` (the ``(before, after)`` widths of each spatial dim are kept
+    in ``input_padding``) and the mapping's convolution pads nothing (``padding`` is 0), so
+    ``∂x`` of the padded input flows back through the pad.
     ``feedback``, ``init``, extra slots and ``generator`` as in :class:`GenDense`. Input
     ``(N, C_in, *spatial)`` or unbatched ``(C_in, *spatial)``.
     """
@@ -330,10 +332,14 @@ class GenConv(_GenLayer):
                 f"padding_mode must be one of {', '.join(PADDING_MODES)}, got {padding_mode!r}"
             )
         self.padding_mode = padding_mode
-        padding = self._resolve_padding(padding, dims)
-        # other modes than zeros: the layer pads the input itself; the convolution pads nothing
-        self.input_padding = None if padding_mode == "zeros" else padding
-        self.padding = padding if padding_mode == "zeros" else (0,) * dims
+        widths = self._resolve_padding(padding, dims)
+        self.input_padding: tuple[tuple[int, int], ...] | None
+        if padding_mode == "zeros" and all(before == after for before, after in widths):
+            self.input_padding = None  # the convolution pads
+            self.padding = tuple(before for before, _ in widths)
+        else:  # the layer pads its input itself; the convolution pads nothing
+            self.input_padding = widths
+            self.padding = (0,) * dims
         extras = {"alpha": alpha, "beta": beta, "mu": mu, "lambda_": lambda_}
         shape = (out_channels, in_channels // groups, *self.kernel_size)
         self._setup(
@@ -348,27 +354,24 @@ class GenConv(_GenLayer):
             {"device": device, "dtype": dtype},
         )
 
-    def _resolve_padding(self, padding: str | int | Sequence[int], dims: int) -> tuple[int, ...]:
-        """Per-dimension zero padding; ``"valid"`` is none, ``"same"`` keeps the input size."""
+    def _resolve_padding(
+        self, padding: str | int | Sequence[int], dims: int
+    ) -> tuple[tuple[int, int], ...]:
+        """``(before, after)`` widths per spatial dim; ``"valid"`` is none, ``"same"`` keeps the
+        input size, with the extra one after where ``dilation·(k−1)`` is odd (as PyTorch)."""
         if padding == "valid":
-            return (0,) * dims
+            return ((0, 0),) * dims
         if padding != "same":
             if isinstance(padding, str):
                 raise ValueError(
                     f"padding must be 'valid', 'same', an int or a tuple of {dims} ints ≥ 0, "
                     f"got {padding!r}"
                 )
-            return _tuple("padding", padding, dims, minimum=0)
+            return tuple((p, p) for p in _tuple("padding", padding, dims, minimum=0))
         if any(s != 1 for s in self.stride):
             raise ValueError(f"padding='same' needs stride 1, got stride {self.stride}")
         total = [d * (k - 1) for d, k in zip(self.dilation, self.kernel_size, strict=True)]
-        if any(t % 2 for t in total):
-            raise ValueError(
-                f"padding='same' with kernel {self.kernel_size} and dilation {self.dilation} "
-                "would pad one side more than the other, which GenConv does not do; use an odd "
-                "kernel, or pad explicitly (e.g. nn.ZeroPad2d) before the layer"
-            )
-        return tuple(t // 2 for t in total)
+        return tuple((t // 2, t - t // 2) for t in total)
 
     def forward(self, x: Tensor) -> Tensor:
         dims = len(self.kernel_size)
@@ -381,22 +384,27 @@ class GenConv(_GenLayer):
             )
         x = x if batched else x.unsqueeze(0)
         if self.input_padding is not None:  # F.pad wants the last dim's widths first
-            widths = [w for p in reversed(self.input_padding) for w in (p, p)]
-            x = F.pad(x, widths, mode=self.padding_mode)
+            widths = [w for pair in reversed(self.input_padding) for w in pair]
+            mode = "constant" if self.padding_mode == "zeros" else self.padding_mode
+            x = F.pad(x, widths, mode=mode)
         y = self._apply_mapping(x)
         return y if batched else y.squeeze(0)
 
     def __repr__(self) -> str:
         k = "×".join(map(str, self.kernel_size))
         sizes = f"{self.in_channels} → {self.out_channels}, kernel {k}"
-        padding = self.padding if self.input_padding is None else self.input_padding
-        for name, value, default in (
-            ("stride", self.stride, 1),
-            ("padding", padding, 0),
-            ("dilation", self.dilation, 1),
-        ):
-            if any(v != default for v in value):
-                sizes += f", {name}={value}"
+        widths = self.input_padding or tuple((p, p) for p in self.padding)
+        padding = (  # ints where both sides are the same, else the (before, after) pairs
+            tuple(before for before, _ in widths)
+            if all(before == after for before, after in widths)
+            else widths
+        )
+        if any(s != 1 for s in self.stride):
+            sizes += f", stride={self.stride}"
+        if any(w != 0 for pair in widths for w in pair):
+            sizes += f", padding={padding}"
+        if any(d != 1 for d in self.dilation):
+            sizes += f", dilation={self.dilation}"
         if self.padding_mode != "zeros":
             sizes += f", padding_mode={self.padding_mode!r}"
         if self.groups != 1:
