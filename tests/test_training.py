@@ -8,7 +8,15 @@ from torch import nn
 
 from bender import recipes
 from bender.data import Dataset, Split
-from bender.training import COLUMNS, check_seed, evaluate, make_optimizer, resolve_device, train
+from bender.training import (
+    COLUMNS,
+    check_seed,
+    evaluate,
+    make_optimizer,
+    parameter_dtype,
+    resolve_device,
+    train,
+)
 
 
 def test_train_returns_per_epoch_table(small_mnist):
@@ -236,3 +244,38 @@ def test_evaluate_dfa_set_up_and_recorder_keep_each_submodules_mode(small_mnist)
     blocked = mixed()
     DFA(blocked, 10)
     assert modes(blocked) == before
+
+
+def test_a_float64_model_trains_and_evaluates_on_float32_data(small_mnist):
+    """The inputs are cast to the parameters' dtype: the same table as float64 data gives."""
+    as_float64 = Dataset(
+        "float64",
+        Split(small_mnist.train.x.double(), small_mnist.train.y),
+        Split(small_mnist.test.x.double(), small_mnist.test.y),
+    )
+    tables = []
+    for dataset in (small_mnist, as_float64):
+        torch.manual_seed(0)
+        model = recipes.build("fa-mlp").double()
+        tables.append(train(model, dataset, epochs=1))
+        assert {p.dtype for p in model.parameters()} == {torch.float64}
+    cols = COLUMNS[:-1]
+    assert tables[0][cols].equals(tables[1][cols])
+    assert small_mnist.train.x.dtype == torch.float32  # the caller's data is left as it was
+
+    loss, acc = evaluate(model, small_mnist.test, batch_size=300)
+    with torch.no_grad():
+        out = model(small_mnist.test.x.double())
+    assert loss == pytest.approx(F.cross_entropy(out, small_mnist.test.y).item(), rel=1e-12)
+    assert acc == (out.argmax(1) == small_mnist.test.y).double().mean().item()
+
+
+def test_split_to_casts_floating_inputs_only():
+    floats = Split(torch.rand(4, 3), torch.arange(4))
+    cast = floats.to("cpu", torch.float64)
+    assert (cast.x.dtype, cast.y.dtype) == (torch.float64, torch.int64)
+    tokens = Split(torch.randint(0, 9, (4, 5)), torch.arange(4))
+    assert tokens.to("cpu", torch.float64).x.dtype == torch.int64  # token ids stay ids
+    model = nn.Sequential(nn.Linear(3, 2), nn.Linear(2, 2).double())  # no one dtype: no cast
+    assert parameter_dtype(model) is None
+    assert parameter_dtype(nn.ReLU()) is None

@@ -90,8 +90,10 @@ class Split:
     def __len__(self) -> int:
         return len(self.y)
 
-    def to(self, device: torch.device | str) -> Split:
-        return Split(self.x.to(device), self.y.to(device))
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> Split:
+        """On ``device``; with ``dtype``, floating-point ``x`` also in that dtype (labels stay)."""
+        cast = dtype is not None and self.x.is_floating_point()
+        return Split(self.x.to(device, dtype if cast else None), self.y.to(device))
 
     def subset(self, n: int) -> Split:
         """The first ``n`` examples, or all of them when there are fewer (for quick runs)."""
@@ -123,8 +125,9 @@ class Dataset:
                     f"got {int(y.min())}..{int(y.max())}"
                 )
 
-    def to(self, device: torch.device | str) -> Dataset:
-        return Dataset(self.name, self.train.to(device), self.test.to(device), self.num_classes)
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> Dataset:
+        train, test = self.train.to(device, dtype), self.test.to(device, dtype)
+        return Dataset(self.name, train, test, self.num_classes)
 
     def subset(self, n_train: int, n_test: int) -> Dataset:
         return Dataset(

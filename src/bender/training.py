@@ -100,6 +100,12 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return resolved
 
 
+def parameter_dtype(model: nn.Module) -> torch.dtype | None:
+    """The dtype of ``model``'s floating-point parameters when they share one, else ``None``."""
+    dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
+    return dtypes.pop() if len(dtypes) == 1 else None
+
+
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
@@ -107,16 +113,21 @@ def evaluate(
     loss: str | LossFn = "cross_entropy",
     batch_size: int = 10_000,
 ) -> tuple[float, float]:
-    """Mean loss and accuracy of ``model`` over a whole split, in eval mode and without grad."""
+    """Mean loss and accuracy of ``model`` over a whole split, in eval mode and without grad.
+
+    Floating-point inputs are cast, one batch at a time, to the dtype of the model's parameters
+    (when they share one), so a float64 model is evaluated on float32 data as it is trained.
+    """
     loss_fn = _choose("loss", loss, LOSSES)
     if len(split) == 0:
         raise ValueError("cannot evaluate on an empty split")
     check_positive_int("batch_size", batch_size)
+    dtype = parameter_dtype(model) if split.x.is_floating_point() else None
     total_loss = torch.zeros((), dtype=torch.float64, device=split.x.device)
     correct = torch.zeros((), dtype=torch.int64, device=split.x.device)
     with eval_mode(model):
         for x, y in zip(split.x.split(batch_size), split.y.split(batch_size), strict=True):
-            out = model(x)
+            out = model(x if dtype is None else x.to(dtype))
             total_loss += loss_fn(out, y).double() * len(y)
             correct += (out.argmax(-1) == y).sum()
     return total_loss.item() / len(split), correct.item() / len(split)
@@ -144,11 +155,12 @@ def train(
     are shuffled by a generator seeded with ``seed`` every epoch (only once, for the first epoch,
     with ``reshuffle=False``, as in Bender.jl's tutorials) and the last partial batch is dropped;
     ``torch.manual_seed(seed)`` is also set for stochastic layers (seed the model's own
-    initialisation before building it). Each callback is called as ``cb(row, model)`` after
-    every epoch; one that returns ``True`` stops training there (early stopping), after the
-    other callbacks of that epoch have run. A non-finite training loss stops training with a
-    warning. Either way the rows of the completed epochs are returned, and the reason is in
-    ``df.attrs["stopped"]``.
+    initialisation before building it). The data is moved to ``device``, and floating-point
+    inputs are cast to the dtype of the model's parameters (when they share one). Each callback
+    is called as ``cb(row, model)`` after every epoch; one that returns ``True`` stops training
+    there (early stopping), after the other callbacks of that epoch have run. A non-finite
+    training loss stops training with a warning. Either way the rows of the completed epochs
+    are returned, and the reason is in ``df.attrs["stopped"]``.
     """
     check_positive_int("epochs", epochs)
     check_positive_int("batch_size", batch_size)
@@ -171,7 +183,7 @@ def train(
     device = resolve_device(device)
     torch.manual_seed(seed)
     opt = make_optimizer(optimizer, model.to(device).parameters(), lr)  # before moving data
-    data = data.to(device)
+    data = data.to(device, parameter_dtype(model))  # float32 data for a float64 model: cast
     batches = Batches(data.train, batch_size, reshuffle=reshuffle, seed=seed)
     rows: list[dict] = []
     for epoch in range(1, epochs + 1):
