@@ -7,13 +7,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from bender import recipes
+from bender._placement import parameter_dtype
+from bender.alignment import AlignmentRecorder
 from bender.data import Dataset, Split
 from bender.training import (
     COLUMNS,
     check_seed,
     evaluate,
     make_optimizer,
-    parameter_dtype,
     resolve_device,
     train,
 )
@@ -279,3 +280,37 @@ def test_split_to_casts_floating_inputs_only():
     model = nn.Sequential(nn.Linear(3, 2), nn.Linear(2, 2).double())  # no one dtype: no cast
     assert parameter_dtype(model) is None
     assert parameter_dtype(nn.ReLU()) is None
+
+
+def test_evaluate_sends_each_batch_to_the_models_device_and_dtype(small_mnist):
+    """Here the meta device stands in for a GPU: the split stays on the CPU, each batch goes to
+    the parameters' device and dtype, and the labels follow the outputs."""
+    seen = []
+
+    class Probe(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.scale = nn.Parameter(torch.ones((), device="meta", dtype=torch.float64))
+
+        def forward(self, x):
+            seen.append((x.device.type, x.dtype, len(x)))
+            return torch.zeros(len(x), 10)  # on the CPU: uniform scores
+
+    test = small_mnist.test
+    loss, acc = evaluate(Probe(), test, batch_size=300)
+    sizes = [len(b) for b in test.y.split(300)]
+    assert seen == [("meta", torch.float64, n) for n in sizes]
+    assert loss == pytest.approx(np.log(10))
+    assert acc == (test.y == 0).double().mean().item()  # argmax of equal scores: class 0
+
+
+def test_the_alignment_recorder_casts_its_batch_to_a_float64_model(small_mnist):
+    torch.manual_seed(0)
+    model = recipes.build("fa-mlp").double()
+    recorder = AlignmentRecorder(small_mnist.test.x[:100], small_mnist.test.y[:100])
+    recorder({"epoch": 0}, model)
+    torch.manual_seed(0)
+    twin = recipes.build("fa-mlp").double()
+    exact = AlignmentRecorder(small_mnist.test.x[:100].double(), small_mnist.test.y[:100])
+    exact({"epoch": 0}, twin)
+    assert recorder.table().equals(exact.table())

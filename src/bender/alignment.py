@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from bender._modes import eval_mode
+from bender._placement import inputs_for
 from bender.dfa import DFA
 
 
@@ -139,9 +140,12 @@ def gradient_alignment(
     dropout masks and stochastic layers draw the same in both; the random state, and the
     parameters' ``.grad``, are left as they were. The model runs in its current mode: in train
     mode batch norm updates its running statistics, as in any forward pass (the
-    :class:`AlignmentRecorder` measures in eval mode).
+    :class:`AlignmentRecorder` measures in eval mode). ``x`` goes to the model's device and
+    dtype, and ``target`` with it, as in :func:`bender.training.evaluate`.
     """
     layers = bent_layers(model)
+    x = inputs_for(model, x)
+    target = target.to(x.device)
     with _from_current_random_state(x.device):
         bent = _weight_gradients(model, layers, x, target, loss)
     with _from_current_random_state(x.device), backprop(model):
@@ -213,13 +217,11 @@ class AlignmentRecorder:
         self.rows: list[dict[str, float]] = []
 
     def __call__(self, row: dict, model: nn.Module) -> None:
-        device = next(model.parameters()).device
-        x, target = self.x.to(device), self.target.to(device)
         angles: dict[str, float] = {"epoch": row["epoch"]}
         with eval_mode(model):  # also keeps a spectral_norm weight from a power step when read
             if any(_uses_feedback(m) for m in model.modules()):
                 angles |= {f"weight_angle_{k}": a for k, a in weight_alignment(model).items()}
-            grads = gradient_alignment(model, x, target, self.loss)
+            grads = gradient_alignment(model, self.x, self.target, self.loss)
         angles |= {f"grad_angle_{k}": a for k, a in grads.items()}
         self.rows.append(angles)
 

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bender._modes import eval_mode
+from bender._placement import inputs_for, parameter_dtype
 from bender.data import Batches, Dataset, Split
 from bender.functional._checks import check_positive_int
 
@@ -100,12 +101,6 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return resolved
 
 
-def parameter_dtype(model: nn.Module) -> torch.dtype | None:
-    """The dtype of ``model``'s floating-point parameters when they share one, else ``None``."""
-    dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
-    return dtypes.pop() if len(dtypes) == 1 else None
-
-
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
@@ -115,22 +110,22 @@ def evaluate(
 ) -> tuple[float, float]:
     """Mean loss and accuracy of ``model`` over a whole split, in eval mode and without grad.
 
-    Floating-point inputs are cast, one batch at a time, to the dtype of the model's parameters
-    (when they share one), so a float64 model is evaluated on float32 data as it is trained.
+    Each batch of inputs goes to the device of the model's parameters and, if floating-point,
+    is cast to their dtype (each where the parameters share one), as in :func:`train`, so a
+    model trained on a GPU is evaluated on a split kept on the CPU.
     """
     loss_fn = _choose("loss", loss, LOSSES)
     if len(split) == 0:
         raise ValueError("cannot evaluate on an empty split")
     check_positive_int("batch_size", batch_size)
-    dtype = parameter_dtype(model) if split.x.is_floating_point() else None
-    total_loss = torch.zeros((), dtype=torch.float64, device=split.x.device)
-    correct = torch.zeros((), dtype=torch.int64, device=split.x.device)
+    total_loss = correct = 0  # become tensors on the outputs' device: no sync per batch
     with eval_mode(model):
         for x, y in zip(split.x.split(batch_size), split.y.split(batch_size), strict=True):
-            out = model(x if dtype is None else x.to(dtype))
-            total_loss += loss_fn(out, y).double() * len(y)
-            correct += (out.argmax(-1) == y).sum()
-    return total_loss.item() / len(split), correct.item() / len(split)
+            out = model(inputs_for(model, x))
+            y = y.to(out.device)
+            total_loss = total_loss + loss_fn(out, y).double() * len(y)
+            correct = correct + (out.argmax(-1) == y).sum()
+    return float(total_loss) / len(split), int(correct) / len(split)
 
 
 def train(
