@@ -319,6 +319,17 @@ def test_genconv_feedback_alignment_with_uneven_same_padding(padding_mode, dtype
     torch.testing.assert_close(layer.bias.grad, delta.sum((0, 2, 3)))
 
 
+@pytest.mark.parametrize("padding_mode", ["zeros", "circular"])
+def test_gradcheck_genconv_with_uneven_same_padding(padding_mode):
+    layer = GenConv(2, 3, (2, 3), padding="same", padding_mode=padding_mode, dtype=torch.float64)
+    x = torch.randn(2, 2, 4, 5, dtype=torch.float64, requires_grad=True)
+
+    def exact(x, weight, bias):
+        return torch.func.functional_call(layer, {"weight": weight, "bias": bias}, (x,))
+
+    assert torch.autograd.gradcheck(exact, (x, layer.weight, layer.bias))
+
+
 ALPHA = torch.ones(5)  # made outside any meta-device block, so it holds values
 
 
