@@ -314,3 +314,40 @@ def test_the_alignment_recorder_casts_its_batch_to_a_float64_model(small_mnist):
     exact = AlignmentRecorder(small_mnist.test.x[:100].double(), small_mnist.test.y[:100])
     exact({"epoch": 0}, twin)
     assert recorder.table().equals(exact.table())
+
+
+def test_a_scheduler_sets_each_epochs_learning_rate(small_mnist):
+    """Plain SGD and one batch order: two epochs with StepLR(gamma=0.5) end where one epoch at
+    lr followed by one epoch at lr/2 ends."""
+    torch.manual_seed(0)
+    scheduled = recipes.build("fa-mlp")
+    by_hand = recipes.build("fa-mlp")
+    by_hand.load_state_dict(scheduled.state_dict())
+    built = []
+
+    def halving(opt):
+        built.append(torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5))
+        return built[-1]
+
+    common = {"optimizer": "sgd", "reshuffle": False, "seed": 3}
+    train(scheduled, small_mnist, epochs=2, lr=0.1, scheduler=halving, **common)
+    assert built[0].last_epoch == 2
+    assert built[0].optimizer.param_groups[0]["lr"] == pytest.approx(0.025)
+    for lr in (0.1, 0.05):
+        train(by_hand, small_mnist, epochs=1, lr=lr, **common)
+    for a, b in zip(scheduled.parameters(), by_hand.parameters(), strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_reduce_lr_on_plateau_sees_the_training_loss(small_mnist):
+    seen = []
+
+    class Recording(torch.optim.lr_scheduler.ReduceLROnPlateau):
+        def step(self, metrics, *args, **kwargs):
+            seen.append(metrics)
+            return super().step(metrics, *args, **kwargs)
+
+    table = train(recipes.build("bp-mlp"), small_mnist, epochs=2, scheduler=Recording)
+    assert seen == table["loss_train"].tolist()
+    with pytest.raises(TypeError, match=r"scheduler must build .* it returned float, which has no"):
+        train(recipes.build("bp-mlp"), small_mnist, epochs=1, scheduler=lambda opt: 0.5)

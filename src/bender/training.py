@@ -7,6 +7,7 @@ import operator
 import time
 import warnings
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import pandas as pd
 import torch
@@ -141,6 +142,7 @@ def train(
     seed: int = 0,
     reshuffle: bool = True,
     callbacks: Sequence[Callback] | None = None,
+    scheduler: Callable[[torch.optim.Optimizer], Any] | None = None,
     progress: bool = False,
 ) -> pd.DataFrame:
     """Train ``model`` on ``data.train``; after every epoch evaluate on train and test.
@@ -153,7 +155,10 @@ def train(
     initialisation before building it). The data is moved to ``device``, and floating-point
     inputs are cast to the dtype of the model's parameters (when they share one). Each callback
     is called as ``cb(row, model)`` after every epoch; one that returns ``True`` stops training
-    there (early stopping), after the other callbacks of that epoch have run. A non-finite
+    there (early stopping), after the other callbacks of that epoch have run. ``scheduler``
+    builds a learning-rate scheduler from the optimizer (``lambda opt: CosineAnnealingLR(opt,
+    T_max=10)``), stepped once after every epoch's evaluation, before the callbacks;
+    ``ReduceLROnPlateau`` is stepped with the epoch's ``loss_train``. A non-finite
     training loss stops training with a warning. Either way the rows of the completed epochs
     are returned, and the reason is in ``df.attrs["stopped"]``.
     """
@@ -178,6 +183,13 @@ def train(
     device = resolve_device(device)
     torch.manual_seed(seed)
     opt = make_optimizer(optimizer, model.to(device).parameters(), lr)  # before moving data
+    schedule = None if scheduler is None else scheduler(opt)
+    if schedule is not None and not callable(getattr(schedule, "step", None)):
+        raise TypeError(
+            "scheduler must build a learning-rate scheduler from the optimizer, e.g. "
+            "lambda opt: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=10); "
+            f"it returned {type(schedule).__name__}, which has no step()"
+        )
     data = data.to(device, parameter_dtype(model))  # float32 data for a float64 model: cast
     batches = Batches(data.train, batch_size, reshuffle=reshuffle, seed=seed)
     rows: list[dict] = []
@@ -213,6 +225,10 @@ def train(
             zip(COLUMNS, (epoch, loss_train, loss_test, acc_train, acc_test, seconds), strict=True)
         )
         rows.append(row)
+        if isinstance(schedule, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            schedule.step(loss_train)  # the training loss: the test split stays unseen
+        elif schedule is not None:
+            schedule.step()
         stoppers = [cb for cb in callbacks or () if cb(row, model) is True]
         if stoppers:
             names = ", ".join(getattr(cb, "__name__", type(cb).__name__) for cb in stoppers)
