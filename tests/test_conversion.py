@@ -330,3 +330,52 @@ def test_convs_with_uneven_same_padding_convert(make, shape):
     close(x.grad, twin_x.grad)
     close(bent.weight.grad, layer.weight.grad)
     close(bent.bias.grad, layer.bias.grad)
+
+
+class _TiedLM(nn.Module):
+    """Token embedding tied to the output layer, as in many language models."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(10, 4)
+        self.body = nn.Linear(4, 4)
+        self.head = nn.Linear(4, 10, bias=False)
+        self.head.weight = self.embed.weight
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.body(self.embed(tokens))))
+
+
+def test_tied_weights_stay_tied_and_get_both_gradients():
+    torch.manual_seed(0)
+    model = _TiedLM().double()
+    bent = convert(model, dense="linear_asym_dx")
+    assert bent.head.weight is bent.embed.weight  # one parameter, as before
+    assert len(list(bent.parameters())) == len(list(model.parameters())) == 3
+    assert type(model.head) is nn.Linear and model.head.weight is model.embed.weight  # untouched
+
+    tokens = torch.tensor([1, 3, 3, 7])
+    out = bent(tokens)
+    delta = torch.randn_like(out)
+    out.backward(delta)
+
+    # independent: the head's exact ∂W plus the embedding rows' share, which reaches them
+    # through the feedback matrices B_head and B_body
+    e = model.embed.weight.detach()[tokens]
+    a = e @ model.body.weight.detach().t() + model.body.bias.detach()
+    h = torch.relu(a)
+    dh = delta @ bent.head.feedback
+    de = (dh * (a > 0)) @ bent.body.feedback
+    expected = delta.t() @ h + torch.zeros(10, 4, dtype=torch.float64).index_add(0, tokens, de)
+    close(bent.embed.weight.grad, expected)
+
+
+def test_a_weight_shared_by_two_linear_layers_stays_shared():
+    first, second = nn.Linear(3, 3), nn.Linear(3, 3)
+    second.weight = first.weight
+    bent = convert(nn.Sequential(first, nn.Tanh(), second), dense="linear_asym_dx")
+    assert bent[0].weight is bent[2].weight and bent[0].bias is not bent[2].bias
+    opt = torch.optim.SGD(bent.parameters(), lr=0.1)
+    bent(torch.randn(2, 3)).sum().backward()
+    opt.step()
+    assert torch.equal(bent[0].weight, bent[2].weight)

@@ -68,14 +68,20 @@ def _layer_class(module: nn.Module) -> type:
 
 def _rebuilt(old: nn.Module, build: Callable[[nn.Module], GenDense | GenConv]) -> nn.Module:
     """``build(old)``, given the weight, bias, parametrizations, pruning masks, trainability and
-    train/eval mode of ``old``."""
+    train/eval mode of ``old``.
+
+    The new layer holds ``old``'s parameters themselves, not copies, so a weight that ``old``
+    shares with another module (an embedding tied to the output layer) stays shared.
+    """
     training = old.training
     old.eval()  # in train mode, reading a parametrized weight runs spectral_norm's power step
     masks = _pruning_masks(old)
     new = build(old)
     for name in ("weight", "bias"):  # a pruned tensor's unpruned values are in <name>_orig
         source = getattr(old, f"{name}_orig" if name in masks else name)
-        if source is not None:
+        if isinstance(source, nn.Parameter):
+            setattr(new, name, source)
+        elif source is not None:  # a parametrized weight: its originals are carried below
             target = getattr(new, name)
             with torch.no_grad():
                 target.copy_(source)
@@ -132,17 +138,16 @@ def _copy(model: nn.Module) -> nn.Module:
 
 def _carry_parametrizations(new: nn.Module, old: nn.Module) -> None:
     """Register ``old``'s parametrizations (the same modules, in order) on ``new`` and give
-    ``new`` the exact unparametrized tensors of ``old`` (``original``, or ``original0``, ...)."""
+    ``new`` the unparametrized tensors of ``old`` (``original``, or ``original0``, ...): the
+    parameters themselves, as in :func:`_rebuilt`, and copies of any buffers."""
     for name, chain in old.parametrizations.items():
         for parametrization in chain:
             parametrize.register_parametrization(new, name, parametrization, unsafe=True)
         kept = new.parametrizations[name]
-        originals = [*chain.named_parameters(recurse=False), *chain.named_buffers(recurse=False)]
-        for key, source in originals:
-            target = getattr(kept, key)
-            with torch.no_grad():
-                target.copy_(source)
-            target.requires_grad_(source.requires_grad)
+        for key, source in chain.named_parameters(recurse=False):
+            setattr(kept, key, source)
+        for key, source in chain.named_buffers(recurse=False):
+            getattr(kept, key).copy_(source)
 
 
 def convert(
@@ -161,6 +166,7 @@ def convert(
     ``conv_linear_asym_dx``, ...) a fixed random one is drawn, with ``init`` (default
     Glorot-uniform) and the global RNG: seed it for reproducible feedback. Leave ``dense`` or
     ``conv`` at ``None`` to keep those layers as they are. ``model`` itself is not changed.
+    Weights shared between modules (an output layer tied to the embedding) stay shared.
 
     A parametrized layer (``weight_norm``, ``spectral_norm``, ...) keeps its parametrizations:
     the new layer gets the same parametrization modules and exact copies of their tensors and
