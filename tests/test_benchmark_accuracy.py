@@ -62,3 +62,23 @@ def test_bad_arguments_fail_before_training(tmp_path, monkeypatch, capsys, args,
 def test_seed_ranges():
     assert accuracy.seed_list(["0", "1", "5-7"]) == [0, 1, 5, 6, 7]
     assert len(accuracy.seed_list(["0-29"])) == 30
+
+
+def test_runs_on_another_dataset_are_not_judged_by_mnist_targets(
+    tmp_path, data_root, monkeypatch, capsys
+):
+    flags = ["--", "--epochs", "1", "--limit", "600", "--dataset", "fashion-mnist"]
+    _main(
+        monkeypatch,
+        "fa-mlp",
+        "--seeds",
+        "0",
+        "--out",
+        str(tmp_path),
+        "--data-dir",
+        str(data_root),
+        *flags,
+    )
+    assert accuracy.dataset_of(tmp_path / "fa-mlp-s0") == "fashion-mnist"
+    summary = capsys.readouterr().out.splitlines()[-2]
+    assert summary.startswith("fa-mlp") and "mean" in summary and "target" not in summary
