@@ -1,3 +1,4 @@
+import functools
 from itertools import pairwise
 
 import numpy as np
@@ -160,6 +161,15 @@ def test_bad_arguments(small_mnist):
     with pytest.raises(ValueError, match=r"shape \(64, 10\) for this batch, got \(640,\)"):
         train(nn.Sequential(nn.Linear(784, 10), nn.Flatten(0)), small_mnist)
     assert "stopped" not in train(nn.Linear(784, 12), small_mnist, epochs=1).attrs  # extra is fine
+    per_example = functools.partial(F.cross_entropy, reduction="none")
+    before = [t.clone() for t in model.parameters()]
+    with pytest.raises(ValueError, match=r"one number for the batch .*got shape \(64,\); .*'mean'"):
+        train(model, small_mnist, loss=per_example)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+    with pytest.raises(ValueError, match=r"one number for the batch .*got shape \(1000,\)"):
+        evaluate(model, small_mnist.test, loss=per_example)
+    with pytest.raises(ValueError, match=r"one number for the batch .*got float"):
+        evaluate(model, small_mnist.test, loss=lambda out, y: 0.5)
 
 
 def test_devices_that_cannot_hold_a_tensor_are_refused_up_front(small_mnist):

@@ -124,7 +124,9 @@ def evaluate(
         for x, y in zip(split.x.split(batch_size), split.y.split(batch_size), strict=True):
             out = model(inputs_for(model, x))
             y = y.to(out.device)
-            total_loss = total_loss + loss_fn(out, y).double() * len(y)
+            batch_loss = loss_fn(out, y)
+            _check_loss(batch_loss)
+            total_loss = total_loss + batch_loss.double() * len(y)
             correct = correct + (out.argmax(-1) == y).sum()
     return float(total_loss) / len(split), int(correct) / len(split)
 
@@ -204,6 +206,8 @@ def train(
             if epoch == step == 1:
                 _check_output(output, len(x), data.num_classes)
             batch_loss = loss_fn(output, y)
+            if epoch == step == 1:
+                _check_loss(batch_loss)
             batch_loss.backward()
             opt.step()
             running += batch_loss.detach()
@@ -250,6 +254,16 @@ def _check_output(output: Tensor, batch: int, num_classes: int) -> None:
         raise ValueError(
             f"the model returns {output.shape[1]} scores per example, but the data has "
             f"{num_classes} classes"
+        )
+
+
+def _check_loss(value: Tensor) -> None:
+    """The loss must be one number per batch (the batch mean), as ``backward()`` needs."""
+    if not isinstance(value, Tensor) or value.dim() != 0:
+        got = f"shape {tuple(value.shape)}" if isinstance(value, Tensor) else type(value).__name__
+        raise ValueError(
+            f"the loss must return one number for the batch (a 0-dim tensor, the mean over "
+            f"its examples), got {got}; with torch's losses, keep reduction='mean'"
         )
 
 
