@@ -127,6 +127,19 @@ def test_converted_plain_mlp_takes_direct_feedback_alignment(batch):
     close(dfa.model[0].bias.grad, da1.sum(0))
 
 
+def test_transposed_and_lazy_convolutions_are_left_with_a_warning_that_names_them():
+    autoencoder = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.ConvTranspose2d(4, 1, 3))
+    autoencoder.append(nn.LazyConv2d(2, 1))
+    with pytest.warns(
+        UserWarning, match=r"as they are.*: 2 \(ConvTranspose2d\), 3 \(LazyConv2d\)$"
+    ):
+        bent = convert(autoencoder, conv="conv_linear_asym_dx")
+    assert [type(m) for m in bent[:3]] == [GenConv, nn.ReLU, nn.ConvTranspose2d]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # only dense layers asked for: no word on convolutions
+        convert(nn.Sequential(nn.Linear(3, 3), nn.ConvTranspose1d(1, 1, 2)), dense="linear")
+
+
 def test_converted_plain_mlp_learns_mnist_with_dfa(small_mnist):
     torch.manual_seed(0)
     mlp = nn.Sequential(nn.Linear(784, 128), nn.ReLU(), nn.Linear(128, 10))

@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
+from torch.nn.modules.conv import _ConvNd
 from torch.nn.utils import parametrize, prune
 from torch.nn.utils.spectral_norm import SpectralNorm
 from torch.nn.utils.weight_norm import WeightNorm
@@ -174,8 +175,9 @@ def convert(
     Other hooks on a replaced layer are not carried over (a warning names them).
 
     Other subclasses of ``nn.Linear`` (such as the output projection inside
-    ``nn.MultiheadAttention``, which the attention reads as a weight, not as a layer) are left
-    as they are, with a warning. Transposed and lazy convolutions are not converted.
+    ``nn.MultiheadAttention``, which the attention reads as a weight, not as a layer), and
+    transposed, lazy or subclassed convolutions, are left as they are, with a warning that
+    names them.
 
     Example: feedback alignment or, wrapped in :class:`~bender.dfa.DFA`, direct feedback
     alignment for a plain MLP::
@@ -203,8 +205,9 @@ def convert(
                 new = _rebuilt(module, lambda m: _dense(m, dense_map, init))
             elif _layer_class(module) in CONVS and conv_map is not None:
                 new = _rebuilt(module, lambda m: _conv(m, conv_map, init))
-            else:
-                if isinstance(module, nn.Linear) and dense_map is not None:
+            else:  # a kind asked for, but not a type convert can rebuild: say so
+                asked = (nn.Linear, dense_map), (_ConvNd, conv_map)
+                if any(isinstance(module, kind) and m is not None for kind, m in asked):
                     skipped.append(f"{name} ({type(module).__name__})")
                 continue
         except ValueError as err:  # say which layer could not be converted
@@ -216,7 +219,8 @@ def convert(
         setattr(converted.get_submodule(parent_name), child, new)
     if skipped:
         warnings.warn(
-            f"convert left these nn.Linear subclasses as they are: {', '.join(skipped)}",
+            "convert left these layers as they are, since it rebuilds only exact nn.Linear and "
+            f"nn.Conv1d/2d/3d (not subclasses, transposed or lazy ones): {', '.join(skipped)}",
             stacklevel=2,
         )
     if not replaced:
