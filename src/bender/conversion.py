@@ -82,7 +82,8 @@ def _rebuilt(old: nn.Module, build: Callable[[nn.Module], GenDense | GenConv]) -
         source = getattr(old, f"{name}_orig" if name in masks else name)
         if isinstance(source, nn.Parameter):
             setattr(new, name, source)
-        elif source is not None:  # a parametrized weight: its originals are carried below
+        elif source is not None:  # parametrized: its value, which the parametrizations'
+            # right_inverse sees when registered below; then old's originals replace it
             target = getattr(new, name)
             with torch.no_grad():
                 target.copy_(source)
