@@ -1,3 +1,4 @@
+import argparse
 import json
 from pathlib import Path
 
@@ -21,6 +22,23 @@ def test_recipes_lists_one_line_each(capsys):
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == len(recipes.RECIPES)
     assert lines[0].startswith("fa-mlp ") and "784-128-64-10" in lines[0]
+
+
+def test_every_train_option_is_explained_in_help_with_its_default(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["train", "--help"])
+    assert exit_info.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    train = next(
+        a for a in cli._parser()._actions if isinstance(a, argparse._SubParsersAction)
+    ).choices["train"]
+    for action in train._actions:
+        assert action.help, f"{action.option_strings or action.dest} has no help"
+        if action.default not in (None, False, argparse.SUPPRESS):
+            flag = action.option_strings[-1]
+            explained = text.split(flag, 2)[2].split(" --")[0]  # after the usage line
+            assert f"(default: {action.default})" in explained, flag
+    assert "--epochs EPOCHS passes over the training set (default: 10)" in text
 
 
 def test_train_writes_all_outputs(tmp_path, data_root, capsys):

@@ -56,18 +56,45 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("recipes", help="list the named experiments")
     t = sub.add_parser("train", help="train a recipe and write metrics, curves and weights")
     t.add_argument("recipe", help="recipe name (see `bender recipes`)")
-    t.add_argument("--epochs", type=_positive(int), default=10)
-    t.add_argument("--lr", type=_positive(float), default=3e-4)
-    t.add_argument("--batch-size", type=_positive(int), default=64)
-    t.add_argument("--seed", type=_seed, default=0)
+    t.add_argument(
+        "--epochs",
+        type=_positive(int),
+        default=10,
+        help="passes over the training set (default: %(default)s)",
+    )
+    t.add_argument(
+        "--lr",
+        type=_positive(float),
+        default=3e-4,
+        help="Adam's learning rate (default: %(default)s)",
+    )
+    t.add_argument(
+        "--batch-size",
+        type=_positive(int),
+        default=64,
+        help="examples per step; the last partial batch is dropped (default: %(default)s)",
+    )
+    t.add_argument(
+        "--seed",
+        type=_seed,
+        default=0,
+        help="seeds the initialisation and the batch order: on one machine, the same seed gives "
+        "the same table (default: %(default)s)",
+    )
     t.add_argument(
         "--shuffle-once",
         action="store_true",
         help="shuffle the training set once and keep that batch order every epoch, as "
         "Bender.jl's tutorials do (default: reshuffle every epoch)",
     )
-    t.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1")
-    t.add_argument("--dataset", choices=list(data.DATASETS), default="mnist")
+    t.add_argument(
+        "--device",
+        default="auto",
+        help="auto (CUDA if present), cpu, cuda, cuda:1 (default: %(default)s)",
+    )
+    t.add_argument(
+        "--dataset", choices=list(data.DATASETS), default="mnist", help="(default: %(default)s)"
+    )
     t.add_argument("--data-dir", help="data root (default: $BENDER_DATA, else ~/.cache/bender)")
     t.add_argument(
         "--out",
