@@ -160,6 +160,38 @@ def test_register_and_resolve_by_name():
         del MAPPINGS["test_double_linear"]
 
 
+def test_bender_own_mappings_cannot_be_replaced_or_changed():
+    own = {name: MAPPINGS[name] for name in ("linear", "linear_asym_dx", "conv_linear")}
+    with pytest.raises(ValueError, match="'linear' is one of bender's own mappings"):
+
+        @register_mapping
+        def linear(layer, x):
+            return x
+
+    with pytest.raises(ValueError, match="'linear_asym_dx' is one of bender's own mappings"):
+        register_mapping(lambda layer, x: x, name="linear_asym_dx")
+    with pytest.raises(ValueError, match="linear is bender's own mapping, already registered"):
+        register_mapping(own["linear"], name="plain_alias", needs_feedback=True)
+    assert {name: MAPPINGS[name] for name in own} == own and "plain_alias" not in MAPPINGS
+    assert own["linear"].needs_feedback is False  # a default GenDense still builds
+    assert GenDense(3, 2, forward="linear").mapping is own["linear"]
+
+
+def test_registering_your_own_name_again_replaces_it():
+    def first(layer, x):
+        return F.linear(x, layer.weight, layer.bias)
+
+    def second(layer, x):
+        return 2 * F.linear(x, layer.weight, layer.bias)
+
+    try:
+        register_mapping(first, name="test_rerun_cell")
+        register_mapping(second, name="test_rerun_cell")  # the cell, edited and run again
+        assert GenDense(3, 2, forward="test_rerun_cell").mapping is second
+    finally:
+        del MAPPINGS["test_rerun_cell"]
+
+
 def test_register_mapping_refuses_what_is_not_a_function():
     with pytest.raises(
         TypeError, match=r"got 'my_rule' \(for a name, write register_mapping\(name="

@@ -25,6 +25,7 @@ Mapping = Callable[[nn.Module, Tensor], Tensor]
 
 MAPPINGS: dict[str, Mapping] = {}
 LAYER_KINDS = ("dense", "conv", None)
+BUILT_IN: frozenset[str] = frozenset()  # set at the end of this module: bender's own mappings
 
 
 def register_mapping(
@@ -42,7 +43,9 @@ def register_mapping(
     backprop's gradient (``linear`` for ``linear_asym_dx``); :mod:`bender.alignment` swaps it in
     to compare the two rules. ``layer="dense"`` or ``"conv"`` makes the other kind of layer
     refuse the mapping at construction (``None``: any layer). Usable bare
-    (``@register_mapping``) or with arguments.
+    (``@register_mapping``) or with arguments. Registering a name again replaces your earlier
+    function (a notebook cell run twice); bender's own mappings, their names and the function
+    objects, cannot be replaced or registered again.
     """
     if layer not in LAYER_KINDS:
         raise ValueError(f"layer must be one of {LAYER_KINDS}, got {layer!r}")
@@ -55,10 +58,23 @@ def register_mapping(
         raise TypeError(f"exact must be a mapping, its registered name, or None, got {exact!r}")
 
     def wrap(f: Mapping) -> Mapping:
+        key = name or f.__name__
+        if key in BUILT_IN:
+            raise ValueError(
+                f"{key!r} is one of bender's own mappings; register yours under another "
+                "name (name=...) so that layers built by name keep their rule"
+            )
+        if any(f is MAPPINGS[built_in] for built_in in BUILT_IN):
+            raise ValueError(
+                f"{mapping_name(f)} is bender's own mapping, already registered; registering "
+                "it again would change its settings for every layer that uses it. Register a "
+                f"function that calls it: def my_rule(layer, x): return {mapping_name(f)}"
+                "(layer, x)"
+            )
         f.needs_feedback = needs_feedback  # type: ignore[attr-defined]
         f.exact = exact  # type: ignore[attr-defined]
         f.layer = layer  # type: ignore[attr-defined]
-        MAPPINGS[name or f.__name__] = f
+        MAPPINGS[key] = f
         return f
 
     return wrap if fn is None else wrap(fn)
@@ -174,3 +190,6 @@ def conv_linear_blocked_dx(layer: nn.Module, x: Tensor) -> Tensor:
 def conv_binary_weights(layer: nn.Module, x: Tensor) -> Tensor:
     """Convolution with ``sign(W)`` plus bias; latent ``W`` learns through the STE."""
     return conv(x, sign_ste(layer.weight), layer.bias, **_conv_settings(layer))
+
+
+BUILT_IN = frozenset(MAPPINGS)
