@@ -213,10 +213,11 @@ def train(
             running += batch_loss.detach()
             if step % 100 == 0 and not math.isfinite(running.item()):
                 break
+        total = running.item()  # waits for an accelerator's queued steps: timed with the epoch
         seconds = time.perf_counter() - start
-        if not math.isfinite(running.item()):
+        if not math.isfinite(total):
             message = (
-                f"training loss became {running.item()} in epoch {epoch}; stopped after "
+                f"training loss became {total} in epoch {epoch}; stopped after "
                 f"{epoch - 1} complete epoch(s). Try a smaller learning rate (lr={lr})."
             )
             warnings.warn(message, RuntimeWarning, stacklevel=2)
