@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from bender.functional._checks import check_positive_int
+from bender.functional.conv import same_padding
 from bender.mappings import MAPPINGS, Mapping, conv_linear, linear, mapping_name, resolve_mapping
 
 Init = Callable[[Tensor], Tensor]
@@ -370,8 +371,7 @@ class GenConv(_GenLayer):
             return tuple((p, p) for p in _tuple("padding", padding, dims, minimum=0))
         if any(s != 1 for s in self.stride):
             raise ValueError(f"padding='same' needs stride 1, got stride {self.stride}")
-        total = [d * (k - 1) for d, k in zip(self.dilation, self.kernel_size, strict=True)]
-        return tuple((t // 2, t - t // 2) for t in total)
+        return same_padding(self.kernel_size, self.dilation)
 
     def forward(self, x: Tensor) -> Tensor:
         dims = len(self.kernel_size)

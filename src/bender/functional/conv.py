@@ -3,7 +3,8 @@
 Forward is ``torch.nn.functional.conv{1,2,3}d(x, W, b, stride, padding, dilation, groups)``.
 Backward: ``∂x`` is the transposed convolution of ``δ`` with the feedback kernel ``F`` (with
 ``F = None`` the input is detached: no input gradient), ``∂W`` and ``∂b`` are exact, ``F`` never
-gets a gradient.
+gets a gradient. ``padding`` is an int, one int per spatial dim, ``"valid"`` or ``"same"``
+(stride 1; for an even kernel the extra row goes after, as in PyTorch), as in ``F.conv2d``.
 """
 
 from __future__ import annotations
@@ -13,17 +14,15 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.nn import grad as conv_grad
 
 from bender.functional._apply import direct_apply
 from bender.functional._checks import check_same_shape
 from bender.functional._precision import in_grad_dtype
 
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
-_CONV_INPUT = {1: conv_grad.conv1d_input, 2: conv_grad.conv2d_input, 3: conv_grad.conv3d_input}
-_CONV_WEIGHT = {1: conv_grad.conv1d_weight, 2: conv_grad.conv2d_weight, 3: conv_grad.conv3d_weight}
 
 IntOrTuple = int | Sequence[int]
+Padding = str | IntOrTuple  # also "valid" (none) or "same" (the output keeps the input's size)
 
 
 def conv_dims(weight: Tensor) -> int:
@@ -42,7 +41,7 @@ def conv(
     weight: Tensor,
     bias: Tensor | None = None,
     stride: IntOrTuple = 1,
-    padding: IntOrTuple = 0,
+    padding: Padding = 0,
     dilation: IntOrTuple = 1,
     groups: int = 1,
 ) -> Tensor:
@@ -50,10 +49,29 @@ def conv(
     return _CONV[conv_dims(weight)](x, weight, bias, stride, padding, dilation, groups)
 
 
+def same_padding(
+    kernel_size: Sequence[int], dilation: Sequence[int]
+) -> tuple[tuple[int, int], ...]:
+    """``(before, after)`` zero-padding widths per spatial dim that keep the size at stride 1.
+
+    The total is ``dilation·(k − 1)``; where it is odd the extra one goes after, as PyTorch's
+    ``padding="same"`` does.
+    """
+    totals = [d * (k - 1) for d, k in zip(dilation, kernel_size, strict=True)]
+    return tuple((t // 2, t - t // 2) for t in totals)
+
+
+def _per_dim(value: IntOrTuple, dims: int) -> list[int]:
+    return [value] * dims if isinstance(value, int) else list(value)
+
+
 class BentConv(torch.autograd.Function):
     """Convolution whose input gradient is computed with ``feedback`` in place of ``W``.
 
-    (Blocking ``∂x`` needs no custom backward: see :func:`bent_conv`.)
+    ``stride``, ``padding`` and ``dilation`` are lists of one int per spatial dim. The backward
+    is one call of ATen's ``convolution_backward`` given ``feedback`` as the kernel: its ``∂x``
+    then uses ``B``, while its ``∂W`` and ``∂b`` depend only on ``x`` and ``δ``, so they are
+    exact. (Blocking ``∂x`` needs no custom backward: see :func:`bent_conv`.)
     """
 
     generate_vmap_rule = True
@@ -74,13 +92,20 @@ class BentConv(torch.autograd.Function):
         x, weight, feedback = ctx.saved_tensors
         x, feedback = in_grad_dtype(grad, x, feedback)
         dims, stride, padding, dilation, groups = ctx.conf
-        grad_x = grad_w = grad_b = None
-        if ctx.needs_input_grad[0]:
-            grad_x = _CONV_INPUT[dims](x.shape, feedback, grad, stride, padding, dilation, groups)
-        if ctx.needs_input_grad[1]:
-            grad_w = _CONV_WEIGHT[dims](x, weight.shape, grad, stride, padding, dilation, groups)
-        if ctx.has_bias and ctx.needs_input_grad[3]:
-            grad_b = grad.sum([d for d in range(grad.dim()) if d != 1])
+        needs = ctx.needs_input_grad
+        grad_x, grad_w, grad_b = torch.ops.aten.convolution_backward(
+            grad,
+            x,
+            feedback,  # the kernel ∂x is computed with; ∂W and ∂b do not read it
+            [weight.shape[0]] if ctx.has_bias else None,
+            stride,
+            padding,
+            dilation,
+            False,  # not transposed
+            [0] * dims,  # output padding
+            groups,
+            [needs[0], needs[1], ctx.has_bias and needs[3]],
+        )
         return grad_x, grad_w, None, grad_b, None, None, None, None
 
 
@@ -93,7 +118,7 @@ def bent_conv(
     feedback: Tensor | None,
     bias: Tensor | None = None,
     stride: IntOrTuple = 1,
-    padding: IntOrTuple = 0,
+    padding: Padding = 0,
     dilation: IntOrTuple = 1,
     groups: int = 1,
 ) -> Tensor:
@@ -111,7 +136,33 @@ def bent_conv(
     if feedback is weight or not (x.requires_grad and torch.is_grad_enabled()):
         # the exact rule, or no ∂x to compute (so the feedback kernel changes nothing)
         return _CONV[dims](x, weight, bias, stride, padding, dilation, groups)
+    stride, dilation = _per_dim(stride, dims), _per_dim(dilation, dims)
+    if isinstance(padding, str):
+        x, padding = _pad_by_name(x, padding, weight, stride, dilation)
+    padding = _per_dim(padding, dims)
     return _bent_conv_apply(x, weight, feedback, bias, stride, padding, dilation, groups)
+
+
+def _pad_by_name(
+    x: Tensor, padding: str, weight: Tensor, stride: list[int], dilation: list[int]
+) -> tuple[Tensor, list[int]]:
+    """``x`` and the convolution's symmetric padding for ``"valid"`` or ``"same"``.
+
+    Where ``"same"`` needs one more row after than before (an even kernel), ``x`` is padded
+    with that row here, so ``∂x`` flows back through the pad, and the convolution pads the rest.
+    """
+    dims = len(stride)
+    if padding == "valid":
+        return x, [0] * dims
+    if padding != "same":
+        raise ValueError(f"padding must be 'valid', 'same', an int or a tuple, got {padding!r}")
+    if any(s != 1 for s in stride):
+        raise ValueError(f"padding='same' needs stride 1, got stride {tuple(stride)}")
+    widths = same_padding(weight.shape[2:], dilation)
+    extra = [after - before for before, after in widths]
+    if any(extra):  # F.pad takes the last dim's (before, after) first
+        x = F.pad(x, [w for e in reversed(extra) for w in (0, e)])
+    return x, [before for before, _ in widths]
 
 
 def conv_asym_dx(
@@ -119,7 +170,7 @@ def conv_asym_dx(
     weight: Tensor,
     feedback: Tensor,
     stride: IntOrTuple = 1,
-    padding: IntOrTuple = 0,
+    padding: Padding = 0,
     dilation: IntOrTuple = 1,
     groups: int = 1,
 ) -> Tensor:
@@ -137,7 +188,7 @@ def conv_blocked_dx(
     x: Tensor,
     weight: Tensor,
     stride: IntOrTuple = 1,
-    padding: IntOrTuple = 0,
+    padding: Padding = 0,
     dilation: IntOrTuple = 1,
     groups: int = 1,
 ) -> Tensor:
