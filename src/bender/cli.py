@@ -56,31 +56,24 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("recipes", help="list the named experiments")
     t = sub.add_parser("train", help="train a recipe and write metrics, curves and weights")
     t.add_argument("recipe", help="recipe name (see `bender recipes`)")
-    t.add_argument(
-        "--epochs",
-        type=_positive(int),
-        default=10,
-        help="passes over the training set (default: %(default)s)",
-    )
-    t.add_argument(
-        "--lr",
-        type=_positive(float),
-        default=3e-4,
-        help="Adam's learning rate (default: %(default)s)",
-    )
-    t.add_argument(
-        "--batch-size",
-        type=_positive(int),
-        default=64,
-        help="examples per step; the last partial batch is dropped (default: %(default)s)",
-    )
-    t.add_argument(
-        "--seed",
-        type=_seed,
-        default=0,
-        help="seeds the initialisation and the batch order: on one machine, the same seed gives "
-        "the same table (default: %(default)s)",
-    )
+    for flag, kind, default, text in (
+        ("--epochs", _positive(int), 10, "passes over the training set"),
+        ("--lr", _positive(float), 3e-4, "Adam's learning rate"),
+        (
+            "--batch-size",
+            _positive(int),
+            64,
+            "examples per step; the last partial batch is dropped",
+        ),
+        (
+            "--seed",
+            _seed,
+            0,
+            "seeds the initialisation and the batch order: on one machine, the same seed gives "
+            "the same table",
+        ),
+    ):
+        t.add_argument(flag, type=kind, default=default, help=f"{text} (default: %(default)s)")
     t.add_argument(
         "--shuffle-once",
         action="store_true",
