@@ -14,12 +14,11 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from bender.functional._checks import check_positive_int
-from bender.functional.conv import same_padding
+from bender.functional.conv import named_padding, pad_input
 from bender.mappings import MAPPINGS, Mapping, conv_linear, linear, mapping_name, resolve_mapping
 
 Init = Callable[[Tensor], Tensor]
@@ -360,18 +359,9 @@ class GenConv(_GenLayer):
     ) -> tuple[tuple[int, int], ...]:
         """``(before, after)`` widths per spatial dim; ``"valid"`` is none, ``"same"`` keeps the
         input size, with the extra one after where ``dilation·(k−1)`` is odd (as PyTorch)."""
-        if padding == "valid":
-            return ((0, 0),) * dims
-        if padding != "same":
-            if isinstance(padding, str):
-                raise ValueError(
-                    f"padding must be 'valid', 'same', an int or a tuple of {dims} ints ≥ 0, "
-                    f"got {padding!r}"
-                )
-            return tuple((p, p) for p in _tuple("padding", padding, dims, minimum=0))
-        if any(s != 1 for s in self.stride):
-            raise ValueError(f"padding='same' needs stride 1, got stride {self.stride}")
-        return same_padding(self.kernel_size, self.dilation)
+        if isinstance(padding, str):
+            return named_padding(padding, self.kernel_size, self.stride, self.dilation)
+        return tuple((p, p) for p in _tuple("padding", padding, dims, minimum=0))
 
     def forward(self, x: Tensor) -> Tensor:
         dims = len(self.kernel_size)
@@ -383,10 +373,9 @@ class GenConv(_GenLayer):
                 f"({self.in_channels}, {dims} spatial dims), got {tuple(x.shape)}"
             )
         x = x if batched else x.unsqueeze(0)
-        if self.input_padding is not None:  # F.pad wants the last dim's widths first
-            widths = [w for pair in reversed(self.input_padding) for w in pair]
+        if self.input_padding is not None:
             mode = "constant" if self.padding_mode == "zeros" else self.padding_mode
-            x = F.pad(x, widths, mode=mode)
+            x = pad_input(x, self.input_padding, mode)
         y = self._apply_mapping(x)
         return y if batched else y.squeeze(0)
 

@@ -49,16 +49,32 @@ def conv(
     return _CONV[conv_dims(weight)](x, weight, bias, stride, padding, dilation, groups)
 
 
-def same_padding(
-    kernel_size: Sequence[int], dilation: Sequence[int]
+def named_padding(
+    padding: str, kernel_size: Sequence[int], stride: Sequence[int], dilation: Sequence[int]
 ) -> tuple[tuple[int, int], ...]:
-    """``(before, after)`` zero-padding widths per spatial dim that keep the size at stride 1.
+    """``(before, after)`` zero-padding widths per spatial dim for ``"valid"`` or ``"same"``.
 
-    The total is ``dilation·(k − 1)``; where it is odd the extra one goes after, as PyTorch's
-    ``padding="same"`` does.
+    ``"valid"`` pads nothing. ``"same"`` (stride 1 only) keeps the size: ``dilation·(k − 1)`` in
+    all, and where that is odd the extra one goes after, as PyTorch's ``padding="same"`` does.
     """
+    dims = len(kernel_size)
+    if padding == "valid":
+        return ((0, 0),) * dims
+    if padding != "same":
+        raise ValueError(
+            f"padding must be 'valid', 'same', an int or a tuple of {dims} ints ≥ 0, "
+            f"got {padding!r}"
+        )
+    if any(s != 1 for s in stride):
+        raise ValueError(f"padding='same' needs stride 1, got stride {tuple(stride)}")
     totals = [d * (k - 1) for d, k in zip(dilation, kernel_size, strict=True)]
     return tuple((t // 2, t - t // 2) for t in totals)
+
+
+def pad_input(x: Tensor, widths: Sequence[tuple[int, int]], mode: str = "constant") -> Tensor:
+    """``x`` padded by ``(before, after)`` widths per spatial dim (zeros, or ``F.pad``'s
+    ``mode``); ``F.pad`` itself takes the last dim's widths first."""
+    return F.pad(x, [w for pair in reversed(widths) for w in pair], mode=mode)
 
 
 def _per_dim(value: IntOrTuple, dims: int) -> list[int]:
@@ -151,17 +167,10 @@ def _pad_by_name(
     Where ``"same"`` needs one more row after than before (an even kernel), ``x`` is padded
     with that row here, so ``∂x`` flows back through the pad, and the convolution pads the rest.
     """
-    dims = len(stride)
-    if padding == "valid":
-        return x, [0] * dims
-    if padding != "same":
-        raise ValueError(f"padding must be 'valid', 'same', an int or a tuple, got {padding!r}")
-    if any(s != 1 for s in stride):
-        raise ValueError(f"padding='same' needs stride 1, got stride {tuple(stride)}")
-    widths = same_padding(weight.shape[2:], dilation)
-    extra = [after - before for before, after in widths]
-    if any(extra):  # F.pad takes the last dim's (before, after) first
-        x = F.pad(x, [w for e in reversed(extra) for w in (0, e)])
+    widths = named_padding(padding, weight.shape[2:], stride, dilation)
+    extra = [(0, after - before) for before, after in widths]
+    if any(after for _, after in extra):
+        x = pad_input(x, extra)
     return x, [before for before, _ in widths]
 
 
