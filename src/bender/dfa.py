@@ -132,7 +132,7 @@ class DFA(nn.Module):
     def _dry_run(
         self, input_shape: Sequence[int] | None, input_dtype: torch.dtype | None
     ) -> tuple[list[Tensor], Tensor]:
-        first = next(m for m in self.model if _has_parameters(m))
+        first = self.blocks[0]  # the first module with parameters, or it and what follows it
         if input_shape is None:
             entry = first
             while isinstance(entry, nn.Sequential) and len(entry):  # a sub-network block

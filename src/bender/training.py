@@ -221,9 +221,7 @@ def train(
                 f"{epoch - 1} complete epoch(s). Try a smaller learning rate (lr={lr})."
             )
             warnings.warn(message, RuntimeWarning, stacklevel=2)
-            table = pd.DataFrame(rows, columns=COLUMNS)
-            table.attrs["stopped"] = message
-            return table
+            return _table(rows, stopped=message)
         loss_train, acc_train = evaluate(model, data.train, loss_fn)
         loss_test, acc_test = evaluate(model, data.test, loss_fn)
         row = dict(
@@ -237,10 +235,16 @@ def train(
         stoppers = [cb for cb in callbacks or () if cb(row, model) is True]
         if stoppers:
             names = ", ".join(getattr(cb, "__name__", type(cb).__name__) for cb in stoppers)
-            table = pd.DataFrame(rows, columns=COLUMNS)
-            table.attrs["stopped"] = f"stopped after epoch {epoch} of {epochs} by {names}"
-            return table
-    return pd.DataFrame(rows, columns=COLUMNS)
+            return _table(rows, stopped=f"stopped after epoch {epoch} of {epochs} by {names}")
+    return _table(rows)
+
+
+def _table(rows: list[dict], stopped: str | None = None) -> pd.DataFrame:
+    """The per-epoch table; when training ended early, the reason in ``attrs["stopped"]``."""
+    table = pd.DataFrame(rows, columns=COLUMNS)
+    if stopped is not None:
+        table.attrs["stopped"] = stopped
+    return table
 
 
 def _check_output(output: Tensor, batch: int, num_classes: int) -> None:
