@@ -14,13 +14,19 @@ CASES = [
     (2, 3, 5, (3, 2), 1, (1, 0), 1, 1, (8, 7)),
     (2, 4, 4, (3, 3), 2, 2, 2, 4, (9, 9)),
     (3, 2, 4, (2, 3, 2), 1, 1, (1, 2, 1), 2, (5, 6, 5)),
+    # padding by name
+    (1, 2, 3, (4,), 1, "same", 1, 1, (9,)),  # even kernel: one more after than before
+    (2, 2, 4, (3, 2), 1, "same", (1, 3), 2, (6, 8)),  # odd total 3 in the second dim
+    (3, 2, 2, (2, 3, 2), 1, "same", 1, 1, (4, 5, 4)),
+    (2, 3, 2, (3, 3), 1, "valid", 2, 1, (7, 8)),
 ]
 
 
 def _ids(case):
-    return f"{case[0]}d-s{case[4]}-g{case[7]}"
+    return f"{case[0]}d-s{case[4]}-p{case[5]}-g{case[7]}"
 
 
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")  # torch's reference
 @pytest.mark.parametrize("case", CASES, ids=_ids)
 def test_conv_asym_dx(case, batch, dtype):
     dims, cin, cout, k, stride, pad, dil, groups, size = case
@@ -29,6 +35,8 @@ def test_conv_asym_dx(case, batch, dtype):
     b = torch.randn_like(w)
     y = conv_asym_dx(x, w, b, stride, pad, dil, groups)
     close(y, PLAIN[dims](x.detach(), w.detach(), None, stride, pad, dil, groups))
+    if pad == "same":
+        assert y.shape[2:] == x.shape[2:]
     delta = torch.randn_like(y)
     y.backward(delta)
     # Expected: ∂x is the input gradient of a plain convolution with B (transposed conv of δ
@@ -40,38 +48,6 @@ def test_conv_asym_dx(case, batch, dtype):
     close(x.grad, xr.grad)
     close(w.grad, wr.grad)
     assert not torch.allclose(x.grad, torch.zeros_like(x))
-
-
-# (dims, in, out, kernel, padding, dilation, groups, spatial size): padding given by name
-NAMED_CASES = [
-    (1, 2, 3, (4,), "same", 1, 1, (9,)),  # even kernel: one more after than before
-    (2, 2, 4, (3, 2), "same", (1, 3), 2, (6, 8)),  # odd total 3 in the second dim
-    (3, 2, 2, (2, 3, 2), "same", 1, 1, (4, 5, 4)),
-    (2, 3, 2, (3, 3), "valid", 2, 1, (7, 8)),
-]
-
-
-@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")  # torch's reference
-@pytest.mark.parametrize("case", NAMED_CASES, ids=lambda c: f"{c[0]}d-{c[4]}-k{c[3]}")
-def test_conv_asym_dx_with_padding_by_name(case, batch, dtype):
-    dims, cin, cout, k, pad, dil, groups, size = case
-    x = torch.randn(batch, cin, *size, dtype=dtype, requires_grad=True)
-    w = torch.randn(cout, cin // groups, *k, dtype=dtype, requires_grad=True)
-    b = torch.randn_like(w)
-    y = conv_asym_dx(x, w, b, 1, pad, dil, groups)
-    close(y, PLAIN[dims](x.detach(), w.detach(), None, 1, pad, dil, groups))
-    if pad == "same":
-        assert y.shape[2:] == x.shape[2:]
-    delta = torch.randn_like(y)
-    y.backward(delta)
-    # Expected, from PyTorch's own convolution with the same named padding: ∂x is its input
-    # gradient with B as the kernel, ∂W its weight gradient with W.
-    xr = x.detach().clone().requires_grad_()
-    PLAIN[dims](xr, b, None, 1, pad, dil, groups).backward(delta)
-    wr = w.detach().clone().requires_grad_()
-    PLAIN[dims](x.detach(), wr, None, 1, pad, dil, groups).backward(delta)
-    close(x.grad, xr.grad)
-    close(w.grad, wr.grad)
 
 
 def test_padding_by_name_errors():
