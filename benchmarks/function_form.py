@@ -2,8 +2,8 @@
 
 bender's Functions are written in the form with a separate ``setup_context`` (``forward``
 without ``ctx``), which torch.func transforms (``grad``, ``vmap``) need. This times one
-``BentLinear`` layer (batch 64, 128 → 64), forward and backward, called through the C ``apply``
-as ``direct_apply`` does, against the same Function in the older form (``forward(ctx, ...)``,
+``BentLinear`` layer (batch 64, 128 → 64), forward and backward, called through ``direct_apply``
+as bender calls it, against the same Function in the older form (``forward(ctx, ...)``,
 defined here), and against the same call through ``Function.apply``, which binds the
 arguments for ``setup_context`` on every call. Each contender runs ``--calls`` steps per round
 over ``--repeats`` interleaved rounds; each ratio is printed three ways, as in
@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from _timing import header, parse_args, report, time_contenders
+from bender.functional._apply import direct_apply
 from bender.functional.dense import BentLinear
 
 
@@ -57,14 +58,11 @@ def main() -> None:
 
         return run
 
-    def c_apply(function: type[torch.autograd.Function]):
-        return super(torch.autograd.Function, function).apply
-
     header(f"function_form: one BentLinear layer, forward + backward, {args.calls} calls a round")
     times = time_contenders(
         {
-            "setup_context form (bender)": timed(c_apply(BentLinear)),
-            "forward(ctx, ...) form": timed(c_apply(CtxForwardBentLinear)),
+            "setup_context form (bender)": timed(direct_apply(BentLinear)),
+            "forward(ctx, ...) form": timed(direct_apply(CtxForwardBentLinear)),
             "setup_context form, Function.apply": timed(BentLinear.apply),
         },
         args.repeats,
