@@ -113,3 +113,23 @@ def test_conv_input_without_grad_gives_exact_kernel_gradient(dtype):
     wr = w.detach().clone().requires_grad_()
     F.conv2d(x, wr, None, 1, 1).backward(delta)
     close(w.grad, wr.grad)
+
+
+def test_conv_asym_dx_backward_does_not_read_the_kernel(dtype):
+    # ∂x uses B and ∂W = δ ⋆ x, so a kernel changed in place between forward and backward
+    # (as by an optimizer step on another loss) trips no version check and changes nothing.
+    x = torch.randn(2, 3, 6, 6, dtype=dtype, requires_grad=True)
+    w = torch.randn(4, 3, 3, 3, dtype=dtype, requires_grad=True)
+    fb, bias = torch.randn_like(w), torch.randn(4, dtype=dtype, requires_grad=True)
+    y = BentConv.apply(x, w, fb, bias, [1, 1], [1, 1], [1, 1], 1)
+    delta = torch.randn_like(y)
+    with torch.no_grad():
+        w.mul_(-3.0)
+    y.backward(delta)
+    xr = x.detach().clone().requires_grad_()
+    F.conv2d(xr, fb, None, 1, 1).backward(delta)
+    wr = w.detach().clone().requires_grad_()
+    F.conv2d(x.detach(), wr, None, 1, 1).backward(delta)
+    close(x.grad, xr.grad)
+    close(w.grad, wr.grad)
+    close(bias.grad, delta.sum((0, 2, 3)))

@@ -111,3 +111,15 @@ def test_input_without_grad_takes_the_plain_path_with_identical_weight_gradients
     assert y.grad_fn.name() != "BentLinearBackward"
     y.backward(delta)
     close(w.grad, torch.einsum("no,ni->oi", delta, x))
+
+
+def test_matmul_asym_dx_backward_does_not_read_the_weight(dtype):
+    # ∂x = δ B and ∂W = δᵀ x: a weight changed in place between forward and backward trips no
+    # version check (as it would for backprop, whose ∂x reads W).
+    x, w, b, delta = _tensors(3, dtype)
+    y = matmul_asym_dx(x, w, b)
+    with torch.no_grad():
+        w.mul_(-3.0)
+    y.backward(delta)
+    close(x.grad, torch.einsum("no,oi->ni", delta, b))
+    close(w.grad, torch.einsum("no,ni->oi", delta, x.detach()))

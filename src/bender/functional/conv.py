@@ -99,13 +99,13 @@ class BentConv(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx, inputs: tuple, output: Tensor) -> None:
         x, weight, feedback, bias, stride, padding, dilation, groups = inputs
-        ctx.save_for_backward(x, weight, feedback)
+        ctx.save_for_backward(x, feedback)  # not W: neither ∂x nor ∂W reads it
         ctx.conf = (conv_dims(weight), stride, padding, dilation, groups)
         ctx.has_bias = bias is not None
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        x, weight, feedback = ctx.saved_tensors
+        x, feedback = ctx.saved_tensors
         x, feedback = in_grad_dtype(grad, x, feedback)
         dims, stride, padding, dilation, groups = ctx.conf
         needs = ctx.needs_input_grad
@@ -113,7 +113,7 @@ class BentConv(torch.autograd.Function):
             grad,
             x,
             feedback,  # the kernel ∂x is computed with; ∂W and ∂b do not read it
-            [weight.shape[0]] if ctx.has_bias else None,
+            [grad.shape[1]] if ctx.has_bias else None,  # the bias: one per output channel
             stride,
             padding,
             dilation,
