@@ -102,6 +102,33 @@ def test_nan_loss_stops_and_keeps_completed_epochs(small_mnist):
     assert "stopped after 1 complete epoch" in table.attrs["stopped"]
 
 
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_non_finite_inputs_are_refused_before_training(small_mnist, split):
+    x = getattr(small_mnist, split).x.clone().reshape(-1, 1, 28, 28)  # any example shape
+    x[7, 0, 3, 4], x[7, 0, 5, 5], x[30, 0, 0, 0] = float("nan"), float("inf"), -float("inf")
+    splits = {"train": small_mnist.train, "test": small_mnist.test}
+    splits[split] = Split(x.flatten(1), splits[split].y)
+    data = Dataset("bad", splits["train"], splits["test"])
+    model = recipes.build("fa-mlp")
+    before = [p.clone() for p in model.parameters()]
+    message = (
+        rf"data.{split}.x holds 3 non-finite values \(NaN or ±inf\) in 2 example\(s\), "
+        "the first at index 7"
+    )
+    with pytest.raises(ValueError, match=message):
+        train(model, data, epochs=1)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+
+
+def test_large_finite_inputs_whose_sum_overflows_are_not_refused(small_mnist):
+    x = small_mnist.train.x.clone()
+    x[0] = 3e38  # finite, but the split's float32 sum is inf
+    assert not torch.isfinite(x.sum()) and torch.isfinite(x).all()
+    data = Dataset("big", Split(x, small_mnist.train.y), small_mnist.test)
+    with pytest.warns(RuntimeWarning, match="training loss became"):  # trained, then stopped
+        train(recipes.build("bp-mlp"), data, epochs=1)
+
+
 def test_a_callback_returning_true_stops_after_that_epoch(small_mnist):
     seen, best = [], {"acc": 0.0, "stale": 0}
 

@@ -162,7 +162,8 @@ def train(
     T_max=10)``), stepped once after every epoch's evaluation, before the callbacks;
     ``ReduceLROnPlateau`` is stepped with the epoch's ``loss_train``. A non-finite
     training loss stops training with a warning. Either way the rows of the completed epochs
-    are returned, and the reason is in ``df.attrs["stopped"]``.
+    are returned, and the reason is in ``df.attrs["stopped"]``. Inputs holding NaN or ±inf are
+    refused with a ``ValueError`` before the first step.
     """
     check_positive_int("epochs", epochs)
     check_positive_int("batch_size", batch_size)
@@ -193,6 +194,8 @@ def train(
             f"it returned {type(schedule).__name__}, which has no step()"
         )
     data = data.to(device, parameter_dtype(model))  # float32 data for a float64 model: cast
+    for name in ("train", "test"):
+        _check_finite(f"data.{name}.x", getattr(data, name).x)
     batches = Batches(data.train, batch_size, reshuffle=reshuffle, seed=seed)
     rows: list[dict] = []
     for epoch in range(1, epochs + 1):
@@ -245,6 +248,21 @@ def _table(rows: list[dict], stopped: str | None = None) -> pd.DataFrame:
     if stopped is not None:
         table.attrs["stopped"] = stopped
     return table
+
+
+def _check_finite(name: str, x: Tensor) -> None:
+    """Floating-point inputs must be finite: a NaN or ±inf would make the loss NaN, which would
+    then read like a learning rate set too high."""
+    if not x.is_floating_point() or bool(x.sum().isfinite()):
+        return  # one fast pass: the sum is finite only if every value is
+    bad = ~torch.isfinite(x.reshape(len(x), -1))
+    rows = bad.any(1).nonzero().flatten()
+    if len(rows) == 0:  # large finite values whose sum overflowed
+        return
+    raise ValueError(
+        f"{name} holds {int(bad.sum())} non-finite values (NaN or ±inf) in {len(rows)} "
+        f"example(s), the first at index {int(rows[0])}; remove or replace them before training"
+    )
 
 
 def _check_output(output: Tensor, batch: int, num_classes: int) -> None:
