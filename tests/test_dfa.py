@@ -364,3 +364,41 @@ def test_a_norm_layer_stays_in_the_block_of_the_layer_before_it():
     expected = torch.autograd.grad(h, [w, b, gamma, beta], grad_outputs=e @ model.feedback.T)
     for param, grad in zip((*dense.parameters(), *norm.parameters()), expected, strict=True):
         close(param.grad, grad)
+
+
+def _stage(forward, feedback=False):
+    """Two layers in one DFA block: the first learns only through the second."""
+    return nn.Sequential(
+        GenDense(6, 8, nn.ReLU(), forward=forward, feedback=feedback),
+        GenDense(8, 5, forward=forward, feedback=feedback),
+    )
+
+
+def test_parameters_no_gradient_can_reach_are_named_in_a_warning():
+    cut_off = nn.Sequential(_stage("linear_blocked_dx"), nn.ReLU(), GenDense(5, 3))
+    with pytest.warns(UserWarning, match=r"output of their block: 0\.0\.weight, 0\.0\.bias\. "):
+        model = DFA(cut_off, 3)
+    F.cross_entropy(model(torch.randn(4, 6)), torch.randint(0, 3, (4,))).backward()
+    first, second = cut_off[0]
+    assert first.weight.grad is None and first.bias.grad is None  # what the warning said
+    assert second.weight.grad is not None
+
+
+def _frozen_first(stage):
+    stage[0].requires_grad_(False)
+    return stage
+
+
+@pytest.mark.filterwarnings("error::UserWarning")
+@pytest.mark.parametrize(
+    "stage",
+    [
+        lambda: _stage("linear"),
+        lambda: _stage("linear_asym_dx", feedback=True),
+        lambda: _frozen_first(_stage("linear_blocked_dx")),  # cut off on purpose
+        lambda: GenDense(6, 5, forward="linear_blocked_dx"),  # one layer per block: DFA itself
+    ],
+    ids=["backprop", "feedback-alignment", "frozen", "one-layer"],
+)
+def test_no_warning_when_every_trainable_parameter_is_reached(stage):
+    DFA(nn.Sequential(stage(), nn.ReLU(), GenDense(5, 3)), 3)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -70,8 +71,10 @@ class DFA(nn.Module):
     hidden layers are usually built with ``forward=linear_blocked_dx`` (Bender.jl's DFA
     layers), and the detach makes any mapping safe. A block that is a sub-network (an
     ``nn.Sequential`` child, a transformer layer) is trained inside by its layers' own rules
-    from the feedback at its output. (DFA on modern architectures, transformers among them:
-    Launay et al. 2020, arXiv:2006.12878.)
+    from the feedback at its output, so its layers must pass gradients to their inputs; trainable
+    parameters that no gradient reaches from their block's output (cut off by a blocked layer
+    after them) are named in a warning when the wrapper is built. (DFA on modern architectures,
+    transformers among them: Launay et al. 2020, arXiv:2006.12878.)
 
     Args:
         model: the network, an ``nn.Sequential``.
@@ -128,10 +131,11 @@ class DFA(nn.Module):
             for b in self.feedback_matrices:
                 b.copy_(nn.init.xavier_uniform_(torch.empty(b.shape, device="cpu")))
 
-    @torch.no_grad()
     def _dry_run(
         self, input_shape: Sequence[int] | None, input_dtype: torch.dtype | None
     ) -> tuple[list[Tensor], Tensor]:
+        """The hidden outputs and the output for one zero sample; warns about parameters that
+        no gradient would reach (see :meth:`_warn_unreached`)."""
         first = self.blocks[0]  # the first module with parameters, or it and what follows it
         if input_shape is None:
             entry = first
@@ -144,12 +148,48 @@ class DFA(nn.Module):
                     "of one sample, e.g. input_shape=(1, 28, 28)"
                 )
             input_shape = (in_features,)
-        with eval_mode(self.model):  # no batch-norm statistics or spectral-norm steps
+        # eval mode: no batch-norm statistics or spectral-norm steps; grad: for the check below
+        with eval_mode(self.model), torch.enable_grad():
             weight = next(first.parameters())
             dtype = input_dtype or weight.dtype
             x = torch.zeros(1, *input_shape, dtype=dtype, device=weight.device)
             outputs = self._outputs(x)
+            self._warn_unreached(outputs)
+        outputs = [out.detach() for out in outputs]
         return outputs[:-1], outputs[-1]
+
+    def _warn_unreached(self, outputs: list[Tensor]) -> None:
+        """Warn, naming them, about trainable parameters that get no gradient from the output
+        of their own block, so that DFA would never train them.
+
+        The usual cause: inside a sub-network block, a layer that passes nothing to its input
+        (``linear_blocked_dx``, ``conv_linear_blocked_dx``) cuts off the layers before it, as
+        ``convert(model, conv="conv_linear_blocked_dx")`` does to every layer of a residual
+        stage. Which parameters are reached is a property of the graph, not of the values, so
+        the zero sample of the set-up pass shows it.
+        """
+        names = {id(p): name for name, p in self.model.named_parameters()}
+        cut = []
+        for block, out in zip(self.blocks, outputs, strict=True):
+            params = [p for p in block.parameters() if p.requires_grad]
+            if not params:
+                continue
+            grads = (
+                torch.autograd.grad(out.sum(), params, allow_unused=True)
+                if out.requires_grad
+                else [None] * len(params)
+            )
+            cut += [names[id(p)] for p, g in zip(params, grads, strict=True) if g is None]
+        if cut:
+            warnings.warn(
+                "DFA will not train these parameters, since no gradient reaches them from the "
+                f"output of their block: {', '.join(cut)}. Inside a sub-network block the layers "
+                "train by their own rules, and a layer that passes nothing to its input "
+                "(linear_blocked_dx, conv_linear_blocked_dx) cuts off the layers before it: give "
+                "those layers an exact or feedback-alignment mapping (e.g. conv='conv_linear' in "
+                "convert), or set requires_grad=False on parameters you mean to keep fixed.",
+                stacklevel=4,  # the caller of DFA(...)
+            )
 
     def _outputs(self, x: Tensor) -> list[Tensor]:
         for module in self.prefix:
