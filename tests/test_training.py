@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bender import recipes
+from bender import GenDense, recipes
 from bender._placement import parameter_dtype
 from bender.alignment import AlignmentRecorder
 from bender.data import Dataset, Split
@@ -82,6 +82,24 @@ def test_batch_order_per_epoch(small_mnist, reshuffle):
     first, second = torch.cat(seen[:steps]), torch.cat(seen[steps:])
     assert len(seen) == 2 * steps
     assert torch.equal(first, second) is not reshuffle
+
+
+def test_parameters_the_first_step_leaves_without_gradient_are_named(small_mnist):
+    # blocked layers without the DFA wrapper: only the last layer learns
+    blocked = functools.partial(GenDense, forward="linear_blocked_dx")
+    net = nn.Sequential(blocked(784, 32, nn.ReLU()), blocked(32, 10))
+    frozen_before = net[0].weight.detach().clone()
+    with pytest.warns(UserWarning, match=r"first step gave no gradient to 0\.weight, 0\.bias, so"):
+        train(net, small_mnist.subset(256, 64), epochs=1)
+    assert torch.equal(net[0].weight, frozen_before)  # as the warning says
+
+
+@pytest.mark.filterwarnings("error::UserWarning")
+def test_no_warning_when_every_trainable_parameter_gets_a_gradient(small_mnist):
+    net = recipes.build("fa-mlp")
+    net[0].requires_grad_(False)  # kept fixed on purpose
+    train(net, small_mnist.subset(256, 64), epochs=1)
+    train(recipes.build("dfa-mlp"), small_mnist.subset(256, 64), epochs=1)
 
 
 def test_nan_loss_stops_and_keeps_completed_epochs(small_mnist):

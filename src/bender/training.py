@@ -163,7 +163,8 @@ def train(
     ``ReduceLROnPlateau`` is stepped with the epoch's ``loss_train``. A non-finite
     training loss stops training with a warning. Either way the rows of the completed epochs
     are returned, and the reason is in ``df.attrs["stopped"]``. Inputs holding NaN or ±inf are
-    refused with a ``ValueError`` before the first step.
+    refused with a ``ValueError`` before the first step; trainable parameters that the first
+    backward pass gives no gradient are named in a warning.
     """
     check_positive_int("epochs", epochs)
     check_positive_int("batch_size", batch_size)
@@ -212,6 +213,8 @@ def train(
             if epoch == step == 1:
                 _check_loss(batch_loss)
             batch_loss.backward()
+            if epoch == step == 1:
+                _warn_untrained(model)
             opt.step()
             running += batch_loss.detach()
             if step % 100 == 0 and not math.isfinite(running.item()):
@@ -263,6 +266,20 @@ def _check_finite(name: str, x: Tensor) -> None:
         f"{name} holds {int(bad.sum())} non-finite values (NaN or ±inf) in {len(rows)} "
         f"example(s), the first at index {int(rows[0])}; remove or replace them before training"
     )
+
+
+def _warn_untrained(model: nn.Module) -> None:
+    """Warn, naming them, about trainable parameters the first backward pass gave no gradient."""
+    missed = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    if missed:
+        warnings.warn(
+            f"the first step gave no gradient to {', '.join(missed)}, so the optimizer leaves "
+            "them as they are; if no step does, they never learn. A layer that passes nothing "
+            "to its input (linear_blocked_dx, conv_linear_blocked_dx) cuts off the layers "
+            "before it unless a DFA wrapper sends them feedback. Set requires_grad=False on "
+            "parameters you mean to keep fixed.",
+            stacklevel=3,
+        )
 
 
 def _check_output(output: Tensor, batch: int, num_classes: int) -> None:
