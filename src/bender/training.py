@@ -205,15 +205,16 @@ def train(
         running = torch.zeros((), device=device)
         steps = _progress(batches, epoch, epochs) if progress else batches
         for step, (x, y) in enumerate(steps, 1):
+            first = epoch == step == 1  # the checks that need a real step run on the first
             opt.zero_grad(set_to_none=True)
             output = model(x)
-            if epoch == step == 1:
+            if first:
                 _check_output(output, len(x), data.num_classes)
             batch_loss = loss_fn(output, y)
-            if epoch == step == 1:
+            if first:
                 _check_loss(batch_loss)
             batch_loss.backward()
-            if epoch == step == 1:
+            if first:
                 _warn_untrained(model)
             opt.step()
             running += batch_loss.detach()
