@@ -336,3 +336,15 @@ def test_dfa_over_transformer_layers_trains_and_is_measured_layer_by_layer():
     assert {"model.0", "model.1.self_attn.out_proj", "model.1.linear1", "model.3"} <= set(angles)
     assert all(math.isfinite(a) for a in angles.values())
     assert angles["model.3"] == pytest.approx(0.0, abs=1e-3)
+
+
+def test_a_layer_the_bent_rule_gives_no_gradient_gets_nan():
+    # blocked layers without the DFA wrapper: layer 0 runs, but no gradient reaches it
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        GenDense(6, 8, nn.ReLU(), forward="linear_blocked_dx"),
+        GenDense(8, 3, forward="linear_blocked_dx"),
+    )
+    angles = gradient_alignment(net, torch.randn(4, 6), torch.randint(0, 3, (4,)))
+    assert math.isnan(angles["0"])
+    assert angles["1"] == pytest.approx(0.0, abs=1e-4)  # the last layer: the true error

@@ -136,6 +136,8 @@ def gradient_alignment(
 
     Keyed by layer name, for each bent layer. The network's last layer gets the true error, so
     its angle is 0; the layers below show how far the error they receive is from the true one.
+    A layer that the rule gives no gradient at all (blocked layers above it, outside ``DFA``)
+    gets NaN: the angle to a zero gradient is undefined.
     Two forward and backward passes, both starting from the caller's random state, so that
     dropout masks and stochastic layers draw the same in both; the random state, and the
     parameters' ``.grad``, are left as they were. The model runs in its current mode: in train
@@ -183,10 +185,18 @@ def _weight_gradients(
     # a layer whose weight is read without calling it (attention's out_proj): its parameter
     weights = [used.get(id(m), m.weight) for m in layers.values()]
     grads = torch.autograd.grad(loss(out, target), weights, allow_unused=True)
-    unused = [name for name, g in zip(layers, grads, strict=True) if g is None]
+    unused = [
+        name
+        for (name, m), g in zip(layers.items(), grads, strict=True)
+        if g is None and id(m) not in used
+    ]
     if unused:
         raise ValueError(f"the forward pass did not use the weight of: {', '.join(unused)}")
-    return grads
+    # a layer that ran but that no gradient reached (cut off by a blocked layer above it
+    # outside DFA): its gradient is zero, and its angle NaN
+    return tuple(
+        torch.zeros_like(w) if g is None else g for w, g in zip(weights, grads, strict=True)
+    )
 
 
 def _from_current_random_state(device: torch.device):
