@@ -402,3 +402,17 @@ def _frozen_first(stage):
 )
 def test_no_warning_when_every_trainable_parameter_is_reached(stage):
     DFA(nn.Sequential(stage(), nn.ReLU(), GenDense(5, 3)), 3)
+
+
+def test_direct_feedback_loss_adds_the_projection_to_what_a_layer_passes_down(dtype):
+    # Bender.jl's semantics: without blocked layers (or the DFA wrapper's detach), a hidden
+    # output gets the backpropagated gradient plus e B_iᵀ
+    net = nn.Sequential(GenDense(5, 4, dtype=dtype), GenDense(4, 3, dtype=dtype))
+    x, target = torch.randn(2, 5, dtype=dtype), torch.randint(0, 3, (2,))
+    feedback = [torch.randn(4, 3, dtype=dtype)]
+    outputs = activations(net, x)
+    outputs[0].retain_grad()
+    direct_feedback_loss(F.cross_entropy, target, outputs, feedback).backward()
+    y = outputs[1].detach()
+    e = (torch.softmax(y, -1) - F.one_hot(target, 3).to(dtype)) / len(x)
+    close(outputs[0].grad, e @ net[1].weight.detach() + e @ feedback[0].T)

@@ -161,7 +161,10 @@ def direct_feedback_loss(
     ``outputs`` is every layer's output (see :func:`bender.activations`), ``feedback`` one fixed
     matrix ``B_i`` of shape ``(d_i, C)`` per hidden output ``outputs[i]``, ``i < len − 1``.
     Backward: the last output gets its ordinary error ``e = ∂L/∂y``; hidden output ``i`` gets
-    ``e B_iᵀ``, reshaped like that output (Bender.jl's ``direct_feedback_loss``).
+    ``e B_iᵀ``, reshaped like that output (Bender.jl's ``direct_feedback_loss``). That is DFA
+    when each layer passes nothing to its input (``linear_blocked_dx``); a layer that does pass
+    a gradient adds it to the ``e B_iᵀ`` of the output below it (the :class:`~bender.DFA`
+    wrapper detaches the inputs instead, so there any mapping gives DFA).
     """
     if not outputs:
         raise ValueError("outputs must hold at least the network's output")
