@@ -277,8 +277,8 @@ def _warn_untrained(model: nn.Module) -> None:
             f"the first step gave no gradient to {', '.join(missed)}, so the optimizer leaves "
             "them as they are; if no step does, they never learn. A layer that passes nothing "
             "to its input (linear_blocked_dx, conv_linear_blocked_dx) cuts off the layers "
-            "before it unless a DFA wrapper sends them feedback. Set requires_grad=False on "
-            "parameters you mean to keep fixed.",
+            "before it, outside a DFA wrapper and inside one of its multi-layer blocks alike. "
+            "Set requires_grad=False on parameters you mean to keep fixed.",
             stacklevel=3,
         )
 
