@@ -10,8 +10,8 @@ from torch import nn
 from bender import cli, recipes
 
 
-def _train(tmp_path, data_root, *extra, recipe="fa-mlp", epochs=2):
-    out = tmp_path / "run"
+def _train(tmp_path, data_root, *extra, recipe="fa-mlp", epochs=2, folder="run"):
+    out = tmp_path / folder
     args = ["train", recipe, "--epochs", str(epochs), "--limit", "1500"]
     args += ["--data-dir", str(data_root), "--out", str(out), "--no-progress", *extra]
     return cli.main(args), out
@@ -24,21 +24,23 @@ def test_recipes_lists_one_line_each(capsys):
     assert lines[0].startswith("fa-mlp ") and "784-128-64-10" in lines[0]
 
 
-def test_every_train_option_is_explained_in_help_with_its_default(capsys):
+@pytest.mark.parametrize("command", ["train", "resume"])
+def test_every_option_is_explained_in_help_with_its_default(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        cli.main(["train", "--help"])
+        cli.main([command, "--help"])
     assert exit_info.value.code == 0
     text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
-    train = next(
+    subparser = next(
         a for a in cli._parser()._actions if isinstance(a, argparse._SubParsersAction)
-    ).choices["train"]
-    for action in train._actions:
+    ).choices[command]
+    for action in subparser._actions:
         assert action.help, f"{action.option_strings or action.dest} has no help"
         if action.default not in (None, False, argparse.SUPPRESS):
             flag = action.option_strings[-1]
             explained = text.split(flag, 2)[2].split(" --")[0]  # after the usage line
             assert f"(default: {action.default})" in explained, flag
-    assert "--epochs EPOCHS passes over the training set (default: 10)" in text
+    if command == "train":
+        assert "--epochs EPOCHS passes over the training set (default: 10)" in text
 
 
 def test_train_writes_all_outputs(tmp_path, data_root, capsys):
@@ -49,6 +51,7 @@ def test_train_writes_all_outputs(tmp_path, data_root, capsys):
         "metrics.json",
         "curves.png",
         "model.pt",
+        "checkpoint.pt",
     }
     table = pd.read_csv(out / "metrics.csv")
     assert list(table.columns) == ["epoch", "loss_train", "loss_test", "acc_train", "acc_test"]
@@ -215,7 +218,9 @@ def test_ctrl_c_while_saving_keeps_the_last_whole_checkpoint(tmp_path, data_root
     real_save, saved = torch.save, []
 
     def save_then_ctrl_c_halfway(obj, path):
-        if saved:  # epoch 2: the file is cut short, as by Ctrl-C during the write
+        if Path(path).name.startswith("checkpoint"):
+            return real_save(obj, path)
+        if saved:  # epoch 2's model.pt: cut short, as by Ctrl-C during the write
             Path(path).write_bytes(b"PK\x03")
             raise KeyboardInterrupt
         saved.append({k: v.clone() for k, v in obj.items()})
@@ -297,8 +302,8 @@ def test_a_full_disk_stops_the_run_with_a_message_and_the_table(
 ):
     real_save = torch.save
 
-    def save_once_then_disk_full(obj, path):
-        if (Path(path).parent / "model.pt").exists():
+    def save_once_then_disk_full(obj, path):  # epoch 1's model.pt and checkpoint.pt fit
+        if (Path(path).parent / "checkpoint.pt").exists():
             raise OSError(28, "No space left on device")
         real_save(obj, path)
 
@@ -313,3 +318,82 @@ def test_a_full_disk_stops_the_run_with_a_message_and_the_table(
     assert "0." in captured.out.splitlines()[-1]  # epoch 1's row, printed for the record
     assert pd.read_csv(out / "metrics.csv")["epoch"].tolist() == [1]
     assert not [p.name for p in out.iterdir() if ".partial" in p.name]
+
+
+def _resume(out, data_root, *extra):
+    return cli.main(["resume", str(out), "--data-dir", str(data_root), "--no-progress", *extra])
+
+
+def _same_results(a: Path, b: Path) -> None:
+    """Two run folders hold the same numbers and weights (timings aside)."""
+    for name in ("metrics.csv", "alignment.csv"):
+        assert (a / name).exists() == (b / name).exists()
+        if (a / name).exists():
+            assert (a / name).read_bytes() == (b / name).read_bytes(), name
+    weights_a, weights_b = (torch.load(f / "model.pt", weights_only=True) for f in (a, b))
+    assert all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
+
+
+def test_resume_finishes_a_run_stopped_by_ctrl_c_as_if_it_never_stopped(
+    tmp_path, data_root, monkeypatch, capsys
+):
+    code, whole = _train(tmp_path, data_root, "--alignment", epochs=3, folder="whole")
+    assert code == 0
+    real_train = cli.train
+
+    def one_epoch_then_ctrl_c(*args, **kwargs):
+        real_train(*args, **{**kwargs, "epochs": 1})
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "train", one_epoch_then_ctrl_c)
+    code, out = _train(tmp_path, data_root, "--alignment", epochs=3)
+    assert code == 130
+    assert f"`bender resume {out}` continues it" in capsys.readouterr().err
+    monkeypatch.setattr(cli, "train", real_train)
+
+    assert _resume(out, data_root) == 0
+    assert f"after epoch 1 of 3, writing to {out}" in capsys.readouterr().out
+    _same_results(out, whole)
+    record = json.loads((out / "metrics.json").read_text())
+    assert "stopped" not in record and len(record["epochs"]) == 3
+    assert [r["after_epoch"] for r in record["resumed"]] == [1]
+
+
+def test_resume_trains_a_finished_run_for_more_epochs(tmp_path, data_root, capsys):
+    code, longer = _train(tmp_path, data_root, "--shuffle-once", folder="longer")
+    assert code == 0
+    code, out = _train(tmp_path, data_root, "--shuffle-once", epochs=1)
+    assert code == 0
+    with pytest.raises(SystemExit) as exit_info:
+        _resume(out, data_root)  # it asked for 1 epoch and has it
+    assert exit_info.value.code == 2
+    assert "holds 1 trained epoch(s)" in capsys.readouterr().err
+    assert _resume(out, data_root, "--epochs", "2") == 0
+    _same_results(out, longer)
+    assert json.loads((out / "metrics.json").read_text())["epochs_requested"] == 2
+
+
+def test_resume_says_what_differs_from_the_runs_start(tmp_path, data_root, capsys):
+    code, out = _train(tmp_path, data_root, epochs=1)
+    assert code == 0
+    record = json.loads((out / "metrics.json").read_text())
+    record["threads"] = 99
+    (out / "metrics.json").write_text(json.dumps(record))
+    assert _resume(out, data_root, "--epochs", "2") == 0
+    assert f"threads 99 → {torch.get_num_threads()} since the run started" in (
+        capsys.readouterr().err
+    )
+
+
+def test_resume_refuses_a_folder_it_cannot_continue(tmp_path, data_root, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        _resume(tmp_path / "nothing", data_root)
+    assert exit_info.value.code == 2
+    assert "holds no readable metrics.json" in capsys.readouterr().err
+    code, out = _train(tmp_path, data_root, epochs=1)
+    assert code == 0
+    (out / "checkpoint.pt").unlink()
+    with pytest.raises(SystemExit) as exit_info:
+        _resume(out, data_root, "--epochs", "2")
+    assert exit_info.value.code == 2
+    assert f"{out} cannot be resumed: no checkpoint at" in capsys.readouterr().err

@@ -91,6 +91,28 @@ def test_batches_shuffled_once_repeat_the_first_epoch():
     assert not torch.equal(first, torch.arange(96))  # shuffled, just not again
 
 
+@pytest.mark.parametrize("reshuffle", [True, False])
+def test_batches_continue_from_their_state(reshuffle):
+    split = Split(torch.arange(100.0).unsqueeze(1), torch.arange(100))
+    a = Batches(split, 16, reshuffle=reshuffle, seed=3)
+    _epoch(a)
+    state = a.state_dict()
+    assert (state["order"] is None) == reshuffle  # drawn anew each epoch: nothing to keep
+    following = [_epoch(a), _epoch(a)]
+    b = Batches(split, 16, reshuffle=reshuffle, seed=99)
+    b.load_state_dict(state)
+    assert all(torch.equal(epoch, _epoch(b)) for epoch in following)
+
+
+def test_batches_refuse_a_kept_order_of_another_size():
+    split = Split(torch.arange(100.0).unsqueeze(1), torch.arange(100))
+    once = Batches(split, 16, reshuffle=False)
+    _epoch(once)
+    smaller = Batches(Split(split.x[:80], split.y[:80]), 16, reshuffle=False)
+    with pytest.raises(ValueError, match="covers 96 examples, but these batches use 80 of 80"):
+        smaller.load_state_dict(once.state_dict())
+
+
 def test_batches_in_order_and_partial():
     split = Split(torch.zeros(10, 2), torch.arange(10))
     sizes = [len(y) for _, y in Batches(split, 4, shuffle=False, drop_last=False)]

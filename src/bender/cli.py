@@ -5,21 +5,27 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import platform
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
 import torch
 
-from bender import __version__, data, recipes
+from bender import __version__, checkpoint, data, recipes
 from bender.alignment import AlignmentRecorder, bent_layers
+from bender.checkpoint import write_atomically
 from bender.training import COLUMNS, check_seed, resolve_device, train
 
 TABLE_COLUMNS = [c for c in COLUMNS if c != "seconds"]  # seed-determined: reproducible
-RESULT_FILES = ("metrics.csv", "metrics.json", "curves.png", "model.pt", "alignment.csv")
+RESULT_FILES = (
+    "metrics.csv",
+    "metrics.json",
+    "curves.png",
+    "model.pt",
+    "checkpoint.pt",
+    "alignment.csv",
+)
 PROBE = 1000  # test examples on which --alignment compares the gradients
 
 
@@ -81,14 +87,9 @@ def _parser() -> argparse.ArgumentParser:
         "Bender.jl's tutorials do (default: reshuffle every epoch)",
     )
     t.add_argument(
-        "--device",
-        default="auto",
-        help="auto (CUDA if present), cpu, cuda, cuda:1 (default: %(default)s)",
-    )
-    t.add_argument(
         "--dataset", choices=list(data.DATASETS), default="mnist", help="(default: %(default)s)"
     )
-    t.add_argument("--data-dir", help="data root (default: $BENDER_DATA, else ~/.cache/bender)")
+    _where_options(t)
     t.add_argument(
         "--out",
         type=Path,
@@ -107,8 +108,30 @@ def _parser() -> argparse.ArgumentParser:
         help="after every epoch, record the angles between W and B and between the bent and "
         f"backprop weight gradients (on the first {PROBE} test examples) in alignment.csv",
     )
-    t.add_argument("--no-progress", action="store_true", help="hide the per-epoch progress bar")
+    r = sub.add_parser(
+        "resume",
+        help="continue a stopped run from its checkpoint.pt, or train it for more epochs",
+    )
+    r.add_argument("folder", type=Path, help="the run's output folder (bender train's --out)")
+    r.add_argument(
+        "--epochs",
+        type=_positive(int),
+        help="epochs in all, those done included (default: the number the run asked for)",
+    )
+    _where_options(r)
     return parser
+
+
+def _where_options(p: argparse.ArgumentParser) -> None:
+    """Options of ``train`` and ``resume`` that say where to run, not what: the results
+    do not depend on them (on one machine)."""
+    p.add_argument(
+        "--device",
+        default="auto",
+        help="auto (CUDA if present), cpu, cuda, cuda:1 (default: %(default)s)",
+    )
+    p.add_argument("--data-dir", help="data root (default: $BENDER_DATA, else ~/.cache/bender)")
+    p.add_argument("--no-progress", action="store_true", help="hide the per-epoch progress bar")
 
 
 def _results_in(folder: Path) -> list[str]:
@@ -139,25 +162,11 @@ def _output_folder(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
     return folder
 
 
-def _replace(path: Path, write: Callable[[Path], object]) -> None:
-    """``write`` a temporary sibling, then rename it over ``path``.
-
-    The rename is atomic, so a write cut short (Ctrl-C, a full disk) leaves the previous
-    epoch's file whole instead of a truncated one.
-    """
-    partial = path.with_name(f"{path.stem}.partial{path.suffix}")  # keeps the format suffix
-    try:
-        write(partial)
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
-
-
 def _write_table(out: Path, table: pd.DataFrame, record: dict) -> None:
     """metrics.csv holds the numbers that depend only on the seed; metrics.json adds timings."""
-    _replace(out / "metrics.csv", lambda p: table[TABLE_COLUMNS].to_csv(p, index=False))
+    write_atomically(out / "metrics.csv", lambda p: table[TABLE_COLUMNS].to_csv(p, index=False))
     record["epochs"] = table.to_dict(orient="records")
-    _replace(out / "metrics.json", lambda p: p.write_text(json.dumps(record, indent=2)))
+    write_atomically(out / "metrics.json", lambda p: p.write_text(json.dumps(record, indent=2)))
 
 
 def plot_curves(table: pd.DataFrame, path: Path, title: str) -> None:
@@ -181,8 +190,9 @@ def plot_curves(table: pd.DataFrame, path: Path, title: str) -> None:
 
 
 def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """``bender train``: a new run, in a folder that holds no earlier results."""
     try:
-        recipe = recipes.get(args.recipe)
+        recipes.get(args.recipe)
     except KeyError as err:
         parser.error(err.args[0])
     model = recipes.build(args.recipe, args.seed)
@@ -194,7 +204,85 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                 f"--alignment compares a bent rule with backprop, but {args.recipe} has no bent "
                 "layer; use a feedback-alignment or DFA recipe"
             )
-    out = _output_folder(args, parser)
+    return _run(args, parser, model, _output_folder(args, parser))
+
+
+RECORDED = ("recipe", "dataset", "epochs_requested", "lr", "batch_size", "seed", "reshuffle")
+
+
+def _resume(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """``bender resume``: the run in ``args.folder``, continued from its last checkpoint."""
+    folder = args.folder
+    try:
+        record = json.loads((folder / "metrics.json").read_text())
+    except (OSError, ValueError) as err:
+        parser.error(f"{folder} holds no readable metrics.json of a bender train run ({err})")
+    missing = [key for key in RECORDED if key not in record]
+    if missing:
+        parser.error(f"{folder / 'metrics.json'} does not say the run's {', '.join(missing)}")
+    try:
+        state = checkpoint.load(folder / "checkpoint.pt")
+    except (FileNotFoundError, ValueError) as err:
+        parser.error(f"{folder} cannot be resumed: {err}")
+    epochs = args.epochs or record["epochs_requested"]
+    if epochs <= state["epoch"]:
+        parser.error(
+            f"{folder} holds {state['epoch']} trained epoch(s) and the run asks for {epochs}; "
+            f"pass --epochs N with N > {state['epoch']} to train on"
+        )
+    settings = {key: record[key] for key in RECORDED if key != "epochs_requested"}
+    run = argparse.Namespace(
+        **vars(args)
+        | settings
+        | {
+            "epochs": epochs,
+            "shuffle_once": not record["reshuffle"],
+            "limit": record.get("limit"),
+            "alignment": "alignment_probe" in record,
+        }
+    )
+    model = recipes.build(run.recipe, run.seed)
+    return _run(run, parser, model, folder, resumed=(record, state))
+
+
+def _resumed_record(record: dict, state: dict, args: argparse.Namespace, device) -> dict:
+    """The run's record, asking for ``args.epochs`` now and noting this resumption; says so on
+    stderr when the device, thread count or torch differ from the run's start, since CPU sums
+    depend on them."""
+    now = {"device": str(device), "threads": torch.get_num_threads(), "torch": torch.__version__}
+    changed = [f"{k} {record.get(k)} → {v}" for k, v in now.items() if record.get(k) != v]
+    if changed:
+        print(
+            f"bender: note: {'; '.join(changed)} since the run started, so the epochs from "
+            "here may differ in the last digits from those of a run that never stopped",
+            file=sys.stderr,
+        )
+    record = {k: v for k, v in record.items() if k != "stopped"}
+    record["epochs_requested"] = args.epochs
+    record["resumed"] = [*record.get("resumed", []), {"after_epoch": state["epoch"], **now}]
+    return record
+
+
+def _alignment_rows(out: Path, epochs: int) -> list[dict]:
+    """The alignment.csv rows of the epochs up to ``epochs`` (a later one came after the last
+    checkpoint and is measured again)."""
+    path = out / "alignment.csv"
+    if not path.exists():
+        return []
+    table = pd.read_csv(path)
+    return table[table["epoch"] <= epochs].to_dict(orient="records")
+
+
+def _run(
+    args: argparse.Namespace,
+    parser: argparse.ArgumentParser,
+    model: torch.nn.Module,
+    out: Path,
+    resumed: tuple[dict, dict] | None = None,
+) -> int:
+    """Train ``model`` as ``args`` say, writing the results to ``out`` after every epoch;
+    ``resumed``: the run's earlier record and its checkpoint, to continue from."""
+    recipe = recipes.get(args.recipe)
     try:
         device = resolve_device(args.device)
         dataset = data.load(args.dataset, args.data_dir)
@@ -210,48 +298,61 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             f"({len(dataset.train)} examples{limited}); the last partial batch is dropped, "
             "so an epoch would have no batch"
         )
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        print(f"bender: error: cannot create the output folder {out}: {err}", file=sys.stderr)
-        return 1
-    for name in _results_in(out):  # only with --overwrite: no stale file outlives this run
-        (out / name).unlink()
-    record = {
-        "recipe": args.recipe,
-        "dataset": args.dataset,
-        "epochs_requested": args.epochs,
-        "lr": args.lr,
-        "batch_size": args.batch_size,
-        "seed": args.seed,
-        "reshuffle": not args.shuffle_once,
-        "device": str(device),
-        "threads": torch.get_num_threads(),  # CPU results depend on it (summation order)
-        "limit": args.limit,
-        "bender": __version__,
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "model": repr(model),
-    }
-    print(f"{args.recipe} on {args.dataset} ({device}), seed {args.seed}, writing to {out}:")
+    state = None
+    if resumed is None:
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            print(f"bender: error: cannot create the output folder {out}: {err}", file=sys.stderr)
+            return 1
+        for name in _results_in(out):  # only with --overwrite: no stale file outlives this run
+            (out / name).unlink()
+        record = {
+            "recipe": args.recipe,
+            "dataset": args.dataset,
+            "epochs_requested": args.epochs,
+            "lr": args.lr,
+            "batch_size": args.batch_size,
+            "seed": args.seed,
+            "reshuffle": not args.shuffle_once,
+            "device": str(device),
+            "threads": torch.get_num_threads(),  # CPU results depend on it (summation order)
+            "limit": args.limit,
+            "bender": __version__,
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "model": repr(model),
+        }
+        print(f"{args.recipe} on {args.dataset} ({device}), seed {args.seed}, writing to {out}:")
+    else:
+        record, state = resumed
+        record = _resumed_record(record, state, args, device)
+        print(
+            f"resuming {args.recipe} on {args.dataset} ({device}), seed {args.seed}, after "
+            f"epoch {state['epoch']} of {args.epochs}, writing to {out}:"
+        )
     print(model)
 
     recorder = None
     if args.alignment:
         recorder = AlignmentRecorder(dataset.test.x[:PROBE], dataset.test.y[:PROBE])
-        recorder({"epoch": 0}, model)  # the starting point, before any training
-        record["alignment_probe"] = f"first {len(recorder.x)} test examples"
+        if state is None:
+            recorder({"epoch": 0}, model)  # the starting point, before any training
+            record["alignment_probe"] = f"first {len(recorder.x)} test examples"
+        else:
+            recorder.rows = _alignment_rows(out, state["epoch"])
 
     def save(row: dict, model: torch.nn.Module) -> None:  # after every epoch: nothing is lost
         saving.append(row["epoch"])
-        _replace(out / "model.pt", lambda p: torch.save(model.state_dict(), p))
+        write_atomically(out / "model.pt", lambda p: torch.save(model.state_dict(), p))
         history.append(row)  # after the weights: the table never runs ahead of model.pt
         _write_table(out, pd.DataFrame(history), record)
         if recorder is not None:
             recorder(row, model)
-            _replace(out / "alignment.csv", lambda p: recorder.table().to_csv(p, index=False))
+            angles = recorder.table()
+            write_atomically(out / "alignment.csv", lambda p: angles.to_csv(p, index=False))
 
-    history: list[dict] = []
+    history: list[dict] = [] if state is None else list(state["rows"])
     saving: list[int] = []  # the epochs whose results were being written
     interrupted = False
     try:
@@ -266,6 +367,8 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             reshuffle=not args.shuffle_once,
             callbacks=[save],
             progress=not args.no_progress,
+            checkpoint=out / "checkpoint.pt",
+            resume=state,
         )
     except KeyboardInterrupt:  # Ctrl-C: finish the record of the epochs completed so far
         interrupted = True
@@ -277,22 +380,24 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         where = f"writing the results of epoch {saving[-1]}" if saving else "training"
         print(
             f"bender: error: {where} failed: {err}. The run stopped; {out} keeps the files "
-            "written before.",
+            f"written before, and `bender resume {out}` continues from its checkpoint.pt.",
             file=sys.stderr,
         )
         return 1
     if len(table):
         print(table.round(3).to_string(index=False))
         title = f"{args.recipe} on {args.dataset}, seed {args.seed}"
-        _replace(out / "curves.png", lambda p: plot_curves(table, p, title))
+        write_atomically(out / "curves.png", lambda p: plot_curves(table, p, title))
     if recorder is not None:
         print("angles in degrees (weight_angle: W vs B; grad_angle: bent vs backprop ∂W):")
         print(recorder.table().round(1).to_string(index=False))
     if "stopped" in table.attrs:
         record["stopped"] = table.attrs["stopped"]
         _write_table(out, table, record)
+        then = f"; `bender resume {out}` continues it" if interrupted else ""
         print(
-            f"bender: error: {table.attrs['stopped']}; results so far are in {out}", file=sys.stderr
+            f"bender: error: {table.attrs['stopped']}; results so far are in {out}{then}",
+            file=sys.stderr,
         )
         return 130 if interrupted else 1  # 130: the shell's code for a run stopped by Ctrl-C
     if recipe.reference and args.dataset == "mnist":  # the tutorials' numbers are MNIST's
@@ -309,6 +414,8 @@ def main(argv: list[str] | None = None) -> int:
         for recipe in recipes.RECIPES.values():
             print(f"{recipe.name:<{width}}  {recipe.summary}")
         return 0
+    if args.command == "resume":
+        return _resume(args, parser)
     return _train(args, parser)
 
 

@@ -226,9 +226,13 @@ class Batches:
         n, b = len(self.split), self.batch_size
         return n // b if self.drop_last else -(-n // b)
 
+    def _examples(self) -> int:
+        """How many examples one epoch uses: all, or all but the last partial batch."""
+        return len(self) * self.batch_size if self.drop_last else len(self.split)
+
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         x, y = self.split.x, self.split.y
-        n = len(self) * self.batch_size if self.drop_last else len(y)
+        n = self._examples()
         if n == 0:  # splitting an empty tensor would still give one (empty) batch
             return
         if self.shuffle:
@@ -238,3 +242,22 @@ class Batches:
                 yield x.index_select(0, idx), y.index_select(0, idx)
         else:
             yield from zip(x[:n].split(self.batch_size), y[:n].split(self.batch_size), strict=True)
+
+    def state_dict(self) -> dict[str, Tensor | None]:
+        """What the next epochs' order depends on: the generator's state and, with
+        ``reshuffle=False``, the order kept from the first epoch (``None`` before it)."""
+        keep = self._order is not None and not self.reshuffle  # else drawn anew each epoch
+        order = self._order.cpu() if keep else None
+        return {"generator": self.generator.get_state(), "order": order}
+
+    def load_state_dict(self, state: dict[str, Tensor | None]) -> None:
+        """Continue from :meth:`state_dict`: the following epochs come in the order they would
+        have come in the ``Batches`` it was taken from."""
+        order = state["order"]
+        if order is not None and len(order) != self._examples():
+            raise ValueError(
+                f"the saved batch order covers {len(order)} examples, but these batches use "
+                f"{self._examples()} of {len(self.split)} (batch size {self.batch_size})"
+            )
+        self.generator.set_state(state["generator"])
+        self._order = None if order is None else order.to(self.split.y.device)

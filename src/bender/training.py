@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import operator
+import os
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -16,6 +17,9 @@ from torch import Tensor, nn
 
 from bender._modes import eval_mode
 from bender._placement import inputs_for, parameter_dtype
+from bender.checkpoint import capture, check_resumable, restore
+from bender.checkpoint import load as load_checkpoint
+from bender.checkpoint import save as save_checkpoint
 from bender.data import Batches, Dataset, Split
 from bender.functional._checks import check_positive_int
 
@@ -49,6 +53,13 @@ def check_seed(seed: int) -> int:
     if value is None or not low <= value <= high:
         raise ValueError(f"seed must be an int from {low} to {high}, got {seed!r}")
     return value
+
+
+def _label(choice: str | Callable) -> str:
+    """A name for an optimizer or loss given by name or as a callable (for checkpoints)."""
+    if isinstance(choice, str):
+        return choice
+    return getattr(choice, "__qualname__", type(choice).__name__)
 
 
 def _choose(kind: str, value, table: dict):
@@ -146,6 +157,8 @@ def train(
     callbacks: Sequence[Callback] | None = None,
     scheduler: Callable[[torch.optim.Optimizer], Any] | None = None,
     progress: bool = False,
+    checkpoint: str | os.PathLike | None = None,
+    resume: str | os.PathLike | dict | None = None,
 ) -> pd.DataFrame:
     """Train ``model`` on ``data.train``; after every epoch evaluate on train and test.
 
@@ -165,6 +178,15 @@ def train(
     are returned, and the reason is in ``df.attrs["stopped"]``. Inputs holding NaN or ±inf are
     refused with a ``ValueError`` before the first step; trainable parameters that the first
     backward pass gives no gradient are named in a warning.
+
+    ``checkpoint`` names a file written after every completed epoch, after the callbacks (see
+    :mod:`bender.checkpoint`). ``resume`` takes such a file (or its contents, from
+    ``bender.checkpoint.load``) and continues that run: the model, optimizer, scheduler, batch
+    order and random states are put back, the returned table starts with the checkpoint's rows
+    and training goes on to ``epochs`` in all; callbacks see the new epochs only. The settings
+    that shape the run (``batch_size``, ``seed``, ``reshuffle``, ``lr``, ``optimizer``,
+    ``loss``, the sizes of the splits) must be the ones it was written with. On the same
+    machine and thread count, a resumed run's table equals that of a run that never stopped.
     """
     check_positive_int("epochs", epochs)
     check_positive_int("batch_size", batch_size)
@@ -185,6 +207,20 @@ def train(
         )
     loss_fn = _choose("loss", loss, LOSSES)
     device = resolve_device(device)
+    settings = {
+        "batch_size": batch_size,
+        "seed": seed,
+        "reshuffle": reshuffle,
+        "lr": lr,
+        "optimizer": _label(optimizer),
+        "loss": _label(loss),
+        "train_size": len(data.train),
+        "test_size": len(data.test),
+    }
+    state = None
+    if resume is not None:
+        state = resume if isinstance(resume, dict) else load_checkpoint(resume)
+        check_resumable(state, settings, epochs)
     torch.manual_seed(seed)
     opt = make_optimizer(optimizer, model.to(device).parameters(), lr)  # before moving data
     schedule = None if scheduler is None else scheduler(opt)
@@ -198,14 +234,15 @@ def train(
     for name in ("train", "test"):
         _check_finite(f"data.{name}.x", getattr(data, name).x)
     batches = Batches(data.train, batch_size, reshuffle=reshuffle, seed=seed)
-    rows: list[dict] = []
-    for epoch in range(1, epochs + 1):
+    rows = [] if state is None else restore(state, model, opt, schedule, batches, device)
+    start_epoch = len(rows) + 1
+    for epoch in range(start_epoch, epochs + 1):
         model.train()
         start = time.perf_counter()
         running = torch.zeros((), device=device)
         steps = _progress(batches, epoch, epochs) if progress else batches
         for step, (x, y) in enumerate(steps, 1):
-            first = epoch == step == 1  # the checks that need a real step run on the first
+            first = epoch == start_epoch and step == 1  # checks that need a real step
             opt.zero_grad(set_to_none=True)
             output = model(x)
             if first:
@@ -240,6 +277,10 @@ def train(
         elif schedule is not None:
             schedule.step()
         stoppers = [cb for cb in callbacks or () if cb(row, model) is True]
+        if checkpoint is not None:
+            save_checkpoint(
+                checkpoint, capture(epoch, rows, settings, model, opt, schedule, batches, device)
+            )
         if stoppers:
             names = ", ".join(getattr(cb, "__name__", type(cb).__name__) for cb in stoppers)
             return _table(rows, stopped=f"stopped after epoch {epoch} of {epochs} by {names}")

@@ -1,0 +1,150 @@
+"""Training checkpoints: all that :func:`bender.training.train` needs to continue a run.
+
+``train(..., checkpoint=path)`` writes one file after every completed epoch; ``train(...,
+resume=path)`` takes it up again. The file holds the model's, optimizer's and scheduler's
+states, the batch order's and the global random states, the table so far, and the settings
+that shape the run. Resumed on the same machine with the same thread count (CPU sums depend
+on it), the run gives the table of a run that never stopped, to the last digit.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from bender.data import Batches
+
+FORMAT = 1  # raise when the layout of the file changes
+KEYS = ("format", "epoch", "rows", "settings", "model", "optimizer", "scheduler", "batches", "rng")
+
+
+def write_atomically(path: str | os.PathLike, write: Callable[[Path], object]) -> None:
+    """``write`` a temporary sibling of ``path``, then rename it over ``path``.
+
+    The rename is atomic, so a write cut short (Ctrl-C, a full disk) leaves the previous
+    file whole instead of a truncated one.
+    """
+    path = Path(path)
+    partial = path.with_name(f"{path.stem}.partial{path.suffix}")  # keeps the format suffix
+    try:
+        write(partial)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def random_states(device: torch.device) -> dict[str, torch.Tensor]:
+    """The global generators a training step may draw from: the CPU's, and CUDA's on a GPU."""
+    states = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        states["cuda"] = torch.cuda.get_rng_state(device)
+    return states
+
+
+def capture(
+    epoch: int,
+    rows: list[dict],
+    settings: dict[str, Any],
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    batches: Batches,
+    device: torch.device,
+) -> dict[str, Any]:
+    """The state of a run after ``epoch`` completed epochs, as :func:`save` writes it."""
+    return {
+        "format": FORMAT,
+        "epoch": epoch,
+        "rows": list(rows),
+        "settings": settings,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": None if scheduler is None else scheduler.state_dict(),
+        "batches": batches.state_dict(),
+        "rng": random_states(device),
+    }
+
+
+def save(path: str | os.PathLike, state: dict[str, Any]) -> None:
+    """Write ``state`` to ``path`` with :func:`torch.save`, replacing the last one atomically."""
+    write_atomically(path, lambda p: torch.save(state, p))
+
+
+def load(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a checkpoint written by ``train(..., checkpoint=path)`` (tensors on the CPU).
+
+    Loaded with ``weights_only=True``: the file holds tensors, numbers and strings only.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"no checkpoint at {path}; train(..., checkpoint=path) writes one after every epoch"
+        )
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ValueError(f"{path} is not a readable bender checkpoint: {err}") from err
+    missing = [k for k in KEYS if k not in state] if isinstance(state, dict) else list(KEYS)
+    if missing or state["format"] != FORMAT:
+        found = f"format {state['format']}" if not missing else f"no {', '.join(missing)}"
+        raise ValueError(
+            f"{path} is not a bender training checkpoint of format {FORMAT} ({found}); "
+            "it is written by train(..., checkpoint=path)"
+        )
+    return state
+
+
+def check_resumable(state: dict[str, Any], settings: dict[str, Any], epochs: int) -> None:
+    """Refuse to resume with other settings than the run's, or with no epoch left to train."""
+    changed = [
+        f"{k}={state['settings'].get(k)!r} (now {v!r})"
+        for k, v in settings.items()
+        if state["settings"].get(k) != v
+    ]
+    if changed:
+        raise ValueError(
+            "resume continues a run with the settings it was started with; the checkpoint was "
+            f"written with {', '.join(changed)}"
+        )
+    if state["epoch"] >= epochs:
+        raise ValueError(
+            f"the checkpoint already holds {state['epoch']} epoch(s) and epochs={epochs} in "
+            f"all were asked for; ask for more than {state['epoch']} to train on"
+        )
+
+
+def restore(
+    state: dict[str, Any],
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    batches: Batches,
+    device: torch.device,
+) -> list[dict]:
+    """Put the run's states back into freshly built objects; returns the table's rows so far."""
+    if (scheduler is None) != (state["scheduler"] is None):
+        had = "a" if state["scheduler"] is not None else "no"
+        raise ValueError(
+            f"the checkpoint was written with {had} learning-rate scheduler; resume with "
+            f"{'the same scheduler' if had == 'a' else 'none'}"
+        )
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as err:
+        raise ValueError(
+            "the checkpoint holds the weights of another model; build the model the run was "
+            f"started with: {err}"
+        ) from err
+    optimizer.load_state_dict(state["optimizer"])
+    if scheduler is not None:
+        scheduler.load_state_dict(state["scheduler"])
+    batches.load_state_dict(state["batches"])
+    torch.set_rng_state(state["rng"]["cpu"])
+    if device.type == "cuda" and "cuda" in state["rng"]:
+        torch.cuda.set_rng_state(state["rng"]["cuda"], device)
+    return list(state["rows"])

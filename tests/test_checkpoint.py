@@ -1,0 +1,130 @@
+"""train(checkpoint=..., resume=...): a resumed run equals the run that never stopped."""
+
+import pytest
+import torch
+from torch import nn
+
+from bender import GenDense, StocSignSTE, checkpoint, recipes
+from bender.training import COLUMNS, train
+
+NUMBERS = [c for c in COLUMNS if c != "seconds"]  # seconds are measured, not computed
+
+
+def _noisy_mlp() -> nn.Sequential:
+    """Draws from the global generator on every step: dropout and stochastic binarisation."""
+    return nn.Sequential(
+        GenDense(784, 32, nn.ReLU(), forward="linear_asym_dx", feedback=True),
+        nn.Dropout(0.3),
+        GenDense(32, 16, StocSignSTE(), forward="linear_stoc_binary_weights"),
+        GenDense(16, 10),
+    )
+
+
+def _step_lr(opt):  # its state counts: the step after epoch 2 lowers lr, that after 1 not
+    return torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.1)
+
+
+RUNS = {
+    "fa-mlp, fused Adam": (lambda: recipes.build("fa-mlp", seed=3), {}),
+    "dropout and stochastic signs": (_noisy_mlp, {}),
+    "one batch order": (lambda: recipes.build("binary-mlp"), {"reshuffle": False}),
+    "SGD with a step scheduler": (
+        lambda: recipes.build("dfa-mlp"),
+        {"optimizer": "sgd", "lr": 0.05, "scheduler": _step_lr},
+    ),
+}
+
+
+def _state(model: nn.Module) -> dict:
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("build, settings", RUNS.values(), ids=RUNS)
+def test_a_resumed_run_equals_the_run_that_never_stopped(small_mnist, tmp_path, build, settings):
+    data = small_mnist.subset(640, 300)
+    torch.manual_seed(0)
+    whole = build()
+    expected = train(whole, data, epochs=3, seed=5, **settings)
+
+    path = tmp_path / "run.pt"
+    torch.manual_seed(0)
+    first = train(build(), data, epochs=1, seed=5, checkpoint=path, **settings)
+    assert first[NUMBERS].equals(expected[NUMBERS].iloc[:1])
+    torch.manual_seed(123)  # a fresh process: other initial weights, other random state
+    resumed_model = build()
+    seen = []
+    resumed = train(
+        resumed_model,
+        data,
+        epochs=3,
+        seed=5,
+        checkpoint=path,
+        resume=path,
+        callbacks=[lambda row, model: seen.append(row["epoch"])],
+        **settings,
+    )
+    assert resumed[NUMBERS].equals(expected[NUMBERS])  # bit for bit
+    assert resumed["seconds"].iloc[0] == first["seconds"].iloc[0]  # epoch 1's row, as saved
+    assert seen == [2, 3]  # callbacks see the new epochs only
+    final = _state(resumed_model)
+    assert all(torch.equal(final[k], v) for k, v in whole.state_dict().items())
+    assert checkpoint.load(path)["epoch"] == 3  # the file follows the resumed run too
+
+
+def test_the_checkpoint_holds_the_epoch_a_stopping_callback_ended(small_mnist, tmp_path):
+    path = tmp_path / "run.pt"
+    table = train(
+        recipes.build("fa-mlp"),
+        small_mnist.subset(256, 100),
+        epochs=5,
+        checkpoint=path,
+        callbacks=[lambda row, model: row["epoch"] == 2],
+    )
+    assert len(table) == 2
+    state = checkpoint.load(path)
+    assert state["epoch"] == 2 and state["rows"] == table.to_dict(orient="records")
+    assert state["settings"]["batch_size"] == 64 and state["settings"]["train_size"] == 256
+
+
+def _one_epoch(small_mnist, tmp_path):
+    path = tmp_path / "run.pt"
+    train(recipes.build("fa-mlp"), small_mnist.subset(256, 100), epochs=1, checkpoint=path)
+    return path, small_mnist.subset(256, 100)
+
+
+def test_resuming_with_other_settings_is_refused(small_mnist, tmp_path):
+    path, data = _one_epoch(small_mnist, tmp_path)
+    with pytest.raises(ValueError, match=r"written with batch_size=64 \(now 32\), lr=0.0003"):
+        train(recipes.build("fa-mlp"), data, epochs=2, batch_size=32, lr=1e-3, resume=path)
+    with pytest.raises(ValueError, match=r"train_size=256 \(now 320\)"):
+        train(recipes.build("fa-mlp"), small_mnist.subset(320, 100), epochs=2, resume=path)
+    with pytest.raises(ValueError, match=r"optimizer='adam' \(now 'sgd'\)"):
+        train(recipes.build("fa-mlp"), data, epochs=2, optimizer="sgd", resume=path)
+    with pytest.raises(ValueError, match="with no learning-rate scheduler; resume with none"):
+        train(recipes.build("fa-mlp"), data, epochs=2, scheduler=_step_lr, resume=path)
+
+
+def test_resuming_a_finished_run_or_another_model_is_refused(small_mnist, tmp_path):
+    path, data = _one_epoch(small_mnist, tmp_path)
+    with pytest.raises(ValueError, match=r"already holds 1 epoch\(s\).* ask for more than 1"):
+        train(recipes.build("fa-mlp"), data, epochs=1, resume=path)
+    with pytest.raises(ValueError, match=r"(?s)another model.*size mismatch for 0\.weight"):
+        train(recipes.build("fa-mlp-large"), data, epochs=2, resume=path)
+
+
+def test_loading_what_is_not_a_checkpoint_says_so(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"no checkpoint at .*nothing\.pt"):
+        checkpoint.load(tmp_path / "nothing.pt")
+    torch.save(recipes.build("fa-mlp").state_dict(), tmp_path / "model.pt")
+    with pytest.raises(ValueError, match=r"not a bender training checkpoint of format 1 \(no fo"):
+        checkpoint.load(tmp_path / "model.pt")
+    (tmp_path / "text.pt").write_text("hello")
+    with pytest.raises(ValueError, match=r"text\.pt is not a readable bender checkpoint"):
+        checkpoint.load(tmp_path / "text.pt")
+
+
+def test_a_loaded_checkpoint_resumes_like_its_file(small_mnist, tmp_path):
+    path, data = _one_epoch(small_mnist, tmp_path)
+    from_file = train(recipes.build("fa-mlp"), data, epochs=2, resume=path)
+    from_dict = train(recipes.build("fa-mlp"), data, epochs=2, resume=checkpoint.load(path))
+    assert from_file[NUMBERS].equals(from_dict[NUMBERS])
