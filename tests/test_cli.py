@@ -348,7 +348,7 @@ def test_resume_finishes_a_run_stopped_by_ctrl_c_as_if_it_never_stopped(
     monkeypatch.setattr(cli, "train", one_epoch_then_ctrl_c)
     code, out = _train(tmp_path, data_root, "--alignment", epochs=3)
     assert code == 130
-    assert f"`bender resume {out}` continues it" in capsys.readouterr().err
+    assert f"`bender resume {out}` continues from the last epoch saved" in capsys.readouterr().err
     monkeypatch.setattr(cli, "train", real_train)
 
     assert _resume(out, data_root) == 0
@@ -397,3 +397,29 @@ def test_resume_refuses_a_folder_it_cannot_continue(tmp_path, data_root, capsys)
         _resume(out, data_root, "--epochs", "2")
     assert exit_info.value.code == 2
     assert f"{out} cannot be resumed: no checkpoint at" in capsys.readouterr().err
+
+
+def test_a_stop_before_any_saved_epoch_does_not_suggest_resuming(
+    tmp_path, data_root, monkeypatch, capsys
+):
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "train", ctrl_c)
+    code, out = _train(tmp_path, data_root)
+    assert code == 130
+    err = capsys.readouterr().err
+    assert "interrupted (Ctrl-C) in epoch 1" in err and "bender resume" not in err
+    assert not (out / "checkpoint.pt").exists()
+
+
+def test_resume_refuses_the_checkpoint_of_another_run(tmp_path, data_root, capsys):
+    code, other = _train(tmp_path, data_root, recipe="bp-mlp", epochs=1, folder="other")
+    assert code == 0
+    code, out = _train(tmp_path, data_root, epochs=1)
+    assert code == 0
+    (other / "checkpoint.pt").replace(out / "checkpoint.pt")
+    assert _resume(out, data_root, "--epochs", "2") == 1
+    err = capsys.readouterr().err
+    assert f"{out} cannot be resumed: the checkpoint holds the weights of another model" in err
+    assert "Traceback" not in err

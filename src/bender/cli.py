@@ -273,6 +273,13 @@ def _alignment_rows(out: Path, epochs: int) -> list[dict]:
     return table[table["epoch"] <= epochs].to_dict(orient="records")
 
 
+def _resumable_hint(out: Path) -> str:
+    """How to go on from ``out``'s checkpoint, if an epoch was completed and saved."""
+    if not (out / "checkpoint.pt").exists():
+        return ""
+    return f"; `bender resume {out}` continues from the last epoch saved"
+
+
 def _run(
     args: argparse.Namespace,
     parser: argparse.ArgumentParser,
@@ -380,9 +387,14 @@ def _run(
         where = f"writing the results of epoch {saving[-1]}" if saving else "training"
         print(
             f"bender: error: {where} failed: {err}. The run stopped; {out} keeps the files "
-            f"written before, and `bender resume {out}` continues from its checkpoint.pt.",
+            f"written before{_resumable_hint(out)}.",
             file=sys.stderr,
         )
+        return 1
+    except ValueError as err:
+        if state is None or saving:  # not train refusing the checkpoint: show it in full
+            raise
+        print(f"bender: error: {out} cannot be resumed: {err}", file=sys.stderr)
         return 1
     if len(table):
         print(table.round(3).to_string(index=False))
@@ -394,7 +406,7 @@ def _run(
     if "stopped" in table.attrs:
         record["stopped"] = table.attrs["stopped"]
         _write_table(out, table, record)
-        then = f"; `bender resume {out}` continues it" if interrupted else ""
+        then = _resumable_hint(out) if interrupted else ""
         print(
             f"bender: error: {table.attrs['stopped']}; results so far are in {out}{then}",
             file=sys.stderr,
