@@ -423,3 +423,10 @@ def test_resume_refuses_the_checkpoint_of_another_run(tmp_path, data_root, capsy
     err = capsys.readouterr().err
     assert f"{out} cannot be resumed: the checkpoint holds the weights of another model" in err
     assert "Traceback" not in err
+
+
+def test_resumed_alignment_rows_keep_every_digit(tmp_path):
+    angles = pd.DataFrame({"epoch": [0, 1, 2], "grad_angle_0": [0.12345678901234566, 1e-300, 3.0]})
+    angles.to_csv(tmp_path / "alignment.csv", index=False)
+    rows = cli._alignment_rows(tmp_path, 1)  # epoch 2 came after the checkpoint: dropped
+    assert [r["grad_angle_0"] for r in rows] == [0.12345678901234566, 1e-300]

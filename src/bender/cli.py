@@ -27,6 +27,9 @@ RESULT_FILES = (
     "alignment.csv",
 )
 PROBE = 1000  # test examples on which --alignment compares the gradients
+# read_csv gives back every digit to_csv wrote: pandas 3 always, pandas 2 only when told
+# (its default parser can be one unit in the last place off; pandas 3 deprecates the option)
+EXACT_FLOATS = {} if int(pd.__version__.split(".")[0]) >= 3 else {"float_precision": "round_trip"}
 
 
 def _positive(kind: type):
@@ -269,7 +272,7 @@ def _alignment_rows(out: Path, epochs: int) -> list[dict]:
     path = out / "alignment.csv"
     if not path.exists():
         return []
-    table = pd.read_csv(path)
+    table = pd.read_csv(path, **EXACT_FLOATS)
     return table[table["epoch"] <= epochs].to_dict(orient="records")
 
 
