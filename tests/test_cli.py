@@ -392,6 +392,15 @@ def test_resume_refuses_a_folder_it_cannot_continue(tmp_path, data_root, capsys)
     assert "holds no readable metrics.json" in capsys.readouterr().err
     code, out = _train(tmp_path, data_root, epochs=1)
     assert code == 0
+    record = json.loads((out / "metrics.json").read_text())
+    (out / "metrics.json").write_text(json.dumps(record | {"recipe": "fa-mlp-xl"}))
+    with pytest.raises(SystemExit) as exit_info:
+        _resume(out, data_root, "--epochs", "2")
+    assert exit_info.value.code == 2
+    assert "metrics.json: unknown recipe 'fa-mlp-xl'; valid recipes: fa-mlp" in (
+        capsys.readouterr().err
+    )
+    (out / "metrics.json").write_text(json.dumps(record))
     (out / "checkpoint.pt").unlink()
     with pytest.raises(SystemExit) as exit_info:
         _resume(out, data_root, "--epochs", "2")

@@ -1,4 +1,5 @@
-"""The ``bender`` command: list recipes, train one, and write its results to a folder."""
+"""The ``bender`` command: list recipes, train one and write its results to a folder, or resume
+a run from the checkpoint in its folder."""
 
 from __future__ import annotations
 
@@ -223,6 +224,10 @@ def _resume(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     missing = [key for key in RECORDED if key not in record]
     if missing:
         parser.error(f"{folder / 'metrics.json'} does not say the run's {', '.join(missing)}")
+    try:
+        recipes.get(record["recipe"])
+    except KeyError as err:
+        parser.error(f"{folder / 'metrics.json'}: {err.args[0]}")
     try:
         state = checkpoint.load(folder / "checkpoint.pt")
     except (FileNotFoundError, ValueError) as err:
