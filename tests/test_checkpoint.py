@@ -11,12 +11,18 @@ NUMBERS = [c for c in COLUMNS if c != "seconds"]  # seconds are measured, not co
 
 
 def _noisy_mlp() -> nn.Sequential:
-    """Draws from the global generator on every step: dropout and stochastic binarisation."""
+    """Draws random numbers on every step: dropout and stochastic binarisation from the global
+    generator, stochastic binary weights from a layer's own."""
     return nn.Sequential(
         GenDense(784, 32, nn.ReLU(), forward="linear_asym_dx", feedback=True),
         nn.Dropout(0.3),
         GenDense(32, 16, StocSignSTE(), forward="linear_stoc_binary_weights"),
-        GenDense(16, 10),
+        GenDense(
+            16,
+            10,
+            forward="linear_stoc_binary_weights",
+            generator=torch.Generator().manual_seed(int(torch.randint(1000, ()))),
+        ),
     )
 
 
@@ -110,6 +116,12 @@ def test_resuming_a_finished_run_or_another_model_is_refused(small_mnist, tmp_pa
         train(recipes.build("fa-mlp"), data, epochs=1, resume=path)
     with pytest.raises(ValueError, match=r"(?s)another model.*size mismatch for 0\.weight"):
         train(recipes.build("fa-mlp-large"), data, epochs=2, resume=path)
+    with_generator = recipes.build("fa-mlp")
+    with_generator[2].generator = torch.Generator()
+    with pytest.raises(
+        ValueError, match=r"generators of layers \[\], this model has them in \['2'\]"
+    ):
+        train(with_generator, data, epochs=2, resume=path)
 
 
 def test_loading_what_is_not_a_checkpoint_says_so(tmp_path):

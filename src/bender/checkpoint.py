@@ -38,12 +38,38 @@ def write_atomically(path: str | os.PathLike, write: Callable[[Path], object]) -
         partial.unlink(missing_ok=True)
 
 
-def random_states(device: torch.device) -> dict[str, torch.Tensor]:
-    """The global generators a training step may draw from: the CPU's, and CUDA's on a GPU."""
-    states = {"cpu": torch.get_rng_state()}
+def layer_generators(model: nn.Module) -> dict[str, torch.Generator]:
+    """The generators that layers keep for themselves (``GenDense(..., generator=g)``, for
+    stochastic mappings), by module name; they are not part of the ``state_dict``."""
+    return {
+        name: module.generator
+        for name, module in model.named_modules()
+        if isinstance(getattr(module, "generator", None), torch.Generator)
+    }
+
+
+def random_states(model: nn.Module, device: torch.device) -> dict[str, Any]:
+    """The generators a training step may draw from: the global CPU one, CUDA's on a GPU, and
+    the layers' own."""
+    states: dict[str, Any] = {"cpu": torch.get_rng_state()}
     if device.type == "cuda":
         states["cuda"] = torch.cuda.get_rng_state(device)
+    states["layers"] = {name: g.get_state() for name, g in layer_generators(model).items()}
     return states
+
+
+def _set_random_states(states: dict[str, Any], model: nn.Module, device: torch.device) -> None:
+    own = layer_generators(model)
+    if own.keys() != states["layers"].keys():
+        raise ValueError(
+            f"the checkpoint holds the generators of layers {sorted(states['layers'])}, this "
+            f"model has them in {sorted(own)}; build the model the run was started with"
+        )
+    for name, generator in own.items():
+        generator.set_state(states["layers"][name])
+    torch.set_rng_state(states["cpu"])
+    if device.type == "cuda" and "cuda" in states:
+        torch.cuda.set_rng_state(states["cuda"], device)
 
 
 def capture(
@@ -66,7 +92,7 @@ def capture(
         "optimizer": optimizer.state_dict(),
         "scheduler": None if scheduler is None else scheduler.state_dict(),
         "batches": batches.state_dict(),
-        "rng": random_states(device),
+        "rng": random_states(model, device),
     }
 
 
@@ -144,7 +170,5 @@ def restore(
     if scheduler is not None:
         scheduler.load_state_dict(state["scheduler"])
     batches.load_state_dict(state["batches"])
-    torch.set_rng_state(state["rng"]["cpu"])
-    if device.type == "cuda" and "cuda" in state["rng"]:
-        torch.cuda.set_rng_state(state["rng"]["cuda"], device)
+    _set_random_states(state["rng"], model, device)
     return list(state["rows"])
