@@ -207,6 +207,9 @@ def test_bad_sizes_and_activation():
         GenDense(3, True)
     with pytest.raises(TypeError, match="activation must be callable"):
         GenDense(3, 2, "relu")
+    for layer in (lambda act: GenDense(3, 2, act), lambda act: GenConv(1, 2, 3, act)):
+        with pytest.raises(TypeError, match=r"the class ReLU; pass an instance such as ReLU\(\)"):
+            layer(nn.ReLU)  # nn.ReLU(x) would return a module, not the activation of x
     with pytest.raises(TypeError, match=r"init must fill a tensor in place.*got 0\.1"):
         GenDense(3, 2, init=0.1)
 

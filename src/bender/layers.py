@@ -74,6 +74,12 @@ class _GenLayer(nn.Module):
         self._draw()
         if activation is not None and not callable(activation):
             raise TypeError(f"activation must be callable or None, got {activation!r}")
+        if isinstance(activation, type):  # nn.ReLU(x) would build a module, not apply one
+            name = activation.__name__
+            raise TypeError(
+                f"activation must be a module or a function, got the class {name}; pass an "
+                f"instance such as {name}(), or a function such as torch.relu"
+            )
         self.activation = activation
         self.mapping = resolve_mapping(forward)
         kind = getattr(self.mapping, "layer", None)
