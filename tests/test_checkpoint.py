@@ -140,3 +140,11 @@ def test_a_loaded_checkpoint_resumes_like_its_file(small_mnist, tmp_path):
     from_file = train(recipes.build("fa-mlp"), data, epochs=2, resume=path)
     from_dict = train(recipes.build("fa-mlp"), data, epochs=2, resume=checkpoint.load(path))
     assert from_file[NUMBERS].equals(from_dict[NUMBERS])
+
+
+def test_a_checkpoint_in_a_missing_folder_is_refused_before_training(small_mnist, tmp_path):
+    model = recipes.build("fa-mlp")
+    before = _state(model)
+    with pytest.raises(FileNotFoundError, match=r"folder of checkpoint=.*nowhere.*does not exist"):
+        train(model, small_mnist.subset(256, 100), epochs=1, checkpoint=tmp_path / "nowhere/c.pt")
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # no step

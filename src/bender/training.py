@@ -8,6 +8,7 @@ import os
 import time
 import warnings
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -217,6 +218,10 @@ def train(
         "train_size": len(data.train),
         "test_size": len(data.test),
     }
+    if checkpoint is not None and not Path(checkpoint).parent.is_dir():
+        raise FileNotFoundError(
+            f"the folder of checkpoint={str(checkpoint)!r} does not exist; create it first"
+        )
     state = None
     if resume is not None:
         state = resume if isinstance(resume, dict) else load_checkpoint(resume)
