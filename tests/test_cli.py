@@ -319,6 +319,13 @@ def test_a_full_disk_stops_the_run_with_a_message_and_the_table(
     assert pd.read_csv(out / "metrics.csv")["epoch"].tolist() == [1]
     assert not [p.name for p in out.iterdir() if ".partial" in p.name]
 
+    assert f"`bender resume {out} --data-dir {data_root}` continues" in captured.err
+    monkeypatch.undo()  # space freed
+    assert _resume(out, data_root) == 0
+    code, whole = _train(tmp_path, data_root, epochs=3, folder="whole")
+    assert code == 0
+    _same_results(out, whole)
+
 
 def _resume(out, data_root, *extra):
     return cli.main(["resume", str(out), "--data-dir", str(data_root), "--no-progress", *extra])
@@ -348,7 +355,8 @@ def test_resume_finishes_a_run_stopped_by_ctrl_c_as_if_it_never_stopped(
     monkeypatch.setattr(cli, "train", one_epoch_then_ctrl_c)
     code, out = _train(tmp_path, data_root, "--alignment", epochs=3)
     assert code == 130
-    assert f"`bender resume {out}` continues from the last epoch saved" in capsys.readouterr().err
+    hint = f"`bender resume {out} --data-dir {data_root}` continues from the last epoch saved"
+    assert hint in capsys.readouterr().err
     monkeypatch.setattr(cli, "train", real_train)
 
     assert _resume(out, data_root) == 0

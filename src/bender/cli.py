@@ -281,11 +281,12 @@ def _alignment_rows(out: Path, epochs: int) -> list[dict]:
     return table[table["epoch"] <= epochs].to_dict(orient="records")
 
 
-def _resumable_hint(out: Path) -> str:
+def _resumable_hint(out: Path, data_dir: str | None) -> str:
     """How to go on from ``out``'s checkpoint, if an epoch was completed and saved."""
     if not (out / "checkpoint.pt").exists():
         return ""
-    return f"; `bender resume {out}` continues from the last epoch saved"
+    where = "" if data_dir is None else f" --data-dir {data_dir}"
+    return f"; `bender resume {out}{where}` continues from the last epoch saved"
 
 
 def _run(
@@ -395,7 +396,7 @@ def _run(
         where = f"writing the results of epoch {saving[-1]}" if saving else "training"
         print(
             f"bender: error: {where} failed: {err}. The run stopped; {out} keeps the files "
-            f"written before{_resumable_hint(out)}.",
+            f"written before{_resumable_hint(out, args.data_dir)}.",
             file=sys.stderr,
         )
         return 1
@@ -414,7 +415,7 @@ def _run(
     if "stopped" in table.attrs:
         record["stopped"] = table.attrs["stopped"]
         _write_table(out, table, record)
-        then = _resumable_hint(out) if interrupted else ""
+        then = _resumable_hint(out, args.data_dir) if interrupted else ""
         print(
             f"bender: error: {table.attrs['stopped']}; results so far are in {out}{then}",
             file=sys.stderr,
