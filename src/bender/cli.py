@@ -127,8 +127,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _where_options(p: argparse.ArgumentParser) -> None:
-    """Options of ``train`` and ``resume`` that say where to run, not what: the results
-    do not depend on them (on one machine)."""
+    """Options of ``train`` and ``resume`` that say where to run and what to show, not what
+    to train: a resumed run may take other values than its start."""
     p.add_argument(
         "--device",
         default="auto",
