@@ -1,5 +1,6 @@
 """train(checkpoint=..., resume=...): a resumed run equals the run that never stopped."""
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -148,3 +149,14 @@ def test_a_checkpoint_in_a_missing_folder_is_refused_before_training(small_mnist
     with pytest.raises(FileNotFoundError, match=r"folder of checkpoint=.*nowhere.*does not exist"):
         train(model, small_mnist.subset(256, 100), epochs=1, checkpoint=tmp_path / "nowhere/c.pt")
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # no step
+
+
+def test_what_a_callback_adds_to_a_row_stays_out_of_the_checkpoint(small_mnist, tmp_path):
+    def note(row, model):
+        row["note"] = np.float64(1.5)  # not a type that weights_only loading accepts
+
+    path = tmp_path / "run.pt"
+    data = small_mnist.subset(256, 100)
+    train(recipes.build("fa-mlp"), data, epochs=1, checkpoint=path, callbacks=[note])
+    assert list(checkpoint.load(path)["rows"][0]) == COLUMNS
+    assert len(train(recipes.build("fa-mlp"), data, epochs=2, resume=path)) == 2

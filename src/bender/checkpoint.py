@@ -3,8 +3,9 @@
 ``train(..., checkpoint=path)`` writes one file after every completed epoch; ``train(...,
 resume=path)`` takes it up again. The file holds the model's, optimizer's and scheduler's
 states, the random states (the batch order's, the global ones and those of generators the
-layers keep), the table so far, and the settings that shape the run. Resumed on the same machine with the same thread count (CPU sums depend
-on it), the run gives the table of a run that never stopped, to the last digit.
+layers keep), the table so far, and the settings that shape the run. Resumed on the same
+machine with the same thread count (CPU sums depend on it), the run gives the table of a run
+that never stopped, to the last digit.
 """
 
 from __future__ import annotations

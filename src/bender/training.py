@@ -282,9 +282,10 @@ def train(
         elif schedule is not None:
             schedule.step()
         stoppers = [cb for cb in callbacks or () if cb(row, model) is True]
-        if checkpoint is not None:
+        if checkpoint is not None:  # the table's columns: a callback may have added to a row
+            table = [{column: r[column] for column in COLUMNS} for r in rows]
             save_checkpoint(
-                checkpoint, capture(epoch, rows, settings, model, opt, schedule, batches, device)
+                checkpoint, capture(epoch, table, settings, model, opt, schedule, batches, device)
             )
         if stoppers:
             names = ", ".join(getattr(cb, "__name__", type(cb).__name__) for cb in stoppers)
