@@ -1,5 +1,9 @@
 import argparse
 import json
+import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -212,6 +216,7 @@ def test_ctrl_c_keeps_results_so_far_with_curves(tmp_path, data_root, monkeypatc
     assert (out / "model.pt").exists()
     assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
     assert f"results so far are in {out}" in capsys.readouterr().err
+    assert not (out / cli.LOCK).exists()  # released
 
 
 def test_ctrl_c_while_saving_keeps_the_last_whole_checkpoint(tmp_path, data_root, monkeypatch):
@@ -447,3 +452,30 @@ def test_resumed_alignment_rows_keep_every_digit(tmp_path):
     angles.to_csv(tmp_path / "alignment.csv", index=False)
     rows = cli._alignment_rows(tmp_path, 1)  # epoch 2 came after the checkpoint: dropped
     assert [r["grad_angle_0"] for r in rows] == [0.12345678901234566, 1e-300]
+
+
+def test_a_second_process_writing_into_the_run_folder_is_refused(tmp_path, data_root, capsys):
+    code, out = _train(tmp_path, data_root, epochs=1)
+    assert code == 0
+    before = (out / "model.pt").read_bytes()
+    (out / cli.LOCK).write_text(f"{socket.gethostname()} {os.getpid()}")  # a live process
+    for run in (
+        lambda: _resume(out, data_root, "--epochs", "2"),
+        lambda: _train(tmp_path, data_root, "--overwrite", epochs=1),
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            run()
+        assert exit_info.value.code == 2
+        assert f"another bender process (pid {os.getpid()} on " in capsys.readouterr().err
+        assert (out / "model.pt").read_bytes() == before  # nothing replaced, nothing removed
+    assert (out / cli.LOCK).exists()  # still the other process's
+
+
+def test_the_lock_of_a_process_that_ended_is_taken_over(tmp_path, data_root):
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    code, out = _train(tmp_path, data_root, epochs=1)
+    assert code == 0
+    (out / cli.LOCK).write_text(f"{socket.gethostname()} {ended.pid}")
+    assert _resume(out, data_root, "--epochs", "2") == 0
+    assert not (out / cli.LOCK).exists()

@@ -6,8 +6,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import platform
+import socket
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
@@ -28,6 +32,7 @@ RESULT_FILES = (
     "alignment.csv",
 )
 PROBE = 1000  # test examples on which --alignment compares the gradients
+LOCK = ".bender.lock"  # in a run's folder while a bender process writes there
 # read_csv gives back every digit to_csv wrote: pandas 3 always, pandas 2 only when told
 # (its default parser can be one unit in the last place off; pandas 3 deprecates the option)
 EXACT_FLOATS = {} if int(pd.__version__.split(".")[0]) >= 3 else {"float_precision": "round_trip"}
@@ -289,6 +294,49 @@ def _resumable_hint(out: Path, data_dir: str | None) -> str:
     return f"; `bender resume {out}{where}` continues from the last epoch saved"
 
 
+def _lock_holder(lock: Path) -> str | None:
+    """Who holds ``lock`` (``"host pid"``), or ``None`` if that process has ended."""
+    try:
+        host, pid = lock.read_text().split()
+        pid = int(pid)
+    except (OSError, ValueError):  # being written right now, or damaged: leave it alone
+        return f"unknown, named in {lock}"
+    if host == socket.gethostname() and os.name == "posix":
+        try:
+            os.kill(pid, 0)  # signal 0: is it alive? (nothing is sent)
+        except ProcessLookupError:
+            return None
+        except PermissionError:  # alive, another user's
+            pass
+    return f"pid {pid} on {host}"
+
+
+@contextmanager
+def _lock(out: Path, parser: argparse.ArgumentParser) -> Iterator[None]:
+    """Hold ``out``'s lock file while this process writes there. A second bender process that
+    would write into the same folder at the same time (``bender resume`` while the run goes on,
+    two runs with one ``--out``) is refused; the lock of a process that has ended is taken over.
+    """
+    lock = out / LOCK
+    while True:
+        try:
+            with open(lock, "x") as held:  # "x": created here, or FileExistsError
+                held.write(f"{socket.gethostname()} {os.getpid()}")
+            break
+        except FileExistsError:
+            holder = _lock_holder(lock)
+            if holder is not None:
+                parser.error(
+                    f"another bender process ({holder}) is writing to {out}; wait for it to "
+                    f"end, or delete {lock} if no such process runs"
+                )
+            lock.unlink(missing_ok=True)  # left by a process that ended: take it over
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+
+
 def _run(
     args: argparse.Namespace,
     parser: argparse.ArgumentParser,
@@ -298,7 +346,6 @@ def _run(
 ) -> int:
     """Train ``model`` as ``args`` say, writing the results to ``out`` after every epoch;
     ``resumed``: the run's earlier record and its checkpoint, to continue from."""
-    recipe = recipes.get(args.recipe)
     try:
         device = resolve_device(args.device)
         dataset = data.load(args.dataset, args.data_dir)
@@ -314,13 +361,27 @@ def _run(
             f"({len(dataset.train)} examples{limited}); the last partial batch is dropped, "
             "so an epoch would have no batch"
         )
-    state = None
     if resumed is None:
         try:
             out.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             print(f"bender: error: cannot create the output folder {out}: {err}", file=sys.stderr)
             return 1
+    with _lock(out, parser):
+        return _fit(args, model, dataset, device, out, resumed)
+
+
+def _fit(
+    args: argparse.Namespace,
+    model: torch.nn.Module,
+    dataset: data.Dataset,
+    device: torch.device,
+    out: Path,
+    resumed: tuple[dict, dict] | None,
+) -> int:
+    """Train, writing the results to ``out`` after every epoch; the exit code."""
+    state = None
+    if resumed is None:
         for name in _results_in(out):  # only with --overwrite: no stale file outlives this run
             (out / name).unlink()
         record = {
@@ -421,8 +482,9 @@ def _run(
             file=sys.stderr,
         )
         return 130 if interrupted else 1  # 130: the shell's code for a run stopped by Ctrl-C
-    if recipe.reference and args.dataset == "mnist":  # the tutorials' numbers are MNIST's
-        print(f"for comparison, {recipe.reference}")
+    reference = recipes.get(args.recipe).reference
+    if reference and args.dataset == "mnist":  # the tutorials' numbers are MNIST's
+        print(f"for comparison, {reference}")
     print(f"wrote {', '.join(_results_in(out))} to {out}")
     return 0
 
