@@ -299,6 +299,8 @@ def _lock_holder(lock: Path) -> str | None:
     try:
         host, pid = lock.read_text().split()
         pid = int(pid)
+    except FileNotFoundError:  # its process ended just now
+        return None
     except (OSError, ValueError):  # being written right now, or damaged: leave it alone
         return f"unknown, named in {lock}"
     if host == socket.gethostname() and os.name == "posix":
