@@ -479,3 +479,14 @@ def test_the_lock_of_a_process_that_ended_is_taken_over(tmp_path, data_root):
     (out / cli.LOCK).write_text(f"{socket.gethostname()} {ended.pid}")
     assert _resume(out, data_root, "--epochs", "2") == 0
     assert not (out / cli.LOCK).exists()
+
+
+def test_who_holds_a_lock(tmp_path):
+    lock = tmp_path / cli.LOCK
+    assert cli._lock_holder(lock) is None  # gone: free
+    lock.write_text("")  # created, not yet written: held, by whom is unknown
+    assert cli._lock_holder(lock) == f"unknown, named in {lock}"
+    lock.write_text(f"{socket.gethostname()} {os.getpid()}")
+    assert cli._lock_holder(lock) == f"pid {os.getpid()} on {socket.gethostname()}"
+    lock.write_text("another-host 1")  # cannot be checked from here: held
+    assert cli._lock_holder(lock) == "pid 1 on another-host"
