@@ -243,7 +243,7 @@ def _resume(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             f"{folder} holds {state['epoch']} trained epoch(s) and the run asks for {epochs}; "
             f"pass --epochs N with N > {state['epoch']} to train on"
         )
-    settings = {key: record[key] for key in RECORDED if key != "epochs_requested"}
+    settings = {key: record[key] for key in ("recipe", "dataset", "lr", "batch_size", "seed")}
     run = argparse.Namespace(
         **vars(args)
         | settings
