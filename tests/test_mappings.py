@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -93,6 +95,88 @@ def test_linear_stoc_binary_weights_reproducible(batch, dtype):
     close(layer.weight.grad, delta.T @ x)
 
 
+def _signs(w):
+    """sign(w) written out, for the sign-concordant rules' expected feedback."""
+    return torch.where(w > 0, 1.0, torch.where(w < 0, -1.0, 0.0)).to(w.dtype)
+
+
+def _expected_sign_feedback(rule, layer, seed):
+    """The feedback B each sign-concordant rule should use, built here from its definition."""
+    w = layer.weight.detach()
+    if rule == "usf":
+        return _signs(w)
+    if rule == "frsf":
+        return layer.feedback.abs() * _signs(w)
+    fan = w.shape[0] * w[0, 0].numel() + w.shape[1] * w[0, 0].numel()  # fan_out + fan_in
+    u = torch.rand(w.shape, generator=torch.Generator().manual_seed(seed), dtype=w.dtype)
+    return u * math.sqrt(6 / fan) * _signs(w)
+
+
+@pytest.mark.parametrize("rule", ["usf", "frsf", "brsf"])
+def test_linear_sign_concordant_mappings(rule, batch, dtype):
+    layer = GenDense(
+        6,
+        4,
+        forward=f"linear_{rule}_dx",
+        feedback=rule == "frsf",
+        generator=torch.Generator().manual_seed(9),
+        dtype=dtype,
+    )
+    with torch.no_grad():
+        layer.bias.normal_()
+        layer.weight[0, 0] = 0.0  # sign(0) = 0: no feedback through a zero weight
+    b = _expected_sign_feedback(rule, layer, seed=9)
+    x, delta = torch.randn(batch, 6, dtype=dtype), torch.randn(batch, 4, dtype=dtype)
+    xg, y = _run(layer, x, delta)
+    w = layer.weight.detach()
+    close(y, x @ w.T + layer.bias.detach())
+    close(xg.grad, delta @ b)
+    close(layer.weight.grad, delta.T @ x)  # exact
+    close(layer.bias.grad, delta.sum(0))
+    assert not torch.allclose(xg.grad, delta @ w)  # not backprop's ∂x
+
+
+def test_sign_concordant_feedback_follows_the_weight(dtype):
+    layer = GenDense(5, 3, forward="linear_usf_dx", dtype=dtype)
+    x, delta = torch.randn(4, 5, dtype=dtype), torch.randn(4, 3, dtype=dtype)
+    before, _ = _run(layer, x, delta)
+    with torch.no_grad():
+        layer.weight.neg_()  # every sign flips, as training may flip some
+    after, _ = _run(layer, x, delta)
+    close(after.grad, -before.grad)
+
+
+def test_brsf_draws_new_magnitudes_each_call_and_only_when_dx_is_needed():
+    g = torch.Generator().manual_seed(4)
+    layer = GenDense(5, 3, forward="linear_brsf_dx", generator=g)
+    x, delta = torch.randn(4, 5), torch.randn(4, 3)
+    first, _ = _run(layer, x, delta)
+    second, _ = _run(layer, x, delta)
+    assert not torch.allclose(first.grad, second.grad)  # M redrawn for each batch
+    assert torch.equal(
+        torch.sign(first.grad @ torch.ones(5)), torch.sign(first.grad @ torch.ones(5))
+    )
+    state, global_state = g.get_state(), torch.get_rng_state()
+    layer(x).sum().backward()  # a first layer: x needs no ∂x
+    with torch.no_grad():
+        layer(x.requires_grad_())  # evaluation
+    assert torch.equal(g.get_state(), state) and torch.equal(torch.get_rng_state(), global_state)
+    unseeded = GenDense(5, 3, forward="linear_brsf_dx")  # no generator: the global one
+    _run(unseeded, x, delta)
+    assert not torch.equal(torch.get_rng_state(), global_state)
+
+
+def test_frsf_needs_a_feedback_matrix_and_usf_brsf_do_not():
+    with pytest.raises(ValueError, match="linear_frsf_dx needs a feedback matrix"):
+        GenDense(3, 2, forward="linear_frsf_dx")
+    with pytest.raises(ValueError, match="conv_linear_frsf_dx needs a feedback matrix"):
+        GenConv(1, 2, 3, forward="conv_linear_frsf_dx")
+    for name in ("linear_usf_dx", "linear_brsf_dx"):
+        assert GenDense(3, 2, forward=name).feedback is None
+    with pytest.raises(ValueError, match="linear_usf_dx is for dense layers"):
+        GenConv(1, 2, 3, forward="linear_usf_dx")
+
+
 CONV_PLAIN = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 
 
@@ -134,6 +218,40 @@ def test_conv_mappings(name, kernel, batch, dtype):
     conv(x, wr, None, 1, 1).backward(delta)
     close(layer.weight.grad, wr.grad)
     close(layer.bias.grad, delta.sum([d for d in range(delta.dim()) if d != 1]))
+
+
+@pytest.mark.parametrize("kernel", [(3,), (3, 3), (2, 2, 2)], ids=["1d", "2d", "3d"])
+@pytest.mark.parametrize("rule", ["usf", "frsf", "brsf"])
+def test_conv_sign_concordant_mappings(rule, kernel, batch, dtype):
+    dims = len(kernel)
+    layer = GenConv(
+        4,
+        2,
+        kernel,
+        forward=f"conv_linear_{rule}_dx",
+        feedback=rule == "frsf",
+        stride=2,
+        padding=1,
+        groups=2,
+        generator=torch.Generator().manual_seed(6),
+        dtype=dtype,
+    )
+    with torch.no_grad():
+        layer.bias.normal_()
+    b = _expected_sign_feedback(rule, layer, seed=6)
+    conv = CONV_PLAIN[dims]
+    x = torch.randn(batch, 4, *([6] * dims), dtype=dtype)
+    w = layer.weight.detach()
+    expected_y = conv(x, w, layer.bias.detach(), 2, 1, 1, 2)
+    delta = torch.randn_like(expected_y)
+    xg, y = _run(layer, x, delta)
+    close(y, expected_y)
+    xr = x.clone().requires_grad_()  # ∂x: backprop through a convolution with kernel B
+    conv(xr, b, None, 2, 1, 1, 2).backward(delta)
+    close(xg.grad, xr.grad)
+    wr = w.clone().requires_grad_()
+    conv(x, wr, None, 2, 1, 1, 2).backward(delta)
+    close(layer.weight.grad, wr.grad)
 
 
 def test_custom_mapping_is_a_plain_function():
@@ -201,6 +319,8 @@ def test_register_mapping_refuses_what_is_not_a_function():
         register_mapping(lambda layer, x: x, exact=1)
     with pytest.raises(ValueError, match="unknown forward mapping 'lienar'"):
         register_mapping(lambda layer, x: x, exact="lienar")
+    with pytest.raises(TypeError, match="feedback_matrix must be a function layer -> B"):
+        register_mapping(lambda layer, x: x, feedback_matrix=torch.ones(2, 2))
     assert "my_rule" not in MAPPINGS and "<lambda>" not in MAPPINGS
 
 

@@ -13,15 +13,18 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bender.functional.conv import bent_conv, conv
 from bender.functional.dense import bent_linear
 from bender.functional.radial import bent_radial
+from bender.functional.sign_concordant import random_magnitudes, sign_concordant
 from bender.functional.ste import sign_ste, stoc_sign_ste
 
 Mapping = Callable[[nn.Module, Tensor], Tensor]
+FeedbackRule = Callable[[nn.Module], Tensor]
 
 MAPPINGS: dict[str, Mapping] = {}
 LAYER_KINDS = ("dense", "conv", None)
@@ -35,6 +38,7 @@ def register_mapping(
     exact: Mapping | str | None = None,
     name: str = "",
     layer: str | None = None,
+    feedback_matrix: FeedbackRule | None = None,
 ):
     """Register ``fn`` under ``name`` (default: its ``__name__``) so layers accept the name.
 
@@ -42,7 +46,10 @@ def register_mapping(
     feedback matrix. ``exact`` is the mapping (or its registered name) with the same forward and
     backprop's gradient (``linear`` for ``linear_asym_dx``); :mod:`bender.alignment` swaps it in
     to compare the two rules. ``layer="dense"`` or ``"conv"`` makes the other kind of layer
-    refuse the mapping at construction (``None``: any layer). Usable bare
+    refuse the mapping at construction (``None``: any layer). ``feedback_matrix``, a function
+    ``layer -> B``, names the matrix that takes ``W``'s place in ``∂x`` when that is not
+    ``layer.feedback`` as stored (``sign(W)`` for ``linear_usf_dx``), so that
+    :func:`bender.alignment.weight_alignment` measures ``∠(W, B)`` with it. Usable bare
     (``@register_mapping``) or with arguments. Registering a name again replaces your earlier
     function (a notebook cell run twice); bender's own mappings, their names and the function
     objects, cannot be replaced or registered again.
@@ -56,6 +63,10 @@ def register_mapping(
         exact = resolve_mapping(exact)
     if exact is not None and not callable(exact):
         raise TypeError(f"exact must be a mapping, its registered name, or None, got {exact!r}")
+    if feedback_matrix is not None and not callable(feedback_matrix):
+        raise TypeError(
+            f"feedback_matrix must be a function layer -> B, or None, got {feedback_matrix!r}"
+        )
 
     def wrap(f: Mapping) -> Mapping:
         key = name or f.__name__
@@ -74,6 +85,7 @@ def register_mapping(
         f.needs_feedback = needs_feedback  # type: ignore[attr-defined]
         f.exact = exact  # type: ignore[attr-defined]
         f.layer = layer  # type: ignore[attr-defined]
+        f.feedback_matrix = feedback_matrix  # type: ignore[attr-defined]
         MAPPINGS[key] = f
         return f
 
@@ -190,6 +202,86 @@ def conv_linear_blocked_dx(layer: nn.Module, x: Tensor) -> Tensor:
 def conv_binary_weights(layer: nn.Module, x: Tensor) -> Tensor:
     """Convolution with ``sign(W)`` plus bias; latent ``W`` learns through the STE."""
     return conv(x, sign_ste(layer.weight), layer.bias, **_conv_settings(layer))
+
+
+Magnitudes = Callable[[nn.Module, Tensor], Tensor | None]
+
+
+def _uniform(layer: nn.Module, weight: Tensor) -> None:
+    return None
+
+
+def _fixed(layer: nn.Module, weight: Tensor) -> Tensor:
+    return feedback_of(layer, mapping_name(layer.mapping))
+
+
+def _drawn(layer: nn.Module, weight: Tensor) -> Tensor:
+    return random_magnitudes(weight, getattr(layer, "generator", None))
+
+
+def _sign_concordant(layer: nn.Module, x: Tensor, magnitudes: Magnitudes) -> tuple[Tensor, Tensor]:
+    """The weight (read once) and the feedback ``|M| ⊙ sign(W)`` for ``∂x``; the weight itself
+    as feedback when no ``∂x`` will be computed (the first layer, or grad mode off), since the
+    feedback then changes nothing: none is made, no magnitudes are drawn."""
+    weight = layer.weight
+    if x.requires_grad and torch.is_grad_enabled():
+        return weight, sign_concordant(weight, magnitudes(layer, weight))
+    return weight, weight
+
+
+def _usf(layer: nn.Module) -> Tensor:
+    return sign_concordant(layer.weight)
+
+
+def _frsf(layer: nn.Module) -> Tensor:
+    return sign_concordant(layer.weight, _fixed(layer, layer.weight))
+
+
+@register_mapping(exact=linear, layer="dense", feedback_matrix=_usf)
+def linear_usf_dx(layer: nn.Module, x: Tensor) -> Tensor:
+    """``x Wᵀ + b`` with uniform sign-concordant feedback (uSF): ``∂x = δ sign(W)``,
+    ``∂W = δᵀ x``."""
+    weight, feedback = _sign_concordant(layer, x, _uniform)
+    return bent_linear(x, weight, feedback, layer.bias)
+
+
+@register_mapping(needs_feedback=True, exact=linear, layer="dense", feedback_matrix=_frsf)
+def linear_frsf_dx(layer: nn.Module, x: Tensor) -> Tensor:
+    """``x Wᵀ + b`` with fixed-random-magnitude sign-concordant feedback (frSF):
+    ``∂x = δ (|V| ⊙ sign(W))``, ``V`` the layer's fixed ``feedback``; ``∂W = δᵀ x``."""
+    weight, feedback = _sign_concordant(layer, x, _fixed)
+    return bent_linear(x, weight, feedback, layer.bias)
+
+
+@register_mapping(exact=linear, layer="dense")
+def linear_brsf_dx(layer: nn.Module, x: Tensor) -> Tensor:
+    """``x Wᵀ + b`` with batchwise-random-magnitude sign-concordant feedback (brSF):
+    ``∂x = δ (|M| ⊙ sign(W))``, ``M`` Glorot-uniform drawn anew at each call from
+    ``layer.generator`` (``None``: the global generator); ``∂W = δᵀ x``."""
+    weight, feedback = _sign_concordant(layer, x, _drawn)
+    return bent_linear(x, weight, feedback, layer.bias)
+
+
+@register_mapping(exact=conv_linear, layer="conv", feedback_matrix=_usf)
+def conv_linear_usf_dx(layer: nn.Module, x: Tensor) -> Tensor:
+    """Convolution plus bias; ``∂x`` through the kernel ``sign(W)`` (uSF), ``∂W`` exact."""
+    weight, feedback = _sign_concordant(layer, x, _uniform)
+    return bent_conv(x, weight, feedback, layer.bias, **_conv_settings(layer))
+
+
+@register_mapping(needs_feedback=True, exact=conv_linear, layer="conv", feedback_matrix=_frsf)
+def conv_linear_frsf_dx(layer: nn.Module, x: Tensor) -> Tensor:
+    """Convolution plus bias; ``∂x`` through ``|V| ⊙ sign(W)`` (frSF), ``∂W`` exact."""
+    weight, feedback = _sign_concordant(layer, x, _fixed)
+    return bent_conv(x, weight, feedback, layer.bias, **_conv_settings(layer))
+
+
+@register_mapping(exact=conv_linear, layer="conv")
+def conv_linear_brsf_dx(layer: nn.Module, x: Tensor) -> Tensor:
+    """Convolution plus bias; ``∂x`` through ``|M| ⊙ sign(W)``, ``M`` Glorot-uniform drawn anew
+    at each call from ``layer.generator`` (brSF); ``∂W`` exact."""
+    weight, feedback = _sign_concordant(layer, x, _drawn)
+    return bent_conv(x, weight, feedback, layer.bias, **_conv_settings(layer))
 
 
 BUILT_IN = frozenset(MAPPINGS)
