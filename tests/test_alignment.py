@@ -118,6 +118,31 @@ def test_conv_and_radial_feedback_layers():
     assert angles["3"] == pytest.approx(0.0, abs=1e-3) and angles["0"] > 1.0
 
 
+def test_sign_concordant_layers_are_measured_with_the_feedback_they_use(dtype):
+    net = nn.Sequential(
+        GenDense(8, 7, nn.ReLU(), forward="linear_usf_dx", dtype=dtype),
+        GenDense(7, 6, nn.ReLU(), forward="linear_frsf_dx", feedback=True, dtype=dtype),
+        GenDense(6, 5, nn.ReLU(), forward="linear_brsf_dx", dtype=dtype),
+        nn.Unflatten(1, (5, 1)),
+        GenConv(5, 4, (1,), forward="conv_linear_usf_dx", dtype=dtype),
+        nn.Flatten(),
+    )
+    w = [m.weight.detach() for m in (net[0], net[1], net[4])]
+    angles = weight_alignment(net)
+    assert list(angles) == ["0", "1", "4"]  # brSF's matrix is drawn anew each batch: not listed
+    assert angles["0"] == pytest.approx(_degrees(w[0], torch.where(w[0] > 0, 1.0, -1.0)))
+    frsf = net[1].feedback.abs() * torch.where(w[1] > 0, 1.0, -1.0)
+    assert angles["1"] == pytest.approx(_degrees(w[1], frsf))
+    assert angles["4"] == pytest.approx(_degrees(w[2], torch.where(w[2] > 0, 1.0, -1.0)))
+    assert 20 < angles["0"] < 40  # sign(W) of a uniform W: about 30°, well below FA's 90°
+    assert list(bent_layers(net)) == ["0", "1", "2", "4"]
+    x, y = torch.rand(9, 8, dtype=dtype), torch.randint(0, 4, (9,))
+    state = torch.get_rng_state()
+    grads = gradient_alignment(net, x, y)
+    assert torch.equal(torch.get_rng_state(), state)  # brSF's draws left no trace
+    assert grads["4"] == pytest.approx(0.0, abs=1e-3) and grads["0"] > 1.0
+
+
 def test_dfa_layers_count_as_bent_whatever_their_mapping():
     dfa = DFA(nn.Sequential(GenDense(4, 3, nn.ReLU()), GenDense(3, 2)), num_outputs=2)
     angles = gradient_alignment(dfa, torch.rand(5, 4), torch.tensor([0, 1, 1, 0, 1]))

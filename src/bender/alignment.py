@@ -7,7 +7,8 @@ feedback matrices do, so the error each layer receives approaches the one backpr
 as flat vectors, ``∠(a, b) = arccos(⟨a, b⟩ / (‖a‖ ‖b‖))``: 0° is the same direction, 90° no
 relation, 180° opposite.
 
-- :func:`weight_alignment`: ``∠(W, B)`` for every layer with a feedback matrix.
+- :func:`weight_alignment`: ``∠(W, B)`` for every layer with a feedback matrix (held, or
+  computed from ``W`` by sign-concordant feedback).
 - :func:`gradient_alignment`: ``∠(∂W bent, ∂W backprop)`` for every bent layer, on one batch.
 - :class:`AlignmentRecorder`: a training callback that records both after every epoch.
 
@@ -66,11 +67,23 @@ def _named(model: nn.Module, keep: Callable[[nn.Module], bool], wanted: str) -> 
 
 
 def _uses_feedback(m: nn.Module) -> bool:
+    if _mapping_says(m, "feedback_matrix") is not None:
+        return True
     return bool(_mapping_says(m, "needs_feedback")) and getattr(m, "feedback", None) is not None
 
 
+def feedback_matrix(layer: nn.Module) -> Tensor:
+    """The matrix ``B`` that takes ``W``'s place in the layer's ``∂x``: what its mapping's
+    ``feedback_matrix`` computes (``sign(W)`` for ``linear_usf_dx``), else ``layer.feedback``."""
+    rule = _mapping_says(layer, "feedback_matrix")
+    return layer.feedback if rule is None else rule(layer)
+
+
 def feedback_layers(model: nn.Module) -> dict[str, nn.Module]:
-    """The submodules (by name) whose mapping uses a feedback matrix, and that hold one."""
+    """The submodules (by name) whose mapping sends the error back through a feedback matrix
+    that is fixed or follows the weight: one they hold (``linear_asym_dx``, ``linear_frsf_dx``)
+    or one computed from the weight (``linear_usf_dx``). Not ``linear_brsf_dx``, whose matrix
+    is drawn anew for each batch."""
     return _named(model, _uses_feedback, "uses a feedback matrix")
 
 
@@ -95,10 +108,11 @@ def bent_layers(model: nn.Module) -> dict[str, nn.Module]:
 def weight_alignment(model: nn.Module) -> dict[str, float]:
     """``∠(W, B)`` in degrees for each layer with a feedback matrix, keyed by layer name.
 
-    About 90° at initialisation (two independent random matrices); below 90° once the weights
-    have aligned with their feedback.
+    For feedback alignment about 90° at initialisation (two independent random matrices), below
+    90° once the weights have aligned with their feedback. Sign-concordant feedback starts well
+    below 90° (``B`` shares ``W``'s signs): about 30° for ``sign(W)`` of a uniform ``W``.
     """
-    return {name: angle(m.weight, m.feedback) for name, m in feedback_layers(model).items()}
+    return {name: angle(m.weight, feedback_matrix(m)) for name, m in feedback_layers(model).items()}
 
 
 @contextmanager
