@@ -27,6 +27,17 @@ def _noisy_mlp() -> nn.Sequential:
     )
 
 
+def _brsf_mlp() -> nn.Sequential:
+    """Draws feedback magnitudes on every step (brSF): from the global generator in the middle
+    layer, from its own in the last (the first layer sends no error back, so draws none)."""
+    own = torch.Generator().manual_seed(int(torch.randint(1000, ())))
+    return nn.Sequential(
+        GenDense(784, 32, nn.ReLU(), forward="linear_brsf_dx"),
+        GenDense(32, 16, nn.ReLU(), forward="linear_brsf_dx"),
+        GenDense(16, 10, forward="linear_brsf_dx", generator=own),
+    )
+
+
 def _step_lr(opt):  # its state counts: the step after epoch 2 lowers lr, that after 1 not
     return torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.1)
 
@@ -34,6 +45,7 @@ def _step_lr(opt):  # its state counts: the step after epoch 2 lowers lr, that a
 RUNS = {
     "fa-mlp, fused Adam": (lambda: recipes.build("fa-mlp", seed=3), {}),
     "dropout and stochastic signs": (_noisy_mlp, {}),
+    "brSF feedback drawn per batch": (_brsf_mlp, {}),
     "one batch order": (lambda: recipes.build("binary-mlp"), {"reshuffle": False}),
     "SGD with a step scheduler": (
         lambda: recipes.build("dfa-mlp"),

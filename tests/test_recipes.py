@@ -15,6 +15,9 @@ from bender import DFA, GenConv, GenDense, SignSTE, mappings, recipes
         ("bp-mlp-large", [784, 512, 256, 10], mappings.linear),
         ("dfa-mlp", [784, 128, 64, 10], mappings.linear_blocked_dx),
         ("dfa-mlp-large", [784, 512, 256, 10], mappings.linear_blocked_dx),
+        ("usf-mlp", [784, 128, 64, 10], mappings.linear_usf_dx),
+        ("frsf-mlp", [784, 128, 64, 10], mappings.linear_frsf_dx),
+        ("brsf-mlp", [784, 128, 64, 10], mappings.linear_brsf_dx),
     ],
 )
 def test_recipe_architectures(name, sizes, mapping):
@@ -30,7 +33,8 @@ def test_recipe_architectures(name, sizes, mapping):
     hidden = SignSTE if name == "binary-mlp" else nn.ReLU
     assert all(isinstance(layer.activation, hidden) for layer in layers[:-1])
     assert layers[-1].activation is None
-    assert all((layer.feedback is not None) == name.startswith("fa") for layer in layers)
+    held = name.startswith(("fa", "frsf"))
+    assert all((layer.feedback is not None) == held for layer in layers)
     assert model(torch.rand(3, 784)).shape == (3, 10)
 
 

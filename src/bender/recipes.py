@@ -29,6 +29,9 @@ from bender.mappings import (
     linear_asym_dx,
     linear_binary_weights,
     linear_blocked_dx,
+    linear_brsf_dx,
+    linear_frsf_dx,
+    linear_usf_dx,
 )
 from bender.nonlinearities import SignSTE
 from bender.training import check_seed, train
@@ -114,6 +117,21 @@ RECIPES: dict[str, Recipe] = {
             "dfa-cnn",
             "direct feedback alignment, CNN conv16-conv32-dense, relu",
             lambda: DFA(cnn(conv_linear_blocked_dx, linear_blocked_dx), 10, input_shape=(784,)),
+        ),
+        Recipe(
+            "usf-mlp",
+            "sign-concordant feedback sign(W) (uSF, Liao et al. 2016), MLP 784-128-64-10, relu",
+            lambda: mlp(SMALL, linear_usf_dx),
+        ),
+        Recipe(
+            "frsf-mlp",
+            "sign-concordant feedback |V|⊙sign(W), V fixed (frSF), MLP 784-128-64-10, relu",
+            lambda: mlp(SMALL, linear_frsf_dx, feedback=True),
+        ),
+        Recipe(
+            "brsf-mlp",
+            "sign-concordant feedback |M|⊙sign(W), M per batch (brSF), MLP 784-128-64-10, relu",
+            lambda: mlp(SMALL, linear_brsf_dx),
         ),
         Recipe(
             "bp-mlp",
