@@ -392,3 +392,31 @@ def test_a_weight_shared_by_two_linear_layers_stays_shared():
     bent(torch.randn(2, 3)).sum().backward()
     opt.step()
     assert torch.equal(bent[0].weight, bent[2].weight)
+
+
+@pytest.mark.parametrize("rule", ["usf", "frsf", "brsf"])
+def test_converted_layers_take_sign_concordant_feedback(rule):
+    linear, conv = nn.Linear(6, 4).double(), nn.Conv2d(2, 3, 3, padding="same").double()
+    bent = convert(
+        nn.Sequential(conv, nn.Flatten(), linear.double()),
+        dense=f"linear_{rule}_dx",
+        conv=f"conv_linear_{rule}_dx",
+    )
+    assert (bent[0].feedback is not None) == (rule == "frsf") == (bent[2].feedback is not None)
+    for layer, shape, backprop in [
+        (bent[0], (5, 2, 4, 4), lambda b, d: torch.nn.grad.conv2d_input((5, 2, 4, 4), b, d, 1, 1)),
+        (bent[2], (5, 6), lambda b, d: d @ b),
+    ]:
+        x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+        torch.manual_seed(5)  # brSF draws from the global generator: seeded, then drawn again
+        out = layer(x)
+        delta = torch.randn_like(out)
+        out.backward(delta)
+        w = layer.weight.detach()
+        receptive = w[0, 0].numel()  # the kernel's size; 1 for a dense weight
+        glorot = (6 / ((w.shape[0] + w.shape[1]) * receptive)) ** 0.5
+        drawn = torch.rand(w.shape, generator=torch.Generator().manual_seed(5), dtype=w.dtype)
+        magnitude = drawn * glorot if rule == "brsf" else torch.ones_like(w)
+        if rule == "frsf":
+            magnitude = layer.feedback.abs()
+        close(x.grad, backprop(magnitude * torch.sign(w), delta))
