@@ -27,12 +27,16 @@ DENSE_MAPPINGS = [
     "radial_asym_dx",
     "linear_binary_weights",
     "linear_stoc_binary_weights",
+    "linear_usf_dx",
+    "linear_frsf_dx",
 ]
 CONV_MAPPINGS = [
     "conv_linear",
     "conv_linear_asym_dx",
     "conv_linear_blocked_dx",
     "conv_binary_weights",
+    "conv_linear_usf_dx",
+    "conv_linear_frsf_dx",
 ]
 ACTIVATIONS = [SignSTE, StocSignSTE, HardSigmoid, HardtanhAdaSTE]
 
@@ -135,3 +139,31 @@ def test_stochastic_mapping_with_its_own_generator_compiles_with_a_graph_break()
     close(compiled_layer.weight.grad, eager.weight.grad)
     explanation = torch._dynamo.explain(make())(x)
     assert explanation.graph_break_count >= 1
+
+
+@pytest.mark.parametrize(
+    ("make", "shape"),
+    [
+        (lambda: GenDense(6, 4, forward="linear_brsf_dx"), (3, 6)),
+        (lambda: GenConv(2, 3, 3, padding=1, forward="conv_linear_brsf_dx"), (2, 2, 5, 5)),
+    ],
+    ids=["dense", "conv"],
+)
+def test_brsf_compiles_and_draws_its_magnitudes_from_the_global_generator(make, shape):
+    """Compiled, brSF's ``M`` may be drawn in the backward pass, where ``B`` is used (AOTAutograd
+    places it there): the same rule and distribution, drawn at another point of the random
+    stream. With no other draw in between, the numbers are eager's too."""
+    torch._dynamo.reset()
+    eager = make()
+    compiled_layer = make()
+    compiled_layer.load_state_dict(eager.state_dict())
+    compiled = torch.compile(compiled_layer, backend="aot_eager", fullgraph=True)
+    x = torch.randn(*shape)
+    grads = []
+    for layer in (eager, compiled):
+        xr = x.clone().requires_grad_()
+        torch.manual_seed(1)
+        out = layer(xr)
+        out.backward(torch.linspace(-1, 1, out.numel()).reshape(out.shape))  # no draw here
+        grads.append(xr.grad)
+    close(grads[1], grads[0])
