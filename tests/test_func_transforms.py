@@ -62,6 +62,13 @@ def _models() -> dict[str, nn.Module]:
             ),
             3,
         ),
+        "sign-concordant": nn.Sequential(
+            GenDense(8, 6, nn.ReLU(), forward="linear_usf_dx"),
+            nn.Unflatten(1, (3, 2)),
+            GenConv(3, 4, (1,), nn.ReLU(), forward="conv_linear_frsf_dx", feedback=True),
+            nn.Flatten(),
+            GenDense(8, 3, forward="linear_frsf_dx", feedback=True),
+        ),
         "conv": nn.Sequential(
             nn.Unflatten(1, (2, 2, 2)),
             GenConv(2, 3, 1, nn.ReLU(), forward="conv_linear_asym_dx", feedback=True),
@@ -91,6 +98,24 @@ def test_stochastic_sign_under_vmap_needs_pytorchs_randomness_flag():
         _per_sample_grads(model, x, delta)
     grads = _per_sample_grads(model, x, delta, randomness="different")
     close(grads["0.bias"], delta)  # straight-through: the error passes the sign unchanged
+
+
+def test_brsf_under_vmap_needs_pytorchs_randomness_flag():
+    model = nn.Sequential(
+        GenDense(8, 5, nn.ReLU(), forward="linear_usf_dx"),
+        GenDense(5, 3, forward="linear_brsf_dx"),
+    )
+    x, delta = torch.randn(4, 8), torch.randn(4, 3)
+    with pytest.raises(RuntimeError, match="randomness"):
+        _per_sample_grads(model, x, delta)
+    torch.manual_seed(2)
+    grads = _per_sample_grads(model, x, delta, randomness="same")  # one M for all samples
+    close(grads["1.bias"], delta)
+    for i in range(len(x)):  # each sample's eager backward, drawing that same M
+        model.zero_grad()
+        torch.manual_seed(2)
+        model(x[i : i + 1]).backward(delta[i : i + 1])
+        close(grads["0.weight"][i], model[0].weight.grad)
 
 
 def test_grad_of_a_functional_loss_gives_the_bent_input_gradient():
