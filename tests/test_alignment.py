@@ -228,6 +228,42 @@ def test_gradient_alignment_passes_draw_alike_and_leave_the_random_state():
     assert angles["4"] == pytest.approx(0.0, abs=1e-3)  # same mask in both: the true error
 
 
+def _net_with_its_own_generators() -> nn.Sequential:
+    """Stochastic binary weights and brSF magnitudes drawn from generators the layers keep."""
+    torch.manual_seed(0)
+    return nn.Sequential(
+        GenDense(784, 32, nn.ReLU(), forward="linear_asym_dx", feedback=True),
+        GenDense(
+            32,
+            16,
+            nn.ReLU(),
+            forward="linear_stoc_binary_weights",
+            generator=torch.Generator().manual_seed(1),
+        ),
+        GenDense(16, 10, forward="linear_brsf_dx", generator=torch.Generator().manual_seed(2)),
+    )
+
+
+def test_gradient_alignment_passes_draw_alike_from_the_layers_own_generators():
+    model = _net_with_its_own_generators()
+    states = [m.generator.get_state() for m in model[1:]]
+    x, y = torch.rand(16, 784), torch.randint(0, 10, (16,))
+    angles = gradient_alignment(model, x, y)
+    assert angles["2"] == pytest.approx(0.0, abs=1e-3)  # same binary weights in both passes
+    assert angles == gradient_alignment(model, x, y)
+    after = [m.generator.get_state() for m in model[1:]]
+    assert all(torch.equal(a, b) for a, b in zip(after, states, strict=True))
+
+
+def test_alignment_recorder_leaves_the_layers_own_generators_alone(small_mnist):
+    model = _net_with_its_own_generators()
+    recorder = AlignmentRecorder(small_mnist.test.x[:200], small_mnist.test.y[:200])
+    recorder({"epoch": 0}, model)
+    table = train(model, small_mnist, epochs=2, callbacks=[recorder])
+    plain = train(_net_with_its_own_generators(), small_mnist, epochs=2)
+    assert table.drop(columns="seconds").equals(plain.drop(columns="seconds"))
+
+
 def test_alignment_recorder_leaves_dropout_batch_norm_and_randomness_alone(small_mnist):
     model = _fa_net_with_dropout_and_batch_norm()
     recorder = AlignmentRecorder(small_mnist.test.x[:200], small_mnist.test.y[:200])

@@ -33,6 +33,7 @@ from torch.nn.utils import parametrize
 
 from bender._modes import eval_mode
 from bender._placement import inputs_for
+from bender._random import from_current_random_state
 from bender.dfa import DFA
 
 
@@ -152,19 +153,20 @@ def gradient_alignment(
     its angle is 0; the layers below show how far the error they receive is from the true one.
     A layer that the rule gives no gradient at all (blocked layers above it, outside ``DFA``)
     gets NaN: the angle to a zero gradient is undefined.
-    Two forward and backward passes, both starting from the caller's random state, so that
-    dropout masks and stochastic layers draw the same in both; the random state, and the
-    parameters' ``.grad``, are left as they were. The model runs in its current mode: in train
-    mode batch norm updates its running statistics, as in any forward pass (the
-    :class:`AlignmentRecorder` measures in eval mode). ``x`` goes to the model's device and
-    dtype, and ``target`` with it, as in :func:`bender.training.evaluate`.
+    Two forward and backward passes, both starting from the caller's random state (the global
+    generators and those the layers keep), so that dropout masks and stochastic layers draw the
+    same in both; the random state, and the parameters' ``.grad``, are left as they were. The
+    model runs in its current mode: in train mode batch norm updates its running statistics, as
+    in any forward pass (the :class:`AlignmentRecorder` measures in eval mode). ``x`` goes to
+    the model's device and dtype, and ``target`` with it, as in
+    :func:`bender.training.evaluate`.
     """
     layers = bent_layers(model)
     x = inputs_for(model, x)
     target = target.to(x.device)
-    with _from_current_random_state(x.device):
+    with from_current_random_state(model, x.device):
         bent = _weight_gradients(model, layers, x, target, loss)
-    with _from_current_random_state(x.device), backprop(model):
+    with from_current_random_state(model, x.device), backprop(model):
         exact = _weight_gradients(model, layers, x, target, loss)
     return {name: angle(b, e) for name, b, e in zip(layers, bent, exact, strict=True)}
 
@@ -211,16 +213,6 @@ def _weight_gradients(
     return tuple(
         torch.zeros_like(w) if g is None else g for w, g in zip(weights, grads, strict=True)
     )
-
-
-def _from_current_random_state(device: torch.device):
-    """Run a block from the current global random state and restore that state afterwards.
-
-    Covers the CPU generator and, for a model on an accelerator, that device's generator.
-    """
-    if device.type == "cpu":
-        return torch.random.fork_rng(devices=[])
-    return torch.random.fork_rng(devices=[device], device_type=device.type)
 
 
 class AlignmentRecorder:

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from bender._random import layer_generators
 from bender.data import Batches
 
 FORMAT = 1  # raise when the layout of the file changes
@@ -37,16 +38,6 @@ def write_atomically(path: str | os.PathLike, write: Callable[[Path], object]) -
         os.replace(partial, path)
     finally:
         partial.unlink(missing_ok=True)
-
-
-def layer_generators(model: nn.Module) -> dict[str, torch.Generator]:
-    """The generators that layers keep for themselves (``GenDense(..., generator=g)``, for
-    stochastic mappings), by module name; they are not part of the ``state_dict``."""
-    return {
-        name: module.generator
-        for name, module in model.named_modules()
-        if isinstance(getattr(module, "generator", None), torch.Generator)
-    }
 
 
 def random_states(model: nn.Module, device: torch.device) -> dict[str, Any]:
