@@ -39,6 +39,7 @@ def register_mapping(
     name: str = "",
     layer: str | None = None,
     feedback_matrix: FeedbackRule | None = None,
+    binary_weights: bool = False,
 ):
     """Register ``fn`` under ``name`` (default: its ``__name__``) so layers accept the name.
 
@@ -49,7 +50,9 @@ def register_mapping(
     refuse the mapping at construction (``None``: any layer). ``feedback_matrix``, a function
     ``layer -> B``, names the matrix that takes ``W``'s place in ``∂x`` when that is not
     ``layer.feedback`` as stored (``sign(W)`` for ``linear_usf_dx``), so that
-    :func:`bender.alignment.weight_alignment` measures ``∠(W, B)`` with it. Usable bare
+    :func:`bender.alignment.weight_alignment` measures ``∠(W, B)`` with it.
+    ``binary_weights=True`` says that the forward pass uses ``sign(W)``, one bit per weight, for
+    :func:`bender.summary.summary` to count. Usable bare
     (``@register_mapping``) or with arguments. Registering a name again replaces your earlier
     function (a notebook cell run twice); bender's own mappings, their names and the function
     objects, cannot be replaced or registered again.
@@ -86,6 +89,7 @@ def register_mapping(
         f.exact = exact  # type: ignore[attr-defined]
         f.layer = layer  # type: ignore[attr-defined]
         f.feedback_matrix = feedback_matrix  # type: ignore[attr-defined]
+        f.binary_weights = binary_weights  # type: ignore[attr-defined]
         MAPPINGS[key] = f
         return f
 
@@ -163,13 +167,13 @@ def radial_asym_dx(layer: nn.Module, x: Tensor) -> Tensor:
     return bent_radial(x, layer.weight, feedback_of(layer, "radial_asym_dx"), layer.bias)
 
 
-@register_mapping(layer="dense")
+@register_mapping(layer="dense", binary_weights=True)
 def linear_binary_weights(layer: nn.Module, x: Tensor) -> Tensor:
     """``x sign(W)ᵀ + b``; the latent real ``W`` learns through the straight-through estimator."""
     return F.linear(x, sign_ste(layer.weight), layer.bias)
 
 
-@register_mapping(layer="dense")
+@register_mapping(layer="dense", binary_weights=True)
 def linear_stoc_binary_weights(layer: nn.Module, x: Tensor, generator: Any | None = None) -> Tensor:
     """``x Sᵀ + b`` with ``S = stoc_sign_ste(W)`` drawn anew each call; STE backward.
 
@@ -198,7 +202,7 @@ def conv_linear_blocked_dx(layer: nn.Module, x: Tensor) -> Tensor:
     return bent_conv(x, layer.weight, None, layer.bias, **_conv_settings(layer))
 
 
-@register_mapping(layer="conv")
+@register_mapping(layer="conv", binary_weights=True)
 def conv_binary_weights(layer: nn.Module, x: Tensor) -> Tensor:
     """Convolution with ``sign(W)`` plus bias; latent ``W`` learns through the STE."""
     return conv(x, sign_ste(layer.weight), layer.bias, **_conv_settings(layer))
