@@ -28,6 +28,42 @@ def test_recipes_lists_one_line_each(capsys):
     assert lines[0].startswith("fa-mlp ") and "784-128-64-10" in lines[0]
 
 
+def test_summary_prints_the_layers_and_the_memory_binary_weights_save(capsys):
+    assert cli.main(["summary", "binary-mlp"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].split() == [
+        "layer",
+        "type",
+        "rule",
+        "output",
+        "params_1bit",
+        "params_float",
+        "feedback",
+        "macs_1bit",
+        "macs_float",
+        "memory_kib",
+    ]
+    assert lines[1].split()[:6] == [
+        "0",
+        "GenDense",
+        "linear_binary_weights",
+        "128",
+        "100352",
+        "128",
+    ]
+    assert lines[4].split()[:3] == ["total", "109184", "202"]
+    bits = (109184 / 8 + 4 * 202) / 1024
+    full = (109184 + 202) * 4 / 1024
+    assert lines[5] == (
+        f"weights for inference: {bits:.1f} KiB; all in float32 they would take {full:.1f} KiB "
+        f"({full / bits:.1f}× more)"
+    )
+    assert cli.main(["summary", "fa-mlp"]) == 0
+    printed = capsys.readouterr().out
+    assert "weights for inference" not in printed  # nothing binary to compare
+    assert printed.splitlines()[-1].split()[:5] == ["total", "0", "109386", "109184", "0"]
+
+
 @pytest.mark.parametrize("command", ["train", "resume"])
 def test_every_option_is_explained_in_help_with_its_default(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
@@ -113,6 +149,7 @@ def test_shuffle_once_is_recorded_and_changes_the_run(tmp_path, data_root):
         ["train", "fa-mlp", "--seed", str(2**64)],
         ["train", "not-a-recipe"],
         ["train", "fa-mlp", "--dataset", "cifar"],
+        ["summary", "fa-mpl"],
     ],
 )
 def test_usage_errors_exit_2(args, capsys):

@@ -1,5 +1,5 @@
-"""The ``bender`` command: list recipes, train one and write its results to a folder, or resume
-a run from the checkpoint in its folder."""
+"""The ``bender`` command: list recipes, summarise one, train one and write its results to a
+folder, or resume a run from the checkpoint in its folder."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ import torch
 from bender import __version__, checkpoint, data, recipes
 from bender.alignment import AlignmentRecorder, bent_layers
 from bender.checkpoint import write_atomically
+from bender.summary import summary
 from bender.training import COLUMNS, check_seed, resolve_device, train
 
 TABLE_COLUMNS = [c for c in COLUMNS if c != "seconds"]  # seed-determined: reproducible
@@ -69,6 +70,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"bender {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("recipes", help="list the named experiments")
+    m = sub.add_parser(
+        "summary",
+        help="a recipe's layers: 1-bit and float parameters, feedback, MACs per sample, memory",
+    )
+    m.add_argument("recipe", help="recipe name (see `bender recipes`)")
     t = sub.add_parser("train", help="train a recipe and write metrics, curves and weights")
     t.add_argument("recipe", help="recipe name (see `bender recipes`)")
     for flag, kind, default, text in (
@@ -196,6 +202,28 @@ def plot_curves(table: pd.DataFrame, path: Path, title: str) -> None:
     fig.suptitle(title)
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def _summary(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """``bender summary``: the table of :func:`bender.summary.summary` for one input image."""
+    try:
+        recipes.get(args.recipe)
+    except KeyError as err:
+        parser.error(err.args[0])
+    model = recipes.build(args.recipe)
+    image = torch.rand(1, 784, generator=torch.Generator().manual_seed(0))  # pixels in [0, 1]
+    table = summary(model, image)
+    print(table.to_string(index=False, formatters={"memory_kib": "{:.1f}".format}))
+    total = table.iloc[-1]
+    if total["params_1bit"]:
+        weight = next(model.parameters())
+        full = (total["params_1bit"] + total["params_float"]) * weight.element_size() / 1024
+        dtype = str(weight.dtype).removeprefix("torch.")
+        print(
+            f"weights for inference: {total['memory_kib']:.1f} KiB; all in {dtype} they would "
+            f"take {full:.1f} KiB ({full / total['memory_kib']:.1f}× more)"
+        )
+    return 0
 
 
 def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -499,6 +527,8 @@ def main(argv: list[str] | None = None) -> int:
         for recipe in recipes.RECIPES.values():
             print(f"{recipe.name:<{width}}  {recipe.summary}")
         return 0
+    if args.command == "summary":
+        return _summary(args, parser)
     if args.command == "resume":
         return _resume(args, parser)
     return _train(args, parser)
