@@ -160,6 +160,7 @@ def train(
     progress: bool = False,
     checkpoint: str | os.PathLike | None = None,
     resume: str | os.PathLike | dict | None = None,
+    after_step: Sequence[Callable[[nn.Module], object]] | None = None,
 ) -> pd.DataFrame:
     """Train ``model`` on ``data.train``; after every epoch evaluate on train and test.
 
@@ -174,7 +175,9 @@ def train(
     there (early stopping), after the other callbacks of that epoch have run. ``scheduler``
     builds a learning-rate scheduler from the optimizer (``lambda opt: CosineAnnealingLR(opt,
     T_max=10)``), stepped once after every epoch's evaluation, before the callbacks;
-    ``ReduceLROnPlateau`` is stepped with the epoch's ``loss_train``. A non-finite
+    ``ReduceLROnPlateau`` is stepped with the epoch's ``loss_train``. Each of ``after_step`` is
+    called as ``fn(model)`` under ``torch.no_grad()`` after every optimizer step, e.g. a weight
+    constraint such as :class:`bender.constraints.ClipBinaryWeights`. A non-finite
     training loss stops training with a warning. Either way the rows of the completed epochs
     are returned, and the reason is in ``df.attrs["stopped"]``. Inputs holding NaN or ±inf are
     refused with a ``ValueError`` before the first step; trainable parameters that the first
@@ -207,6 +210,9 @@ def train(
             "examples): the last partial batch is dropped, so an epoch would have no batch"
         )
     loss_fn = _choose("loss", loss, LOSSES)
+    after = (after_step,) if callable(after_step) else tuple(after_step or ())
+    if not all(callable(fn) for fn in after):
+        raise TypeError(f"after_step must be a list of functions fn(model), got {after_step!r}")
     device = resolve_device(device)
     settings = {
         "batch_size": batch_size,
@@ -259,6 +265,10 @@ def train(
             if first:
                 _warn_untrained(model)
             opt.step()
+            if after:
+                with torch.no_grad():
+                    for fn in after:
+                        fn(model)
             running += batch_loss.detach()
             if step % 100 == 0 and not math.isfinite(running.item()):
                 break

@@ -1,0 +1,70 @@
+"""Constraints on weights, applied after every optimizer step: ``train(..., after_step=[...])``.
+
+A constraint is any callable ``constraint(model)``; :func:`bender.training.train` calls it
+under ``torch.no_grad()`` after each ``optimizer.step()``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+
+def binary_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """The submodules (by name) whose mapping uses ``sign(W)`` in the forward pass: those
+    registered with ``binary_weights=True`` (``linear_binary_weights``, ...)."""
+    return {
+        name: module
+        for name, module in model.named_modules()
+        if getattr(getattr(module, "mapping", None), "binary_weights", False)
+    }
+
+
+class ClipBinaryWeights:
+    """Clamp the latent weights of every binary layer to ``[−bound, bound]``.
+
+    BinaryConnect (Courbariaux, Bengio, David 2015, arXiv:1511.00363, Sec. 2.4) clips the real
+    weights behind ``sign(W)`` after each update: ``sign`` ignores ``|W|``, so without a bound
+    a weight can grow far past 0, where updates no longer change its sign and it stops
+    learning; with the bound a few updates the other way can always flip it. Larq's
+    ``weight_clip`` constraint, with the same default bound 1. Pass it to
+    ``train(..., after_step=[ClipBinaryWeights()])``.
+
+    A pruned layer's ``weight_orig`` is clamped (the mask keeps zeros at zero); a binary layer
+    whose weight is parametrized is refused, since clamping the parametrization's inputs would
+    not bound the weight it computes.
+    """
+
+    def __init__(self, bound: float = 1.0) -> None:
+        if isinstance(bound, bool) or not isinstance(bound, (int, float)):
+            raise TypeError(f"bound must be a number, got {type(bound).__name__}: {bound!r}")
+        if not (bound > 0 and math.isfinite(bound)):
+            raise ValueError(f"bound must be positive and finite, got {bound!r}")
+        self.bound = float(bound)
+
+    def __call__(self, model: nn.Module) -> None:
+        layers = binary_layers(model)
+        if not layers:
+            raise ValueError(
+                f"ClipBinaryWeights clips the latent weights of binary layers, but no layer of "
+                f"this {type(model).__name__} uses binary weights (a mapping such as "
+                "linear_binary_weights or conv_binary_weights)"
+            )
+        for name, layer in layers.items():
+            if parametrize.is_parametrized(layer, "weight"):
+                raise ValueError(
+                    f"layer {name or type(layer).__name__} has a parametrized weight; "
+                    "ClipBinaryWeights cannot bound what a parametrization computes"
+                )
+        with torch.no_grad():
+            for layer in layers.values():
+                latent = layer._parameters.get("weight")
+                if latent is None:  # pruned: the parameter is weight_orig
+                    latent = layer._parameters["weight_orig"]
+                latent.clamp_(-self.bound, self.bound)
+
+    def __repr__(self) -> str:
+        return f"ClipBinaryWeights(bound={self.bound:g})"
