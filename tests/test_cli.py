@@ -423,6 +423,25 @@ def test_resume_trains_a_finished_run_for_more_epochs(tmp_path, data_root, capsy
     assert json.loads((out / "metrics.json").read_text())["epochs_requested"] == 2
 
 
+def test_clipped_binary_weights_are_recorded_and_kept_on_resume(tmp_path, data_root, capsys):
+    # far below Glorot's bound (0.08 for 784 → 128): signs flip within a few steps of Adam
+    clip = ("--clip-weights", "0.002")
+    code, whole = _train(tmp_path, data_root, *clip, recipe="binary-mlp", folder="whole")
+    assert code == 0
+    weights = torch.load(whole / "model.pt", weights_only=True)
+    assert all(weights[f"{i}.weight"].abs().max() == 0.002 for i in range(3))
+    code, plain = _train(tmp_path, data_root, recipe="binary-mlp", folder="plain")
+    assert (whole / "metrics.csv").read_bytes() != (plain / "metrics.csv").read_bytes()
+    code, out = _train(tmp_path, data_root, *clip, recipe="binary-mlp", epochs=1)
+    assert json.loads((out / "metrics.json").read_text())["clip_weights"] == 0.002
+    assert _resume(out, data_root, "--epochs", "2") == 0
+    _same_results(out, whole)  # the resumed epoch clipped too
+    with pytest.raises(SystemExit) as exit_info:
+        _train(tmp_path, data_root, *clip, folder="fa")  # fa-mlp: nothing binary to clip
+    assert exit_info.value.code == 2
+    assert "--clip-weights clamps the latent weights of binary layers" in capsys.readouterr().err
+
+
 def test_resume_says_what_differs_from_the_runs_start(tmp_path, data_root, capsys):
     code, out = _train(tmp_path, data_root, epochs=1)
     assert code == 0

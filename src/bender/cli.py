@@ -20,6 +20,7 @@ import torch
 from bender import __version__, checkpoint, data, recipes
 from bender.alignment import AlignmentRecorder, bent_layers
 from bender.checkpoint import write_atomically
+from bender.constraints import ClipBinaryWeights, binary_layers
 from bender.summary import summary
 from bender.training import COLUMNS, check_seed, resolve_device, train
 
@@ -100,6 +101,13 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="shuffle the training set once and keep that batch order every epoch, as "
         "Bender.jl's tutorials do (default: reshuffle every epoch)",
+    )
+    t.add_argument(
+        "--clip-weights",
+        type=_positive(float),
+        metavar="BOUND",
+        help="after every step, clamp the latent weights of binary layers to [-BOUND, BOUND], "
+        "as BinaryConnect does (Larq's weight_clip uses 1; default: no clipping)",
     )
     t.add_argument(
         "--dataset", choices=list(data.DATASETS), default="mnist", help="(default: %(default)s)"
@@ -241,6 +249,11 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                 f"--alignment compares a bent rule with backprop, but {args.recipe} has no bent "
                 "layer; use a feedback-alignment or DFA recipe"
             )
+    if args.clip_weights and not binary_layers(model):
+        parser.error(
+            f"--clip-weights clamps the latent weights of binary layers, but {args.recipe} has "
+            "none; use a binary recipe such as binary-mlp"
+        )
     return _run(args, parser, model, _output_folder(args, parser))
 
 
@@ -279,6 +292,7 @@ def _resume(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             "epochs": epochs,
             "shuffle_once": not record["reshuffle"],
             "limit": record.get("limit"),
+            "clip_weights": record.get("clip_weights"),
             "alignment": "alignment_probe" in record,
         }
     )
@@ -425,6 +439,7 @@ def _fit(
             "device": str(device),
             "threads": torch.get_num_threads(),  # CPU results depend on it (summation order)
             "limit": args.limit,
+            "clip_weights": args.clip_weights,
             "bender": __version__,
             "torch": torch.__version__,
             "python": platform.python_version(),
@@ -476,6 +491,7 @@ def _fit(
             progress=not args.no_progress,
             checkpoint=out / "checkpoint.pt",
             resume=state,
+            after_step=[ClipBinaryWeights(args.clip_weights)] if args.clip_weights else None,
         )
     except KeyboardInterrupt:  # Ctrl-C: finish the record of the epochs completed so far
         interrupted = True
