@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from bender import cli, recipes
+from bender.summary import COLUMNS as SUMMARY_COLUMNS
 
 
 def _train(tmp_path, data_root, *extra, recipe="fa-mlp", epochs=2, folder="run"):
@@ -31,18 +32,7 @@ def test_recipes_lists_one_line_each(capsys):
 def test_summary_prints_the_layers_and_the_memory_binary_weights_save(capsys):
     assert cli.main(["summary", "binary-mlp"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert lines[0].split() == [
-        "layer",
-        "type",
-        "rule",
-        "output",
-        "params_1bit",
-        "params_float",
-        "feedback",
-        "macs_1bit",
-        "macs_float",
-        "memory_kib",
-    ]
+    assert lines[0].split() == list(SUMMARY_COLUMNS)
     assert lines[1].split()[:6] == [
         "0",
         "GenDense",

@@ -223,7 +223,9 @@ def _drawn(layer: nn.Module, weight: Tensor) -> Tensor:
     return random_magnitudes(weight, getattr(layer, "generator", None))
 
 
-def _sign_concordant(layer: nn.Module, x: Tensor, magnitudes: Magnitudes) -> tuple[Tensor, Tensor]:
+def _with_sign_feedback(
+    layer: nn.Module, x: Tensor, magnitudes: Magnitudes
+) -> tuple[Tensor, Tensor]:
     """The weight (read once) and the feedback ``|M| ⊙ sign(W)`` for ``∂x``; the weight itself
     as feedback when no ``∂x`` will be computed (the first layer, or grad mode off), since the
     feedback then changes nothing: none is made, no magnitudes are drawn."""
@@ -245,7 +247,7 @@ def _frsf(layer: nn.Module) -> Tensor:
 def linear_usf_dx(layer: nn.Module, x: Tensor) -> Tensor:
     """``x Wᵀ + b`` with uniform sign-concordant feedback (uSF): ``∂x = δ sign(W)``,
     ``∂W = δᵀ x``."""
-    weight, feedback = _sign_concordant(layer, x, _uniform)
+    weight, feedback = _with_sign_feedback(layer, x, _uniform)
     return bent_linear(x, weight, feedback, layer.bias)
 
 
@@ -253,7 +255,7 @@ def linear_usf_dx(layer: nn.Module, x: Tensor) -> Tensor:
 def linear_frsf_dx(layer: nn.Module, x: Tensor) -> Tensor:
     """``x Wᵀ + b`` with fixed-random-magnitude sign-concordant feedback (frSF):
     ``∂x = δ (|V| ⊙ sign(W))``, ``V`` the layer's fixed ``feedback``; ``∂W = δᵀ x``."""
-    weight, feedback = _sign_concordant(layer, x, _fixed)
+    weight, feedback = _with_sign_feedback(layer, x, _fixed)
     return bent_linear(x, weight, feedback, layer.bias)
 
 
@@ -262,21 +264,21 @@ def linear_brsf_dx(layer: nn.Module, x: Tensor) -> Tensor:
     """``x Wᵀ + b`` with batchwise-random-magnitude sign-concordant feedback (brSF):
     ``∂x = δ (|M| ⊙ sign(W))``, ``M`` Glorot-uniform drawn anew at each call from
     ``layer.generator`` (``None``: the global generator); ``∂W = δᵀ x``."""
-    weight, feedback = _sign_concordant(layer, x, _drawn)
+    weight, feedback = _with_sign_feedback(layer, x, _drawn)
     return bent_linear(x, weight, feedback, layer.bias)
 
 
 @register_mapping(exact=conv_linear, layer="conv", feedback_matrix=_usf)
 def conv_linear_usf_dx(layer: nn.Module, x: Tensor) -> Tensor:
     """Convolution plus bias; ``∂x`` through the kernel ``sign(W)`` (uSF), ``∂W`` exact."""
-    weight, feedback = _sign_concordant(layer, x, _uniform)
+    weight, feedback = _with_sign_feedback(layer, x, _uniform)
     return bent_conv(x, weight, feedback, layer.bias, **_conv_settings(layer))
 
 
 @register_mapping(needs_feedback=True, exact=conv_linear, layer="conv", feedback_matrix=_frsf)
 def conv_linear_frsf_dx(layer: nn.Module, x: Tensor) -> Tensor:
     """Convolution plus bias; ``∂x`` through ``|V| ⊙ sign(W)`` (frSF), ``∂W`` exact."""
-    weight, feedback = _sign_concordant(layer, x, _fixed)
+    weight, feedback = _with_sign_feedback(layer, x, _fixed)
     return bent_conv(x, weight, feedback, layer.bias, **_conv_settings(layer))
 
 
@@ -284,7 +286,7 @@ def conv_linear_frsf_dx(layer: nn.Module, x: Tensor) -> Tensor:
 def conv_linear_brsf_dx(layer: nn.Module, x: Tensor) -> Tensor:
     """Convolution plus bias; ``∂x`` through ``|M| ⊙ sign(W)``, ``M`` Glorot-uniform drawn anew
     at each call from ``layer.generator`` (brSF); ``∂W`` exact."""
-    weight, feedback = _sign_concordant(layer, x, _drawn)
+    weight, feedback = _with_sign_feedback(layer, x, _drawn)
     return bent_conv(x, weight, feedback, layer.bias, **_conv_settings(layer))
 
 
