@@ -10,10 +10,9 @@ are stored in one bit, how much memory the weights take, and how many multiply-a
   forward pass uses ``sign(W)``; the latent real ``W`` is needed for training only.
 - A MAC is **1-bit** when the weights are 1-bit and the layer's input, in the pass the summary
   runs, holds no values but ``−1``, ``0`` and ``+1``: the output of ``sign_ste`` before it,
-  whose ``sign(0) = 0`` (Bender.jl's, and Julia's, ``sign``) shows at exact ties, which
-  binary weights and inputs make common. MACs are counted
-  for dense and convolution layers: ``in × out`` per input row, and ``C_in/groups × ∏k ×
-  C_out`` per output position.
+  whose ``sign(0) = 0`` (Bender.jl's, and Julia's, ``sign``) shows at exact ties, which binary
+  weights and inputs make common. MACs are counted for dense and convolution layers:
+  ``in × out`` per input row, and ``C_in/groups × ∏k × C_out`` per output position.
 - **Memory** is that of the parameters for inference: one bit per 1-bit weight, the tensor's
   own element size for every other parameter. Feedback matrices, needed for training only,
   are counted apart.
@@ -32,6 +31,7 @@ from torch.nn.utils import parametrize
 from bender._modes import eval_mode
 from bender._placement import inputs_for
 from bender._random import from_current_random_state
+from bender.constraints import binary_layers
 from bender.layers import GenConv, GenDense
 from bender.mappings import mapping_name
 
@@ -63,10 +63,6 @@ def _weight_parameters(module: nn.Module) -> list[nn.Parameter]:
         return list(module.parametrizations.weight.parameters())
     weight = module._parameters.get("weight", module._parameters.get("weight_orig"))
     return [] if weight is None else [weight]
-
-
-def _has_binary_weights(module: nn.Module) -> bool:
-    return bool(getattr(getattr(module, "mapping", None), "binary_weights", False))
 
 
 def _macs(module: nn.Module, x: Tensor, output: Tensor) -> int:
@@ -113,6 +109,7 @@ def summary(model: nn.Module, x: Tensor) -> pd.DataFrame:
         )
     x = inputs_for(model, x)
     listed = {name: m for name, m in model.named_modules() if _listed(m)}
+    binary_weights = {id(m) for m in binary_layers(model).values()}
     calls: dict[str, dict] = {
         name: {"output": "", "macs_1bit": 0, "macs_float": 0} for name in listed
     }
@@ -121,7 +118,7 @@ def summary(model: nn.Module, x: Tensor) -> pd.DataFrame:
         def hook(module: nn.Module, args: tuple, output) -> None:
             inputs = args[0] if args and isinstance(args[0], Tensor) else None
             macs = _macs(module, inputs, output) if inputs is not None else 0
-            binary = _has_binary_weights(module) and inputs is not None and _is_binary(inputs)
+            binary = id(module) in binary_weights and inputs is not None and _is_binary(inputs)
             calls[name]["macs_1bit" if binary else "macs_float"] += macs
             if isinstance(output, Tensor) and not calls[name]["output"]:
                 calls[name]["output"] = "×".join(str(n) for n in output.shape[1:])
@@ -139,11 +136,11 @@ def summary(model: nn.Module, x: Tensor) -> pd.DataFrame:
     for name, module in listed.items():
         params = [p for p in _own_parameters(module) if id(p) not in seen]
         seen.update(id(p) for p in params)
-        binary = (
-            {id(p) for p in _weight_parameters(module)} if _has_binary_weights(module) else set()
-        )
-        one_bit = module.weight.numel() if binary & {id(p) for p in params} else 0
-        full = [p for p in params if id(p) not in binary]
+        signed = set()  # the parameters behind sign(W): stored as one bit per weight
+        if id(module) in binary_weights:
+            signed = {id(p) for p in _weight_parameters(module)} & {id(p) for p in params}
+        one_bit = module.weight.numel() if signed else 0
+        full = [p for p in params if id(p) not in signed]
         feedback = getattr(module, "feedback", None)
         rule = getattr(module, "mapping", None)
         rows.append(
@@ -158,7 +155,7 @@ def summary(model: nn.Module, x: Tensor) -> pd.DataFrame:
                 "macs_1bit": calls[name]["macs_1bit"] // len(x),
                 "macs_float": calls[name]["macs_float"] // len(x),
                 "memory_kib": (one_bit / 8 + sum(p.numel() * p.element_size() for p in full))
-                / 1024,
+                / 1024,  # bytes → KiB
             }
         )
     table = pd.DataFrame(rows, columns=list(COLUMNS))
