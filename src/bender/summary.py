@@ -154,8 +154,7 @@ def summary(model: nn.Module, x: Tensor) -> pd.DataFrame:
                 "feedback": feedback.numel() if isinstance(feedback, Tensor) else 0,
                 "macs_1bit": calls[name]["macs_1bit"] // len(x),
                 "macs_float": calls[name]["macs_float"] // len(x),
-                "memory_kib": (one_bit / 8 + sum(p.numel() * p.element_size() for p in full))
-                / 1024,  # bytes → KiB
+                "memory_kib": (one_bit / 8 + sum(p.nbytes for p in full)) / 1024,
             }
         )
     table = pd.DataFrame(rows, columns=list(COLUMNS))
