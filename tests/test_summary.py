@@ -155,3 +155,15 @@ def test_a_conv_layer_with_binary_weights():
     rows = _rows(summary(model, torch.rand(2, 1, 5, 5)))
     assert rows["0"]["macs_float"] == 25 * 4 * 9 and rows["0"]["macs_1bit"] == 0
     assert rows["1"]["macs_1bit"] == 25 * 2 * 4 * 9 and rows["1"]["params_1bit"] == 72
+
+
+@pytest.mark.parametrize("name", list(recipes.RECIPES))
+def test_every_recipes_parameters_and_feedback_are_all_counted_once(name):
+    model = recipes.build(name)
+    total = summary(model, torch.rand(2, 784)).iloc[-1]
+    assert total["params_1bit"] + total["params_float"] == sum(
+        p.numel() for p in model.parameters()
+    )
+    buffers = sum(b.numel() for n, b in model.named_buffers() if n.endswith("feedback"))
+    assert total["feedback"] == buffers
+    assert total["macs_1bit"] + total["macs_float"] > 0
