@@ -44,6 +44,9 @@ def test_recipe_architectures(name, sizes, mapping):
         ("fa-cnn", mappings.conv_linear_asym_dx, mappings.linear_asym_dx),
         ("dfa-cnn", mappings.conv_linear_blocked_dx, mappings.linear_blocked_dx),
         ("bp-cnn", mappings.conv_linear, mappings.linear),
+        ("usf-cnn", mappings.conv_linear_usf_dx, mappings.linear_usf_dx),
+        ("frsf-cnn", mappings.conv_linear_frsf_dx, mappings.linear_frsf_dx),
+        ("brsf-cnn", mappings.conv_linear_brsf_dx, mappings.linear_brsf_dx),
     ],
 )
 def test_cnn_recipes(name, conv_mapping, dense_mapping):
@@ -56,7 +59,7 @@ def test_cnn_recipes(name, conv_mapping, dense_mapping):
     assert [type(m) for m in learning] == [GenConv, GenConv, GenDense]
     assert [tuple(m.weight.shape) for m in learning] == [(16, 1, 5, 5), (32, 16, 5, 5), (10, 1568)]
     assert [m.mapping for m in learning] == [conv_mapping, conv_mapping, dense_mapping]
-    assert all((m.feedback is not None) == (name == "fa-cnn") for m in learning)
+    assert all((m.feedback is not None) == (name in ("fa-cnn", "frsf-cnn")) for m in learning)
     x = torch.rand(3, 784, requires_grad=True)  # the MLPs' flattened input
     out = recipes.build(name)(x)
     assert out.shape == (3, 10)

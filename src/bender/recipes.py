@@ -25,6 +25,9 @@ from bender.mappings import (
     conv_linear,
     conv_linear_asym_dx,
     conv_linear_blocked_dx,
+    conv_linear_brsf_dx,
+    conv_linear_frsf_dx,
+    conv_linear_usf_dx,
     linear,
     linear_asym_dx,
     linear_binary_weights,
@@ -132,6 +135,21 @@ RECIPES: dict[str, Recipe] = {
             "brsf-mlp",
             "sign-concordant feedback |M|⊙sign(W), M per batch (brSF), MLP 784-128-64-10, relu",
             lambda: mlp(SMALL, linear_brsf_dx),
+        ),
+        Recipe(
+            "usf-cnn",
+            "sign-concordant feedback sign(W) (uSF), CNN conv16-conv32-dense",
+            lambda: cnn(conv_linear_usf_dx, linear_usf_dx),
+        ),
+        Recipe(
+            "frsf-cnn",
+            "sign-concordant feedback |V|⊙sign(W), V fixed (frSF), CNN conv16-conv32-dense",
+            lambda: cnn(conv_linear_frsf_dx, linear_frsf_dx, feedback=True),
+        ),
+        Recipe(
+            "brsf-cnn",
+            "sign-concordant feedback |M|⊙sign(W), M per batch (brSF), CNN conv16-conv32-dense",
+            lambda: cnn(conv_linear_brsf_dx, linear_brsf_dx),
         ),
         Recipe(
             "bp-mlp",
