@@ -26,6 +26,7 @@ from bender.functional._checks import check_positive_int
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 Callback = Callable[[dict, nn.Module], bool | None]  # True: stop after this epoch
+StepFn = Callable[[nn.Module], object]  # after every optimizer step, e.g. a weight constraint
 COLUMNS = ["epoch", "loss_train", "loss_test", "acc_train", "acc_test", "seconds"]
 
 
@@ -160,7 +161,7 @@ def train(
     progress: bool = False,
     checkpoint: str | os.PathLike | None = None,
     resume: str | os.PathLike | dict | None = None,
-    after_step: Sequence[Callable[[nn.Module], object]] | None = None,
+    after_step: Sequence[StepFn] | StepFn | None = None,
 ) -> pd.DataFrame:
     """Train ``model`` on ``data.train``; after every epoch evaluate on train and test.
 
