@@ -140,6 +140,8 @@ def test_shuffle_once_is_recorded_and_changes_the_run(tmp_path, data_root):
         ["train", "not-a-recipe"],
         ["train", "fa-mlp", "--dataset", "cifar"],
         ["summary", "fa-mpl"],
+        ["train", "binary-mlp", "--clip-weights", "0"],
+        ["train", "binary-mlp", "--clip-weights", "nan"],
     ],
 )
 def test_usage_errors_exit_2(args, capsys):
