@@ -138,17 +138,18 @@ RECIPES: dict[str, Recipe] = {
         ),
         Recipe(
             "usf-cnn",
-            "sign-concordant feedback sign(W) (uSF), CNN conv16-conv32-dense",
+            "sign-concordant feedback sign(W) (uSF), CNN conv16-conv32-dense, relu",
             lambda: cnn(conv_linear_usf_dx, linear_usf_dx),
         ),
         Recipe(
             "frsf-cnn",
-            "sign-concordant feedback |V|⊙sign(W), V fixed (frSF), CNN conv16-conv32-dense",
+            "sign-concordant feedback |V|⊙sign(W), V fixed (frSF), CNN conv16-conv32-dense, relu",
             lambda: cnn(conv_linear_frsf_dx, linear_frsf_dx, feedback=True),
         ),
         Recipe(
             "brsf-cnn",
-            "sign-concordant feedback |M|⊙sign(W), M per batch (brSF), CNN conv16-conv32-dense",
+            "sign-concordant feedback |M|⊙sign(W), M per batch (brSF), "
+            "CNN conv16-conv32-dense, relu",
             lambda: cnn(conv_linear_brsf_dx, linear_brsf_dx),
         ),
         Recipe(
