@@ -167,3 +167,13 @@ def test_every_recipes_parameters_and_feedback_are_all_counted_once(name):
     buffers = sum(b.numel() for n, b in model.named_buffers() if n.endswith("feedback"))
     assert total["feedback"] == buffers
     assert total["macs_1bit"] + total["macs_float"] > 0
+
+
+def test_a_spectral_normed_binary_layer_keeps_its_power_iteration_state():
+    from torch.nn.utils.parametrizations import spectral_norm
+
+    model = nn.Sequential(spectral_norm(GenDense(6, 5, forward=linear_binary_weights)))
+    u = model[0].parametrizations.weight[0]._u.clone()
+    rows = _rows(summary(model, torch.rand(2, 6)))  # the model stays in train mode
+    assert rows["0"]["params_1bit"] == 30
+    assert torch.equal(model[0].parametrizations.weight[0]._u, u)

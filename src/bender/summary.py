@@ -126,12 +126,26 @@ def summary(model: nn.Module, x: Tensor) -> pd.DataFrame:
         return hook
 
     handles = [m.register_forward_hook(record(name)) for name, m in listed.items()]
-    try:
-        with torch.no_grad(), eval_mode(model), from_current_random_state(model, x.device):
+    with torch.no_grad(), eval_mode(model), from_current_random_state(model, x.device):
+        try:
             model(x)
-    finally:
-        for handle in handles:
-            handle.remove()
+        finally:
+            for handle in handles:
+                handle.remove()
+        rows = _rows(listed, binary_weights, calls, len(x))  # reads weights: in eval mode too
+    table = pd.DataFrame(rows, columns=list(COLUMNS))
+    total = {c: table[c].sum() for c in COLUMNS[4:]}
+    return pd.concat(
+        [table, pd.DataFrame([{"layer": "total", "type": "", "rule": "", "output": ""} | total])],
+        ignore_index=True,
+    )
+
+
+def _rows(
+    listed: dict[str, nn.Module], binary_weights: set[int], calls: dict[str, dict], batch: int
+) -> list[dict]:
+    """The table's rows: each parameter counted in the first module that holds it; a binary
+    layer's weight as one bit per entry (a parametrized one read as computed now)."""
     rows, seen = [], set()
     for name, module in listed.items():
         params = [p for p in _own_parameters(module) if id(p) not in seen]
@@ -152,14 +166,9 @@ def summary(model: nn.Module, x: Tensor) -> pd.DataFrame:
                 "params_1bit": one_bit,
                 "params_float": sum(p.numel() for p in full),
                 "feedback": feedback.numel() if isinstance(feedback, Tensor) else 0,
-                "macs_1bit": calls[name]["macs_1bit"] // len(x),
-                "macs_float": calls[name]["macs_float"] // len(x),
+                "macs_1bit": calls[name]["macs_1bit"] // batch,
+                "macs_float": calls[name]["macs_float"] // batch,
                 "memory_kib": (one_bit / 8 + sum(p.nbytes for p in full)) / 1024,
             }
         )
-    table = pd.DataFrame(rows, columns=list(COLUMNS))
-    total = {c: table[c].sum() for c in COLUMNS[4:]}
-    return pd.concat(
-        [table, pd.DataFrame([{"layer": "total", "type": "", "rule": "", "output": ""} | total])],
-        ignore_index=True,
-    )
+    return rows
