@@ -4,7 +4,7 @@ Feedback alignment, direct feedback alignment, binary networks with straight-thr
 estimators, RBF-style layers, and any rule in which the backward pass is not the exact gradient.
 """
 
-from bender import alignment, functional, mappings
+from bender import alignment, constraints, functional, mappings, summary
 from bender.conversion import convert
 from bender.dfa import DFA
 from bender.functional.direct_feedback import direct_feedback_loss
@@ -25,9 +25,11 @@ __all__ = [
     "StocSignSTE",
     "activations",
     "alignment",
+    "constraints",
     "convert",
     "direct_feedback_loss",
     "functional",
     "mappings",
     "register_mapping",
+    "summary",
 ]
