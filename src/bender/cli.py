@@ -212,12 +212,17 @@ def plot_curves(table: pd.DataFrame, path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def _known_recipe(name: str, parser: argparse.ArgumentParser, where: str = "") -> None:
+    """A usage error that lists the valid recipes, unless ``name`` is one."""
+    try:
+        recipes.get(name)
+    except KeyError as err:
+        parser.error(f"{where}{err.args[0]}")
+
+
 def _summary(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """``bender summary``: the table of :func:`bender.summary.summary` for one input image."""
-    try:
-        recipes.get(args.recipe)
-    except KeyError as err:
-        parser.error(err.args[0])
+    _known_recipe(args.recipe, parser)
     model = recipes.build(args.recipe)
     image = torch.rand(1, 784, generator=torch.Generator().manual_seed(0))  # pixels in [0, 1]
     table = summary(model, image)
@@ -236,10 +241,7 @@ def _summary(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """``bender train``: a new run, in a folder that holds no earlier results."""
-    try:
-        recipes.get(args.recipe)
-    except KeyError as err:
-        parser.error(err.args[0])
+    _known_recipe(args.recipe, parser)
     model = recipes.build(args.recipe, args.seed)
     if args.alignment:
         try:
@@ -270,10 +272,7 @@ def _resume(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     missing = [key for key in RECORDED if key not in record]
     if missing:
         parser.error(f"{folder / 'metrics.json'} does not say the run's {', '.join(missing)}")
-    try:
-        recipes.get(record["recipe"])
-    except KeyError as err:
-        parser.error(f"{folder / 'metrics.json'}: {err.args[0]}")
+    _known_recipe(record["recipe"], parser, where=f"{folder / 'metrics.json'}: ")
     try:
         state = checkpoint.load(folder / "checkpoint.pt")
     except (FileNotFoundError, ValueError) as err:
