@@ -29,6 +29,7 @@ DENSE_MAPPINGS = [
     "linear_stoc_binary_weights",
     "linear_usf_dx",
     "linear_frsf_dx",
+    "linear_kp_dx",
 ]
 CONV_MAPPINGS = [
     "conv_linear",
@@ -37,6 +38,7 @@ CONV_MAPPINGS = [
     "conv_binary_weights",
     "conv_linear_usf_dx",
     "conv_linear_frsf_dx",
+    "conv_linear_kp_dx",
 ]
 ACTIVATIONS = [SignSTE, StocSignSTE, HardSigmoid, HardtanhAdaSTE]
 

@@ -420,3 +420,21 @@ def test_converted_layers_take_sign_concordant_feedback(rule):
         if rule == "frsf":
             magnitude = layer.feedback.abs()
         close(x.grad, backprop(magnitude * torch.sign(w), delta))
+
+
+def test_converted_layers_learn_their_feedback_with_kolen_pollack():
+    torch.manual_seed(0)
+    linear, conv = nn.Linear(6, 4), nn.Conv2d(2, 3, 3, padding=1)
+    bent = convert(
+        nn.Sequential(conv, nn.Flatten(), nn.Linear(3 * 4 * 4, 6), nn.ReLU(), linear),
+        dense="linear_kp_dx",
+        conv="conv_linear_kp_dx",
+    )
+    learned = [bent[0], bent[2], bent[4]]
+    assert all(isinstance(m.feedback, nn.Parameter) for m in learned)
+    names = {name for name, _ in bent.named_parameters()}
+    assert {"0.feedback", "2.feedback", "4.feedback"} <= names
+    out = bent(torch.randn(5, 2, 4, 4))
+    out.sum().backward()
+    for m in learned:
+        close(m.feedback.grad, m.weight.grad)

@@ -69,6 +69,12 @@ def _models() -> dict[str, nn.Module]:
             nn.Flatten(),
             GenDense(8, 3, forward="linear_frsf_dx", feedback=True),
         ),
+        "kolen-pollack": nn.Sequential(
+            nn.Unflatten(1, (2, 2, 2)),
+            GenConv(2, 3, 1, nn.ReLU(), forward="conv_linear_kp_dx", feedback=True),
+            nn.Flatten(),
+            GenDense(12, 3, forward="linear_kp_dx", feedback=True),
+        ),
         "conv": nn.Sequential(
             nn.Unflatten(1, (2, 2, 2)),
             GenConv(2, 3, 1, nn.ReLU(), forward="conv_linear_asym_dx", feedback=True),

@@ -2,8 +2,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bender.functional import conv, conv_asym_dx, conv_blocked_dx
-from bender.functional.conv import BentConv
+from bender.functional import conv, conv_asym_dx, conv_blocked_dx, conv_kp_dx
+from bender.functional.conv import BentConv, KolenPollackConv, kolen_pollack_conv
 from bender.layers import GenConv
 from tests.conftest import close, gradcheck_with_weight_as_feedback
 
@@ -133,3 +133,67 @@ def test_conv_asym_dx_backward_does_not_read_the_kernel(dtype):
     close(x.grad, xr.grad)
     close(w.grad, wr.grad)
     close(bias.grad, delta.sum((0, 2, 3)))
+
+
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")  # torch's reference
+@pytest.mark.parametrize("case", CASES, ids=_ids)
+def test_conv_kp_dx_gives_the_feedback_kernel_the_kernel_gradient(case, batch, dtype):
+    dims, cin, cout, k, stride, pad, dil, groups, size = case
+    x = torch.randn(batch, cin, *size, dtype=dtype, requires_grad=True)
+    w = torch.randn(cout, cin // groups, *k, dtype=dtype, requires_grad=True)
+    b = torch.randn_like(w).requires_grad_()
+    y = conv_kp_dx(x, w, b, stride, pad, dil, groups)
+    close(y, PLAIN[dims](x.detach(), w.detach(), None, stride, pad, dil, groups))
+    delta = torch.randn_like(y)
+    y.backward(delta)
+    xr = x.detach().clone().requires_grad_()
+    PLAIN[dims](xr, b.detach(), None, stride, pad, dil, groups).backward(delta)
+    wr = w.detach().clone().requires_grad_()
+    PLAIN[dims](x.detach(), wr, None, stride, pad, dil, groups).backward(delta)
+    close(x.grad, xr.grad)
+    close(w.grad, wr.grad)
+    close(b.grad, wr.grad)
+
+
+def test_kolen_pollack_conv_with_bias_and_an_input_without_gradient(dtype):
+    x = torch.randn(2, 3, 6, 6, dtype=dtype)
+    w = torch.randn(4, 3, 3, 3, dtype=dtype, requires_grad=True)
+    fb = torch.randn_like(w).requires_grad_()
+    bias = torch.randn(4, dtype=dtype, requires_grad=True)
+    y = kolen_pollack_conv(x, w, fb, bias, 1, 1)
+    delta = torch.randn_like(y)
+    y.backward(delta)
+    wr, br = w.detach().clone().requires_grad_(), bias.detach().clone().requires_grad_()
+    F.conv2d(x, wr, br, 1, 1).backward(delta)
+    close(w.grad, wr.grad)
+    close(fb.grad, wr.grad)
+    close(bias.grad, br.grad)
+    assert fb.grad.data_ptr() != w.grad.data_ptr()
+
+
+def test_kolen_pollack_conv_with_fixed_feedback_is_feedback_alignment():
+    x = torch.randn(2, 3, 6, 6, requires_grad=True)
+    w, fb = torch.randn(4, 3, 3, 3, requires_grad=True), torch.randn(4, 3, 3, 3)
+    assert conv_kp_dx(x, w, fb, 1, 1).grad_fn.name() == "BentConvBackward"
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_gradcheck_kolen_pollack_conv_with_feedback_equal_to_the_kernel(batch):
+    layer = GenConv(2, 3, (2, 3), stride=2, padding=1, dtype=torch.float64)
+    x = torch.randn(batch, 2, 5, 6, dtype=torch.float64, requires_grad=True)
+    settings = (2, 2), (1, 1), (1, 1), 1  # stride, padding, dilation, groups
+    assert gradcheck_with_weight_as_feedback(
+        KolenPollackConv, x, layer.weight, layer.bias, *settings
+    )
+
+
+def test_kolen_pollack_conv_errors():
+    w = torch.randn(4, 3, 3, 3)
+    with pytest.raises(
+        ValueError, match=r"shape of the kernel W \(4, 3, 3, 3\), got \(4, 3, 2, 2\)"
+    ):
+        conv_kp_dx(torch.randn(1, 3, 5, 5), w, torch.randn(4, 3, 2, 2, requires_grad=True))
+    with pytest.raises(ValueError, match="batched input of 4 dims"):
+        conv_kp_dx(torch.randn(3, 5, 5), w, torch.randn(4, 3, 3, 3, requires_grad=True))
+    with pytest.raises(ValueError, match="conv_kp_dx needs a feedback kernel"):
+        conv_kp_dx(torch.randn(1, 3, 5, 5), w, None)

@@ -2,8 +2,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bender.functional import matmul, matmul_asym_dx, matmul_blocked_dx
-from bender.functional.dense import BentLinear, bent_linear
+from bender.functional import matmul, matmul_asym_dx, matmul_blocked_dx, matmul_kp_dx
+from bender.functional.dense import (
+    BentLinear,
+    KolenPollackLinear,
+    bent_linear,
+    kolen_pollack_linear,
+)
 from tests.conftest import close, dense_gradcheck_inputs, gradcheck_with_weight_as_feedback
 
 
@@ -123,3 +128,79 @@ def test_matmul_asym_dx_backward_does_not_read_the_weight(dtype):
     y.backward(delta)
     close(x.grad, torch.einsum("no,oi->ni", delta, b))
     close(w.grad, torch.einsum("no,ni->oi", delta, x.detach()))
+
+
+def test_matmul_kp_dx_gives_the_feedback_matrix_the_weight_gradient(batch, dtype):
+    x, w, b, delta = _tensors(batch, dtype)
+    b.requires_grad_()
+    y = matmul_kp_dx(x, w, b)
+    close(y, x.detach() @ w.detach().T)
+    y.backward(delta)
+    dw = torch.einsum("no,ni->oi", delta, x.detach())
+    close(x.grad, torch.einsum("no,oi->ni", delta, b.detach()))
+    close(w.grad, dw)
+    close(b.grad, dw)
+
+
+def test_kolen_pollack_linear_with_bias_and_leading_dims(dtype):
+    x = torch.randn(3, 4, 7, dtype=dtype, requires_grad=True)
+    w = torch.randn(5, 7, dtype=dtype, requires_grad=True)
+    fb = torch.randn(5, 7, dtype=dtype, requires_grad=True)
+    bias = torch.randn(5, dtype=dtype, requires_grad=True)
+    delta = torch.randn(3, 4, 5, dtype=dtype)
+    y = kolen_pollack_linear(x, w, fb, bias)
+    close(y, torch.einsum("abi,oi->abo", x.detach(), w.detach()) + bias.detach())
+    y.backward(delta)
+    dw = torch.einsum("abo,abi->oi", delta, x.detach())
+    close(x.grad, torch.einsum("abo,oi->abi", delta, fb.detach()))
+    close(w.grad, dw)
+    close(fb.grad, dw)
+    close(bias.grad, delta.sum((0, 1)))
+
+
+def test_kolen_pollack_feedback_learns_where_the_input_needs_no_gradient(dtype):
+    # a first layer: no ∂x, but B still follows W (every layer's B converges to its W)
+    x = torch.randn(6, 7, dtype=dtype)
+    w = torch.randn(5, 7, dtype=dtype, requires_grad=True)
+    fb = torch.randn(5, 7, dtype=dtype, requires_grad=True)
+    delta = torch.randn(6, 5, dtype=dtype)
+    matmul_kp_dx(x, w, fb).backward(delta)
+    close(fb.grad, torch.einsum("no,ni->oi", delta, x))
+    close(w.grad, fb.grad)
+
+
+def test_kolen_pollack_gradients_are_separate_tensors():
+    # the same ∂W goes to W and B: an in-place change of one (gradient clipping) must not
+    # reach the other
+    x, w, b, delta = _tensors(4, torch.float64)
+    b.requires_grad_()
+    matmul_kp_dx(x, w, b).backward(delta)
+    assert w.grad.data_ptr() != b.grad.data_ptr()
+    expected = b.grad.clone()
+    w.grad.mul_(0.5)
+    close(b.grad, expected)
+
+
+def test_kolen_pollack_with_fixed_feedback_is_feedback_alignment(dtype):
+    x, w, b, delta = _tensors(5, dtype)  # b requires no grad
+    y = matmul_kp_dx(x, w, b)
+    assert y.grad_fn.name() == "BentLinearBackward"
+    y.backward(delta)
+    close(x.grad, torch.einsum("no,oi->ni", delta, b))
+    with torch.no_grad():
+        assert matmul_kp_dx(x, w, b.requires_grad_()).grad_fn is None
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_gradcheck_kolen_pollack_linear_with_feedback_equal_to_the_weight(batch):
+    assert gradcheck_with_weight_as_feedback(KolenPollackLinear, *dense_gradcheck_inputs(batch))
+
+
+def test_kolen_pollack_errors():
+    w, fb = torch.randn(5, 7), torch.randn(7, 5, requires_grad=True)
+    with pytest.raises(ValueError, match=r"shape of the weight W \(5, 7\), got \(7, 5\)"):
+        matmul_kp_dx(torch.randn(2, 7), w, fb)
+    with pytest.raises(ValueError, match="matmul_kp_dx needs a feedback matrix"):
+        matmul_kp_dx(torch.randn(2, 7), w, None)
+    with pytest.raises(ValueError, match=r"7 features .* got input of shape \(2, 6\)"):
+        matmul_kp_dx(torch.randn(2, 6), w, torch.randn(5, 7, requires_grad=True))

@@ -254,7 +254,7 @@ def test_a_mapping_for_the_other_kind_of_layer_is_refused():
     assert GenDense(4, 3, forward=doubled)(torch.ones(2, 4)).shape == (2, 3)
     assert GenConv(1, 2, 3, forward=doubled)(torch.ones(2, 1, 5, 5)).shape == (2, 2, 3, 3)
     built_in = [m for m in MAPPINGS.values() if m.__module__ == "bender.mappings"]
-    assert len(built_in) == 17
+    assert len(built_in) == 19
     assert all(m.layer == ("conv" if m.__name__.startswith("conv") else "dense") for m in built_in)
 
 

@@ -342,3 +342,94 @@ def test_mapping_needing_feedback_on_layer_without_it():
     layer = GenDense(3, 2)
     with pytest.raises(ValueError, match="needs a feedback matrix, but this GenDense has none"):
         mappings.linear_asym_dx(layer, torch.randn(1, 3))
+
+
+@pytest.mark.parametrize("forward", ["linear_kp_dx", "conv_linear_kp_dx"])
+def test_kolen_pollack_layers_hold_their_feedback_as_a_parameter(forward):
+    given = torch.randn(4, 3) if forward == "linear_kp_dx" else torch.randn(4, 3, 2, 2)
+    if forward == "linear_kp_dx":
+        layer = GenDense(3, 4, forward=forward, feedback=given)
+    else:
+        layer = GenConv(3, 4, 2, forward=forward, feedback=given)
+    assert isinstance(layer.feedback, torch.nn.Parameter)
+    assert dict(layer.named_parameters())["feedback"] is layer.feedback
+    assert "feedback" not in dict(layer.named_buffers())
+    assert "feedback" in layer.state_dict()
+    close(layer.feedback.detach(), given)
+    assert layer.feedback.data_ptr() != given.data_ptr()  # trained in place: not the caller's
+    assert "learned feedback" in repr(layer)
+    fixed = GenDense(3, 4, forward="linear_asym_dx", feedback=True)
+    assert "feedback" in dict(fixed.named_buffers()) and "learned" not in repr(fixed)
+
+
+def test_linear_kp_dx_layer(batch, dtype):
+    layer = _dense(dtype, "linear_kp_dx")
+    with torch.no_grad():
+        layer.bias.normal_()
+    x, delta = torch.randn(batch, 6, dtype=dtype), torch.randn(batch, 4, dtype=dtype)
+    xg, y = _run(layer, x, delta)
+    w, b = layer.weight.detach(), layer.feedback.detach()
+    close(y, x @ w.T + layer.bias.detach())
+    close(xg.grad, delta @ b)
+    close(layer.weight.grad, delta.T @ x)
+    close(layer.feedback.grad, delta.T @ x)
+    close(layer.bias.grad, delta.sum(0))
+
+
+def test_kolen_pollack_needs_a_feedback_matrix():
+    with pytest.raises(ValueError, match="linear_kp_dx needs a feedback matrix"):
+        GenDense(3, 2, forward="linear_kp_dx")
+    with pytest.raises(ValueError, match="conv_linear_kp_dx needs a feedback matrix"):
+        GenConv(1, 2, 3, forward="conv_linear_kp_dx")
+    with pytest.raises(ValueError, match=r"learned_feedback=True .* needs needs_feedback=True"):
+        register_mapping(lambda layer, x: x, name="kp_without_feedback", learned_feedback=True)
+
+
+def _kp_net(dtype):
+    return torch.nn.Sequential(
+        torch.nn.Unflatten(1, (1, 6, 6)),
+        GenConv(1, 3, 3, torch.nn.ReLU(), forward="conv_linear_kp_dx", feedback=True, dtype=dtype),
+        torch.nn.Flatten(),
+        GenDense(48, 8, torch.nn.ReLU(), forward="linear_kp_dx", feedback=True, dtype=dtype),
+        GenDense(8, 3, forward="linear_kp_dx", feedback=True, dtype=dtype),
+    )
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_kolen_pollack_weight_decay_shrinks_w_minus_b_geometrically(optimizer, dtype):
+    # Akrout et al. 2019: W and B get the same update, and decay shrinks W − B by (1 − ηλ) a
+    # step. Exactly so for plain SGD with L2 decay and for AdamW (whose update depends on the
+    # gradient history alone, the same for both); every layer, the first one too.
+    model = _kp_net(dtype)
+    layers = [m for m in model if isinstance(m, (GenDense, GenConv))]
+    start = [(m.weight - m.feedback).detach().clone() for m in layers]
+    lr, decay, steps = 0.05, 0.5, 20
+    make = torch.optim.SGD if optimizer == "sgd" else torch.optim.AdamW
+    opt = make(model.parameters(), lr=lr, weight_decay=decay)
+    for _ in range(steps):
+        x, y = torch.randn(16, 36, dtype=dtype), torch.randint(0, 3, (16,))
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+    for m, d0 in zip(layers, start, strict=True):
+        assert not torch.allclose(m.weight.detach(), m.weight.detach() - d0)  # W did move
+        close((m.weight - m.feedback).detach(), (1 - lr * decay) ** steps * d0)
+
+
+def test_kolen_pollack_brings_the_feedback_matrices_to_the_weights_while_learning():
+    from bender.alignment import weight_alignment
+
+    torch.manual_seed(0)
+    model, teacher = _kp_net(torch.float32), torch.randn(36, 3)
+    before = weight_alignment(model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=0.02)
+    for _ in range(300):
+        x = torch.randn(32, 36)
+        opt.zero_grad()
+        F.cross_entropy(model(x), (x @ teacher).argmax(1)).backward()
+        opt.step()
+    x = torch.randn(1000, 36)
+    assert (model(x).argmax(1) == (x @ teacher).argmax(1)).float().mean() > 0.6  # it learned
+    after = weight_alignment(model)
+    assert all(before[name] > 60 for name in before)  # two random matrices: near 90°
+    assert all(after[name] < 10 for name in after), after

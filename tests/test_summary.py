@@ -177,3 +177,20 @@ def test_a_spectral_normed_binary_layer_keeps_its_power_iteration_state():
     rows = _rows(summary(model, torch.rand(2, 6)))  # the model stays in train mode
     assert rows["0"]["params_1bit"] == 30
     assert torch.equal(model[0].parametrizations.weight[0]._u, u)
+
+
+def test_a_learned_feedback_matrix_is_feedback_not_an_inference_parameter():
+    model = nn.Sequential(
+        GenDense(6, 4, nn.ReLU(), forward="linear_kp_dx", feedback=True),
+        GenDense(4, 3, forward="linear_kp_dx", feedback=True),
+    )
+    assert sum(p.numel() for p in model.parameters()) == (2 * 6 * 4 + 4) + (2 * 4 * 3 + 3)
+    rows = _rows(summary(model, torch.rand(2, 6)))
+    for name, (n_in, n_out) in {"0": (6, 4), "1": (4, 3)}.items():
+        row = rows[name]
+        assert (row["rule"], row["params_float"], row["feedback"]) == (
+            "linear_kp_dx",
+            n_in * n_out + n_out,
+            n_in * n_out,
+        )
+        assert row["memory_kib"] == pytest.approx((n_in * n_out + n_out) * 4 / 1024)

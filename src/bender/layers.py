@@ -102,6 +102,8 @@ class _GenLayer(nn.Module):
                     f"forward mapping {name} needs a feedback matrix of the weight's shape "
                     f"{tuple(weight_shape)}, got {tuple(self.feedback.shape)}"
                 )
+        if getattr(self.mapping, "learned_feedback", False):  # trained: a parameter, not a buffer
+            self.feedback = nn.Parameter(self.feedback.detach().clone())  # not the caller's
 
     def reset_parameters(self) -> None:
         """Initialise again, as when the layer was built: the weight drawn with ``init``, the
@@ -167,7 +169,8 @@ class _GenLayer(nn.Module):
         else:
             parts.append(f"weight {_shape(self.weight)}")
         if self.feedback is not None:
-            parts.append(f"feedback {_shape(self.feedback)}")
+            learned = "learned " if isinstance(self.feedback, nn.Parameter) else ""
+            parts.append(f"{learned}feedback {_shape(self.feedback)}")
         if self.bias is None:
             parts.append("bias=False")
         extras = [n for n in EXTRA_SLOTS if getattr(self, n) is not None]
@@ -184,7 +187,8 @@ class GenDense(_GenLayer):
         activation: callable or ``nn.Module`` applied to the pre-activation (``None``: identity).
         forward: a mapping ``(layer, x) -> pre-activation`` or its registered name.
         feedback: ``True`` makes a fixed random feedback matrix of the weight's shape with the
-            weight's init; a tensor is used as given. Stored as a buffer. Mappings registered
+            weight's init; a tensor is used as given. Stored as a buffer, or, for a mapping
+            that learns it (``linear_kp_dx``), as a parameter holding a copy. Mappings registered
             with ``needs_feedback`` (``linear_asym_dx``, ...) need the weight's shape; your own
             mapping may use another, drawn with ``init`` when given as a shape tuple. Bender.jl's
             ``GenDense(in=>out, in_asym=>out_asym)`` is ``feedback=(in_asym, out_asym)`` here

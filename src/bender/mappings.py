@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bender.functional.conv import bent_conv, conv
-from bender.functional.dense import bent_linear
+from bender.functional.conv import bent_conv, conv, kolen_pollack_conv
+from bender.functional.dense import bent_linear, kolen_pollack_linear
 from bender.functional.radial import bent_radial
 from bender.functional.sign_concordant import random_magnitudes, sign_concordant
 from bender.functional.ste import sign_ste, stoc_sign_ste
@@ -40,6 +40,7 @@ def register_mapping(
     layer: str | None = None,
     feedback_matrix: FeedbackRule | None = None,
     binary_weights: bool = False,
+    learned_feedback: bool = False,
 ):
     """Register ``fn`` under ``name`` (default: its ``__name__``) so layers accept the name.
 
@@ -52,7 +53,9 @@ def register_mapping(
     ``layer.feedback`` as stored (``sign(W)`` for ``linear_usf_dx``), so that
     :func:`bender.alignment.weight_alignment` measures ``∠(W, B)`` with it.
     ``binary_weights=True`` says that the forward pass uses ``sign(W)``, one bit per weight, for
-    :func:`bender.summary.summary` to count. Usable bare
+    :func:`bender.summary.summary` to count. ``learned_feedback=True`` (with ``needs_feedback``)
+    makes layers hold their feedback matrix as a parameter, which the optimizer updates with
+    the gradient the mapping gives it (``linear_kp_dx``), instead of a fixed buffer. Usable bare
     (``@register_mapping``) or with arguments. Registering a name again replaces your earlier
     function (a notebook cell run twice); bender's own mappings, their names and the function
     objects, cannot be replaced or registered again.
@@ -66,6 +69,11 @@ def register_mapping(
         exact = resolve_mapping(exact)
     if exact is not None and not callable(exact):
         raise TypeError(f"exact must be a mapping, its registered name, or None, got {exact!r}")
+    if learned_feedback and not needs_feedback:
+        raise ValueError(
+            "learned_feedback=True makes the layer's feedback matrix a parameter; it needs "
+            "needs_feedback=True, so that layers without one are refused"
+        )
     if feedback_matrix is not None and not callable(feedback_matrix):
         raise TypeError(
             f"feedback_matrix must be a function layer -> B, or None, got {feedback_matrix!r}"
@@ -90,6 +98,7 @@ def register_mapping(
         f.layer = layer  # type: ignore[attr-defined]
         f.feedback_matrix = feedback_matrix  # type: ignore[attr-defined]
         f.binary_weights = binary_weights  # type: ignore[attr-defined]
+        f.learned_feedback = learned_feedback  # type: ignore[attr-defined]
         MAPPINGS[key] = f
         return f
 
@@ -149,6 +158,13 @@ def linear_asym_dx(layer: nn.Module, x: Tensor) -> Tensor:
     return bent_linear(x, layer.weight, feedback_of(layer, "linear_asym_dx"), layer.bias)
 
 
+@register_mapping(needs_feedback=True, exact=linear, layer="dense", learned_feedback=True)
+def linear_kp_dx(layer: nn.Module, x: Tensor) -> Tensor:
+    """``x Wᵀ + b`` with Kolen–Pollack learning: ``∂x = δ B``, ``∂W = ∂B = δᵀ x``, ``∂b = Σ δ``;
+    the layer's ``feedback`` is a parameter, and weight decay brings it to ``W``."""
+    return kolen_pollack_linear(x, layer.weight, feedback_of(layer, "linear_kp_dx"), layer.bias)
+
+
 @register_mapping(exact=linear, layer="dense")
 def linear_blocked_dx(layer: nn.Module, x: Tensor) -> Tensor:
     """``x Wᵀ + b``; ``W`` and ``b`` learn, no gradient reaches ``x`` (for DFA)."""
@@ -194,6 +210,14 @@ def conv_linear_asym_dx(layer: nn.Module, x: Tensor) -> Tensor:
     """Convolution plus bias with feedback alignment: ``∂x`` through the feedback kernel ``B``."""
     feedback = feedback_of(layer, "conv_linear_asym_dx")
     return bent_conv(x, layer.weight, feedback, layer.bias, **_conv_settings(layer))
+
+
+@register_mapping(needs_feedback=True, exact=conv_linear, layer="conv", learned_feedback=True)
+def conv_linear_kp_dx(layer: nn.Module, x: Tensor) -> Tensor:
+    """Convolution plus bias with Kolen–Pollack learning: ``∂x`` through the feedback kernel
+    ``B``, a parameter with ``∂B = ∂W``; weight decay brings it to ``W``."""
+    feedback = feedback_of(layer, "conv_linear_kp_dx")
+    return kolen_pollack_conv(x, layer.weight, feedback, layer.bias, **_conv_settings(layer))
 
 
 @register_mapping(exact=conv_linear, layer="conv")

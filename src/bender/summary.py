@@ -97,7 +97,8 @@ def summary(model: nn.Module, x: Tensor) -> pd.DataFrame:
 
     Columns (see the module's docstring): ``layer`` (name), ``type``, ``rule`` (the mapping),
     ``output`` (shape of one sample's output), ``params_1bit``, ``params_float``, ``feedback``
-    (entries of the fixed feedback matrix), ``macs_1bit``, ``macs_float`` (per sample),
+    (entries of the feedback matrix, fixed or learned: training needs it, inference does not,
+    so it is not among the parameters), ``macs_1bit``, ``macs_float`` (per sample),
     ``memory_kib``. ``x`` is a batch the model accepts (first dim the batch). It runs one
     forward pass in eval mode without gradients, and leaves the model's modes, its random
     state and every generator as they were. A layer called twice counts its MACs twice and its
@@ -148,14 +149,14 @@ def _rows(
     layer's weight as one bit per entry (a parametrized one read as computed now)."""
     rows, seen = [], set()
     for name, module in listed.items():
-        params = [p for p in _own_parameters(module) if id(p) not in seen]
+        feedback = getattr(module, "feedback", None)
+        params = [p for p in _own_parameters(module) if id(p) not in seen and p is not feedback]
         seen.update(id(p) for p in params)
         signed = set()  # the parameters behind sign(W): stored as one bit per weight
         if id(module) in binary_weights:
             signed = {id(p) for p in _weight_parameters(module)} & {id(p) for p in params}
         one_bit = module.weight.numel() if signed else 0
         full = [p for p in params if id(p) not in signed]
-        feedback = getattr(module, "feedback", None)
         rule = getattr(module, "mapping", None)
         rows.append(
             {

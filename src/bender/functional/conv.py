@@ -2,9 +2,10 @@
 
 Forward is ``torch.nn.functional.conv{1,2,3}d(x, W, b, stride, padding, dilation, groups)``.
 Backward: ``∂x`` is the transposed convolution of ``δ`` with the feedback kernel ``F`` (with
-``F = None`` the input is detached: no input gradient), ``∂W`` and ``∂b`` are exact, ``F`` never
-gets a gradient. ``padding`` is an int, one int per spatial dim, ``"valid"`` or ``"same"``
-(stride 1; for an even kernel the extra row goes after, as in PyTorch), as in ``F.conv2d``.
+``F = None`` the input is detached: no input gradient), ``∂W`` and ``∂b`` are exact. ``F`` gets
+no gradient, except in Kolen–Pollack learning (:func:`conv_kp_dx`), where ``∂F = ∂W``.
+``padding`` is an int, one int per spatial dim, ``"valid"`` or ``"same"`` (stride 1; for an
+even kernel the extra row goes after, as in PyTorch), as in ``F.conv2d``.
 """
 
 from __future__ import annotations
@@ -77,6 +78,18 @@ def pad_input(x: Tensor, widths: Sequence[tuple[int, int]], mode: str = "constan
     return F.pad(x, [w for pair in reversed(widths) for w in pair], mode=mode)
 
 
+def _check_input(x: Tensor, weight: Tensor) -> int:
+    """The kernel's number of spatial dims ``d``, once ``x`` is checked to be batched (``d + 2``
+    dims: ``N × C × spatial…``)."""
+    dims = conv_dims(weight)
+    if x.dim() != dims + 2:
+        raise ValueError(
+            f"a {dims}-d convolution expects a batched input of {dims + 2} dims "
+            f"(N, C, then {dims} spatial), got {tuple(x.shape)}"
+        )
+    return dims
+
+
 def _per_dim(value: IntOrTuple, dims: int) -> list[int]:
     return [value] * dims if isinstance(value, int) else list(value)
 
@@ -105,27 +118,49 @@ class BentConv(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        x, feedback = ctx.saved_tensors
-        x, feedback = in_grad_dtype(grad, x, feedback)
-        dims, stride, padding, dilation, groups = ctx.conf
         needs = ctx.needs_input_grad
-        grad_x, grad_w, grad_b = torch.ops.aten.convolution_backward(
-            grad,
-            x,
-            feedback,  # the kernel ∂x is computed with; ∂W and ∂b do not read it
-            [grad.shape[1]] if ctx.has_bias else None,  # the bias: one per output channel
-            stride,
-            padding,
-            dilation,
-            False,  # not transposed
-            [0] * dims,  # output padding
-            groups,
-            [needs[0], needs[1], ctx.has_bias and needs[3]],
-        )
+        grad_x, grad_w, grad_b = _grads(ctx, grad, needs[0], needs[1], needs[3])
         return grad_x, grad_w, None, grad_b, None, None, None, None
 
 
+def _grads(ctx, grad: Tensor, need_x: bool, need_w: bool, need_b: bool) -> tuple:
+    """``(∂x through the feedback kernel, ∂W, ∂b)``, each only where needed (else ``None``)."""
+    x, feedback = ctx.saved_tensors
+    x, feedback = in_grad_dtype(grad, x, feedback)
+    dims, stride, padding, dilation, groups = ctx.conf
+    return torch.ops.aten.convolution_backward(
+        grad,
+        x,
+        feedback,  # the kernel ∂x is computed with; ∂W and ∂b do not read it
+        [grad.shape[1]] if ctx.has_bias else None,  # the bias: one per output channel
+        stride,
+        padding,
+        dilation,
+        False,  # not transposed
+        [0] * dims,  # output padding
+        groups,
+        [need_x, need_w, ctx.has_bias and need_b],
+    )
+
+
+class KolenPollackConv(BentConv):
+    """Convolution with feedback alignment whose feedback kernel learns as ``W`` does.
+
+    Backward: ``∂x`` is the transposed convolution of ``δ`` with ``B``; ``∂W`` and ``∂b`` are
+    exact, and ``∂B = ∂W``, so an optimizer with weight decay makes ``B`` converge to ``W``
+    (Akrout et al. 2019, arXiv:1904.05391; see :class:`bender.functional.dense.KolenPollackLinear`).
+    """
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        need_x, need_w, need_feedback, need_b = ctx.needs_input_grad[:4]
+        grad_x, grad_w, grad_b = _grads(ctx, grad, need_x, need_w or need_feedback, need_b)
+        grad_feedback = grad_w if need_feedback else None
+        return grad_x, grad_w if need_w else None, grad_feedback, grad_b, None, None, None, None
+
+
 _bent_conv_apply = direct_apply(BentConv)
+_kolen_pollack_apply = direct_apply(KolenPollackConv)
 
 
 def bent_conv(
@@ -139,12 +174,7 @@ def bent_conv(
     groups: int = 1,
 ) -> Tensor:
     """Checked entry point of :class:`BentConv`; ``x`` is batched: ``N × C × spatial…``."""
-    dims = conv_dims(weight)
-    if x.dim() != dims + 2:
-        raise ValueError(
-            f"a {dims}-d convolution expects a batched input of {dims + 2} dims "
-            f"(N, C, then {dims} spatial), got {tuple(x.shape)}"
-        )
+    dims = _check_input(x, weight)
     if feedback is None:  # blocked: no ∂x; autograd's own exact ∂W, ∂b on a detached input
         return _CONV[dims](x.detach(), weight, bias, stride, padding, dilation, groups)
     if feedback is not weight:
@@ -152,11 +182,38 @@ def bent_conv(
     if feedback is weight or not (x.requires_grad and torch.is_grad_enabled()):
         # the exact rule, or no ∂x to compute (so the feedback kernel changes nothing)
         return _CONV[dims](x, weight, bias, stride, padding, dilation, groups)
+    return _apply(_bent_conv_apply, x, weight, feedback, bias, stride, padding, dilation, groups)
+
+
+def _apply(apply, x, weight, feedback, bias, stride, padding, dilation, groups) -> Tensor:
+    """``apply`` (a custom convolution) with ``stride``, ``padding`` and ``dilation`` as lists of
+    one int per spatial dim, ``x`` padded here first where a named padding needs it."""
+    dims = conv_dims(weight)
     stride, dilation = _per_dim(stride, dims), _per_dim(dilation, dims)
     if isinstance(padding, str):
         x, padding = _pad_by_name(x, padding, weight, stride, dilation)
     padding = _per_dim(padding, dims)
-    return _bent_conv_apply(x, weight, feedback, bias, stride, padding, dilation, groups)
+    return apply(x, weight, feedback, bias, stride, padding, dilation, groups)
+
+
+def kolen_pollack_conv(
+    x: Tensor,
+    weight: Tensor,
+    feedback: Tensor,
+    bias: Tensor | None = None,
+    stride: IntOrTuple = 1,
+    padding: Padding = 0,
+    dilation: IntOrTuple = 1,
+    groups: int = 1,
+) -> Tensor:
+    """Checked entry point of :class:`KolenPollackConv`: ``∂B = ∂W`` wherever ``B`` requires a
+    gradient (also for an input that needs none); otherwise :func:`bent_conv`."""
+    if not (feedback.requires_grad and torch.is_grad_enabled()):
+        return bent_conv(x, weight, feedback, bias, stride, padding, dilation, groups)
+    _check_input(x, weight)
+    check_same_shape("feedback kernel B", feedback, "the kernel W", weight)
+    settings = stride, padding, dilation, groups
+    return _apply(_kolen_pollack_apply, x, weight, feedback, bias, *settings)
 
 
 def _pad_by_name(
@@ -203,3 +260,19 @@ def conv_blocked_dx(
 ) -> Tensor:
     """Convolution whose input gets no gradient; ``∂W`` exact (direct feedback alignment)."""
     return bent_conv(x, weight, None, None, stride, padding, dilation, groups)
+
+
+def conv_kp_dx(
+    x: Tensor,
+    weight: Tensor,
+    feedback: Tensor,
+    stride: IntOrTuple = 1,
+    padding: Padding = 0,
+    dilation: IntOrTuple = 1,
+    groups: int = 1,
+) -> Tensor:
+    """Convolution with Kolen–Pollack learning: ``∂x = conv_transpose(δ, B)``, ``∂B = ∂W``
+    (exact). With weight decay, ``B`` converges to ``W`` (Akrout et al. 2019)."""
+    if feedback is None:
+        raise ValueError("conv_kp_dx needs a feedback kernel B of the kernel's shape, got None")
+    return kolen_pollack_conv(x, weight, feedback, None, stride, padding, dilation, groups)

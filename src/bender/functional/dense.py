@@ -1,4 +1,5 @@
-"""Dense similarity primitives: ``x Wᵀ`` with an exact, asymmetric or blocked input gradient.
+"""Dense similarity primitives: ``x Wᵀ`` with an exact, asymmetric (fixed or learned feedback)
+or blocked input gradient.
 
 Notation (PyTorch layout): input ``x`` is ``N×in``, weight ``W`` is ``out×in``, the incoming
 gradient ``δ = ∂L/∂(x Wᵀ)`` is ``N×out``. Leading dims beyond the batch are allowed: ``x`` may be
@@ -38,20 +39,44 @@ class BentLinear(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        # Kept lean: this Python backward runs once per layer and step, and its overhead is
-        # what feedback alignment costs over backprop when layers are small.
-        x, feedback = ctx.saved_tensors
-        x, feedback = in_grad_dtype(grad, x, feedback)
         need_x, need_w, _, need_b = ctx.needs_input_grad
-        grad_x = grad @ feedback if need_x else None
-        if grad.dim() != 2:  # (*, out): flatten the leading dims for ∂W and ∂b
-            grad, x = grad.reshape(-1, grad.shape[-1]), x.reshape(-1, x.shape[-1])
-        grad_w = grad.t().mm(x) if need_w else None
-        grad_b = grad.sum(0) if need_b else None
+        grad_x, grad_w, grad_b = _grads(ctx, grad, need_x, need_w, need_b)
         return grad_x, grad_w, None, grad_b
 
 
+def _grads(ctx, grad: Tensor, need_x: bool, need_w: bool, need_b: bool) -> tuple:
+    """``(δ · feedback, δᵀ x, Σ_n δ_n)``, each only where needed (else ``None``)."""
+    # Kept lean: this Python backward runs once per layer and step, and its overhead is
+    # what feedback alignment costs over backprop when layers are small.
+    x, feedback = ctx.saved_tensors
+    x, feedback = in_grad_dtype(grad, x, feedback)
+    grad_x = grad @ feedback if need_x else None
+    if grad.dim() != 2:  # (*, out): flatten the leading dims for ∂W and ∂b
+        grad, x = grad.reshape(-1, grad.shape[-1]), x.reshape(-1, x.shape[-1])
+    grad_w = grad.t().mm(x) if need_w else None
+    grad_b = grad.sum(0) if need_b else None
+    return grad_x, grad_w, grad_b
+
+
+class KolenPollackLinear(BentLinear):
+    """``y = x Wᵀ + b`` with feedback alignment whose feedback matrix learns as ``W`` does.
+
+    Backward: ``∂x = δ B``, ``∂W = δᵀ x``, ``∂B = δᵀ x`` (the same as ``∂W``), ``∂b = Σ_n δ_n``.
+    Given the same gradient, an optimizer moves ``W`` and ``B`` alike, and weight decay shrinks
+    their difference: with SGD, ``W − B ← (1 − ηλ)(W − B)`` at every step, so ``B`` comes to
+    equal ``W`` and ``∂x`` becomes backprop's (Kolen & Pollack 1994; Akrout et al., "Deep
+    learning without weight transport", NeurIPS 2019, arXiv:1904.05391).
+    """
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        need_x, need_w, need_feedback, need_b = ctx.needs_input_grad
+        grad_x, grad_w, grad_b = _grads(ctx, grad, need_x, need_w or need_feedback, need_b)
+        return grad_x, grad_w if need_w else None, grad_w if need_feedback else None, grad_b
+
+
 _bent_linear_apply = direct_apply(BentLinear)
+_kolen_pollack_apply = direct_apply(KolenPollackLinear)
 
 
 def bent_linear(
@@ -99,3 +124,28 @@ def matmul_blocked_dx(x: Tensor, weight: Tensor) -> Tensor:
     Used by direct feedback alignment (Nøkland 2016, arXiv:1609.01596).
     """
     return bent_linear(x, weight, None)
+
+
+def matmul_kp_dx(x: Tensor, weight: Tensor, feedback: Tensor) -> Tensor:
+    """``x Wᵀ`` with Kolen–Pollack learning: ``∂x = δ B``, and ``∂W = ∂B = δᵀ x``.
+
+    Feedback alignment whose ``B`` (shape of ``W``) receives ``W``'s gradient, so an optimizer
+    with weight decay makes it converge to ``W`` (see :class:`KolenPollackLinear`). ``B`` gets
+    its gradient whenever it requires one, also where ``x`` needs none (a first layer), so
+    every layer's ``B`` follows its ``W``. With a ``B`` that requires no gradient this is
+    :func:`matmul_asym_dx`.
+    """
+    if feedback is None:
+        raise ValueError("matmul_kp_dx needs a feedback matrix B of the weight's shape, got None")
+    return kolen_pollack_linear(x, weight, feedback)
+
+
+def kolen_pollack_linear(
+    x: Tensor, weight: Tensor, feedback: Tensor, bias: Tensor | None = None
+) -> Tensor:
+    """Checked entry point of :class:`KolenPollackLinear` (``x Wᵀ + b``; ``∂B = ∂W``)."""
+    if not (feedback.requires_grad and torch.is_grad_enabled()):
+        return bent_linear(x, weight, feedback, bias)
+    check_features(x, weight)
+    check_same_shape("feedback matrix B", feedback, "the weight W", weight)
+    return _kolen_pollack_apply(x, weight, feedback, bias)
