@@ -47,6 +47,14 @@ RUNS = {
     "dropout and stochastic signs": (_noisy_mlp, {}),
     "brSF feedback drawn per batch": (_brsf_mlp, {}),
     "one batch order": (lambda: recipes.build("binary-mlp"), {"reshuffle": False}),
+    "Kolen-Pollack, SGD momentum and weight decay": (
+        lambda: recipes.build("kp-mlp"),
+        {
+            "optimizer": "sgd",
+            "lr": 0.05,
+            "optimizer_options": {"momentum": 0.9, "weight_decay": 0.01},
+        },
+    ),
     "SGD with a step scheduler": (
         lambda: recipes.build("dfa-mlp"),
         {"optimizer": "sgd", "lr": 0.05, "scheduler": _step_lr},
@@ -121,6 +129,31 @@ def test_resuming_with_other_settings_is_refused(small_mnist, tmp_path):
         train(recipes.build("fa-mlp"), data, epochs=2, optimizer="sgd", resume=path)
     with pytest.raises(ValueError, match="with no learning-rate scheduler; resume with none"):
         train(recipes.build("fa-mlp"), data, epochs=2, scheduler=_step_lr, resume=path)
+    with pytest.raises(ValueError, match=r"optimizer_options=\{\} \(now \{'weight_decay': 0.1\}\)"):
+        train(
+            recipes.build("fa-mlp"),
+            data,
+            epochs=2,
+            optimizer_options={"weight_decay": 0.1},
+            resume=path,
+        )
+
+
+def test_a_checkpoint_written_before_optimizer_options_resumes_without_them(small_mnist, tmp_path):
+    path, data = _one_epoch(small_mnist, tmp_path)
+    state = checkpoint.load(path)
+    del state["settings"]["optimizer_options"]  # as an earlier bender wrote it
+    table = train(recipes.build("fa-mlp"), data, epochs=2, resume=state)
+    assert len(table) == 2
+    with pytest.raises(ValueError, match=r"optimizer_options=\{\} \(now \{'momentum': 0.5\}\)"):
+        train(
+            recipes.build("fa-mlp"),
+            data,
+            epochs=2,
+            optimizer="sgd",
+            resume=state,
+            optimizer_options={"momentum": 0.5},
+        )
 
 
 def test_resuming_a_finished_run_or_another_model_is_refused(small_mnist, tmp_path):

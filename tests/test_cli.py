@@ -142,6 +142,9 @@ def test_shuffle_once_is_recorded_and_changes_the_run(tmp_path, data_root):
         ["summary", "fa-mpl"],
         ["train", "binary-mlp", "--clip-weights", "0"],
         ["train", "binary-mlp", "--clip-weights", "nan"],
+        ["train", "fa-mlp", "--weight-decay", "-0.1"],
+        ["train", "fa-mlp", "--momentum", "inf"],
+        ["train", "fa-mlp", "--optimizer", "rmsprop"],
     ],
 )
 def test_usage_errors_exit_2(args, capsys):
@@ -538,3 +541,56 @@ def test_who_holds_a_lock(tmp_path):
     assert cli._lock_holder(lock) == f"pid {os.getpid()} on {socket.gethostname()}"
     lock.write_text("another-host 1")  # cannot be checked from here: held
     assert cli._lock_holder(lock) == "pid 1 on another-host"
+
+
+def test_a_recipes_optimizer_settings_are_used_replaced_by_flags_and_kept_on_resume(
+    tmp_path, data_root, capsys
+):
+    code, whole = _train(tmp_path, data_root, recipe="kp-mlp", folder="whole")
+    assert code == 0
+    record = json.loads((whole / "metrics.json").read_text())
+    assert (record["optimizer"], record["lr"]) == ("sgd", 0.05)
+    assert record["optimizer_options"] == {"momentum": 0.9, "weight_decay": 1e-3}
+    assert "sgd lr 0.05, momentum 0.9, weight_decay 0.001" in capsys.readouterr().out
+    code, out = _train(tmp_path, data_root, recipe="kp-mlp", epochs=1)
+    assert _resume(out, data_root, "--epochs", "2") == 0
+    _same_results(out, whole)  # the resumed epoch had SGD's momentum and weight decay too
+
+    flags = ("--momentum", "0", "--lr", "0.01")
+    code, changed = _train(tmp_path, data_root, *flags, recipe="kp-mlp", folder="flags")
+    record = json.loads((changed / "metrics.json").read_text())
+    assert (record["optimizer"], record["lr"]) == ("sgd", 0.01)
+    assert record["optimizer_options"] == {"momentum": 0.0, "weight_decay": 1e-3}
+    code, adam = _train(tmp_path, data_root, "--optimizer", "adam", recipe="kp-mlp", folder="a")
+    record = json.loads((adam / "metrics.json").read_text())
+    assert (record["optimizer"], record["lr"], record["optimizer_options"]) == ("adam", 3e-4, {})
+    flags = ("--optimizer", "sgd", "--weight-decay", "0.01")
+    code, fa = _train(tmp_path, data_root, *flags, folder="fa")
+    record = json.loads((fa / "metrics.json").read_text())
+    assert (record["optimizer"], record["lr"]) == ("sgd", 3e-4)
+    assert record["optimizer_options"] == {"weight_decay": 0.01}
+
+
+def test_momentum_needs_sgd(tmp_path, data_root, capsys):
+    for optimizer in ["adam", "adamw"]:
+        with pytest.raises(SystemExit) as exit_info:
+            _train(tmp_path, data_root, "--momentum", "0.9", "--optimizer", optimizer)
+        assert exit_info.value.code == 2
+        assert f"--momentum is SGD's; {optimizer} takes none" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()  # refused before anything was made
+
+
+def test_resume_of_a_run_recorded_before_the_optimizer_flags_uses_adam(tmp_path, data_root):
+    assert _train(tmp_path, data_root, folder="longer")[0] == 0
+    longer = tmp_path / "longer"
+    code, out = _train(tmp_path, data_root, epochs=1)
+    assert code == 0
+    record = json.loads((out / "metrics.json").read_text())
+    for key in ("optimizer", "optimizer_options"):  # as an earlier bender wrote it
+        del record[key]
+    (out / "metrics.json").write_text(json.dumps(record))
+    state = torch.load(out / "checkpoint.pt", weights_only=False)
+    del state["settings"]["optimizer_options"]
+    torch.save(state, out / "checkpoint.pt")
+    assert _resume(out, data_root, "--epochs", "2") == 0
+    _same_results(out, longer)

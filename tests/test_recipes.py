@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from bender import DFA, GenConv, GenDense, SignSTE, mappings, recipes
+from bender import DFA, GenConv, GenDense, SignSTE, checkpoint, mappings, recipes
 
 
 @pytest.mark.parametrize(
@@ -18,6 +18,7 @@ from bender import DFA, GenConv, GenDense, SignSTE, mappings, recipes
         ("usf-mlp", [784, 128, 64, 10], mappings.linear_usf_dx),
         ("frsf-mlp", [784, 128, 64, 10], mappings.linear_frsf_dx),
         ("brsf-mlp", [784, 128, 64, 10], mappings.linear_brsf_dx),
+        ("kp-mlp", [784, 128, 64, 10], mappings.linear_kp_dx),
     ],
 )
 def test_recipe_architectures(name, sizes, mapping):
@@ -33,7 +34,7 @@ def test_recipe_architectures(name, sizes, mapping):
     hidden = SignSTE if name == "binary-mlp" else nn.ReLU
     assert all(isinstance(layer.activation, hidden) for layer in layers[:-1])
     assert layers[-1].activation is None
-    held = name.startswith(("fa", "frsf"))
+    held = name.startswith(("fa", "frsf", "kp"))
     assert all((layer.feedback is not None) == held for layer in layers)
     assert model(torch.rand(3, 784)).shape == (3, 10)
 
@@ -47,6 +48,7 @@ def test_recipe_architectures(name, sizes, mapping):
         ("usf-cnn", mappings.conv_linear_usf_dx, mappings.linear_usf_dx),
         ("frsf-cnn", mappings.conv_linear_frsf_dx, mappings.linear_frsf_dx),
         ("brsf-cnn", mappings.conv_linear_brsf_dx, mappings.linear_brsf_dx),
+        ("kp-cnn", mappings.conv_linear_kp_dx, mappings.linear_kp_dx),
     ],
 )
 def test_cnn_recipes(name, conv_mapping, dense_mapping):
@@ -59,7 +61,8 @@ def test_cnn_recipes(name, conv_mapping, dense_mapping):
     assert [type(m) for m in learning] == [GenConv, GenConv, GenDense]
     assert [tuple(m.weight.shape) for m in learning] == [(16, 1, 5, 5), (32, 16, 5, 5), (10, 1568)]
     assert [m.mapping for m in learning] == [conv_mapping, conv_mapping, dense_mapping]
-    assert all((m.feedback is not None) == (name in ("fa-cnn", "frsf-cnn")) for m in learning)
+    held = name in ("fa-cnn", "frsf-cnn", "kp-cnn")
+    assert all((m.feedback is not None) == held for m in learning)
     x = torch.rand(3, 784, requires_grad=True)  # the MLPs' flattened input
     out = recipes.build(name)(x)
     assert out.shape == (3, 10)
@@ -77,3 +80,45 @@ def test_build_is_seeded():
 def test_unknown_recipe_lists_valid_ones():
     with pytest.raises(KeyError, match="unknown recipe 'fa'; valid recipes: fa-mlp, fa-mlp-large"):
         recipes.get("fa")
+
+
+@pytest.mark.parametrize("name", ["kp-mlp", "kp-cnn"])
+def test_kolen_pollack_recipes_learn_their_feedback_with_sgd_and_weight_decay(name):
+    model = recipes.build(name)
+    learned = [m for m in model.modules() if isinstance(m, (GenConv, GenDense))]
+    assert all(isinstance(m.feedback, nn.Parameter) for m in learned)
+    assert recipes.train_settings(name) == {
+        "optimizer": "sgd",
+        "lr": 0.05,
+        "optimizer_options": {"momentum": 0.9, "weight_decay": 1e-3},
+    }
+    # another optimizer than the recipe's: the recipe's lr and options go with it
+    assert recipes.train_settings(name, "adam") == {
+        "optimizer": "adam",
+        "lr": 3e-4,
+        "optimizer_options": {},
+    }
+    settings = recipes.train_settings(name)
+    settings["optimizer_options"]["momentum"] = 0.0  # a copy: the recipe keeps its own
+    assert recipes.train_settings(name)["optimizer_options"]["momentum"] == 0.9
+
+
+def test_the_other_recipes_train_with_the_tutorials_adam():
+    for name in recipes.RECIPES:
+        if not name.startswith("kp"):
+            assert recipes.train_settings(name) == {
+                "optimizer": "adam",
+                "lr": 3e-4,
+                "optimizer_options": {},
+            }
+
+
+def test_run_trains_with_the_recipes_settings_unless_told_otherwise(small_mnist, tmp_path):
+    data = small_mnist.subset(256, 100)
+    path = tmp_path / "run.pt"
+    recipes.run("kp-mlp", data, epochs=1, checkpoint=path)
+    settings = checkpoint.load(path)["settings"]
+    assert (settings["optimizer"], settings["lr"]) == ("sgd", 0.05)
+    assert settings["optimizer_options"] == {"momentum": 0.9, "weight_decay": 1e-3}
+    recipes.run("kp-mlp", data, epochs=1, checkpoint=path, lr=0.01)
+    assert checkpoint.load(path)["settings"]["lr"] == 0.01

@@ -161,11 +161,11 @@ def test_a_conv_layer_with_binary_weights():
 def test_every_recipes_parameters_and_feedback_are_all_counted_once(name):
     model = recipes.build(name)
     total = summary(model, torch.rand(2, 784)).iloc[-1]
-    assert total["params_1bit"] + total["params_float"] == sum(
-        p.numel() for p in model.parameters()
-    )
-    buffers = sum(b.numel() for n, b in model.named_buffers() if n.endswith("feedback"))
-    assert total["feedback"] == buffers
+    tensors = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+    feedback = sum(t.numel() for n, t in tensors.items() if n.endswith("feedback"))
+    params = sum(p.numel() for n, p in model.named_parameters() if not n.endswith("feedback"))
+    assert total["params_1bit"] + total["params_float"] == params
+    assert total["feedback"] == feedback  # fixed (buffers) or learned (parameters)
     assert total["macs_1bit"] + total["macs_float"] > 0
 
 

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bender import GenDense, recipes
+from bender import GenDense, checkpoint, recipes
 from bender._placement import parameter_dtype
 from bender.alignment import AlignmentRecorder
 from bender.data import Dataset, Split
@@ -406,3 +406,36 @@ def test_reduce_lr_on_plateau_sees_the_training_loss(small_mnist):
     assert seen == table["loss_train"].tolist()
     with pytest.raises(TypeError, match=r"scheduler must build .* it returned float, which has no"):
         train(recipes.build("bp-mlp"), small_mnist, epochs=1, scheduler=lambda opt: 0.5)
+
+
+def test_make_optimizer_passes_options_and_names_those_it_does_not_take():
+    params = [torch.nn.Parameter(torch.randn(3))]
+    sgd = make_optimizer("sgd", params, 0.1, {"momentum": 0.9, "weight_decay": 1e-3})
+    group = sgd.param_groups[0]
+    assert (group["lr"], group["momentum"], group["weight_decay"]) == (0.1, 0.9, 1e-3)
+    adamw = make_optimizer("adamw", params, 1e-3, {"weight_decay": 0.5, "betas": (0.8, 0.9)})
+    assert adamw.param_groups[0]["weight_decay"] == 0.5
+    assert adamw.param_groups[0]["betas"] == (0.8, 0.9)
+    with pytest.raises(ValueError, match=r"adam takes no option 'momentum'; its options are "):
+        make_optimizer("adam", params, 1e-3, {"momentum": 0.9})
+    with pytest.raises(ValueError, match="give the learning rate as lr="):
+        make_optimizer("sgd", params, 0.1, {"lr": 0.2})
+
+
+def test_train_builds_its_optimizer_with_the_options_given(small_mnist, tmp_path):
+    path = tmp_path / "run.pt"
+    data = small_mnist.subset(256, 100)
+    options = {"momentum": 0.5, "weight_decay": 0.01}
+    kwargs = {"optimizer": "sgd", "lr": 0.05, "epochs": 1}
+    with_options = train(
+        recipes.build("fa-mlp"), data, checkpoint=path, **kwargs, optimizer_options=options
+    )
+    state = checkpoint.load(path)
+    assert state["settings"]["optimizer_options"] == options
+    group = state["optimizer"]["param_groups"][0]
+    assert (group["momentum"], group["weight_decay"]) == (0.5, 0.01)
+    plain = train(recipes.build("fa-mlp"), data, **kwargs)
+    numbers = ["loss_train", "loss_test", "acc_train", "acc_test"]
+    assert not with_options[numbers].equals(plain[numbers])
+    with pytest.raises(ValueError, match="sgd takes no option 'betas'"):
+        train(recipes.build("fa-mlp"), data, **kwargs, optimizer_options={"betas": (0.9, 0.99)})

@@ -117,13 +117,14 @@ def load(path: str | os.PathLike) -> dict[str, Any]:
     return state
 
 
+# settings recorded since a later version: what a checkpoint written before them was run with
+DEFAULT_SETTINGS: dict[str, Any] = {"optimizer_options": {}}
+
+
 def check_resumable(state: dict[str, Any], settings: dict[str, Any], epochs: int) -> None:
     """Refuse to resume with other settings than the run's, or with no epoch left to train."""
-    changed = [
-        f"{k}={state['settings'].get(k)!r} (now {v!r})"
-        for k, v in settings.items()
-        if state["settings"].get(k) != v
-    ]
+    was = DEFAULT_SETTINGS | state["settings"]
+    changed = [f"{k}={was.get(k)!r} (now {v!r})" for k, v in settings.items() if was.get(k) != v]
     if changed:
         raise ValueError(
             "resume continues a run with the settings it was started with; the checkpoint was "

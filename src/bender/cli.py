@@ -22,7 +22,7 @@ from bender.alignment import AlignmentRecorder, bent_layers
 from bender.checkpoint import write_atomically
 from bender.constraints import ClipBinaryWeights, binary_layers
 from bender.summary import summary
-from bender.training import COLUMNS, check_seed, resolve_device, train
+from bender.training import COLUMNS, OPTIMIZERS, check_seed, resolve_device, train
 
 TABLE_COLUMNS = [c for c in COLUMNS if c != "seconds"]  # seed-determined: reproducible
 RESULT_FILES = (
@@ -53,6 +53,16 @@ def _positive(kind: type):
     return parse
 
 
+def _non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a float, got {text!r}") from None
+    if not (value >= 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be zero or positive and finite, got {text}")
+    return value
+
+
 def _seed(text: str) -> int:
     try:
         seed = int(text)
@@ -80,7 +90,6 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("recipe", help="recipe name (see `bender recipes`)")
     for flag, kind, default, text in (
         ("--epochs", _positive(int), 10, "passes over the training set"),
-        ("--lr", _positive(float), 3e-4, "Adam's learning rate"),
         (
             "--batch-size",
             _positive(int),
@@ -96,6 +105,29 @@ def _parser() -> argparse.ArgumentParser:
         ),
     ):
         t.add_argument(flag, type=kind, default=default, help=f"{text} (default: %(default)s)")
+    t.add_argument(
+        "--optimizer",
+        choices=list(OPTIMIZERS),
+        help="(default: the recipe's: sgd for kp-mlp and kp-cnn, adam for the others); naming "
+        "another than the recipe's drops the recipe's lr, momentum and weight decay",
+    )
+    t.add_argument(
+        "--lr",
+        type=_positive(float),
+        help="learning rate (default: the recipe's: 3e-4 with adam, as the tutorials; 0.05 for "
+        "kp-mlp and kp-cnn)",
+    )
+    t.add_argument(
+        "--momentum",
+        type=_non_negative,
+        help="SGD's momentum (default: the recipe's: 0.9 for kp-mlp and kp-cnn; else none)",
+    )
+    t.add_argument(
+        "--weight-decay",
+        type=_non_negative,
+        help="L2 penalty on every parameter; AdamW's is decoupled (default: the recipe's: 1e-3 "
+        "for kp-mlp and kp-cnn; else none)",
+    )
     t.add_argument(
         "--shuffle-once",
         action="store_true",
@@ -239,9 +271,26 @@ def _summary(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     return 0
 
 
+def _optimizer_settings(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """Fill in ``args.optimizer``, ``args.lr`` and ``args.optimizer_options``: the recipe's
+    settings, with those the flags give in their place."""
+    settings = recipes.train_settings(args.recipe, args.optimizer)
+    args.optimizer = settings["optimizer"]
+    args.lr = settings["lr"] if args.lr is None else args.lr
+    options = settings["optimizer_options"]
+    for key in ("momentum", "weight_decay"):
+        value = getattr(args, key)
+        if value is not None:
+            options[key] = value
+    if "momentum" in options and args.optimizer != "sgd":
+        parser.error(f"--momentum is SGD's; {args.optimizer} takes none (or pass --optimizer sgd)")
+    args.optimizer_options = options
+
+
 def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """``bender train``: a new run, in a folder that holds no earlier results."""
     _known_recipe(args.recipe, parser)
+    _optimizer_settings(args, parser)
     model = recipes.build(args.recipe, args.seed)
     if args.alignment:
         try:
@@ -292,6 +341,8 @@ def _resume(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             "shuffle_once": not record["reshuffle"],
             "limit": record.get("limit"),
             "clip_weights": record.get("clip_weights"),
+            "optimizer": record.get("optimizer", "adam"),  # runs recorded before the flag
+            "optimizer_options": record.get("optimizer_options", {}),
             "alignment": "alignment_probe" in record,
         }
     )
@@ -431,6 +482,8 @@ def _fit(
             "recipe": args.recipe,
             "dataset": args.dataset,
             "epochs_requested": args.epochs,
+            "optimizer": args.optimizer,
+            "optimizer_options": args.optimizer_options,
             "lr": args.lr,
             "batch_size": args.batch_size,
             "seed": args.seed,
@@ -444,7 +497,11 @@ def _fit(
             "python": platform.python_version(),
             "model": repr(model),
         }
-        print(f"{args.recipe} on {args.dataset} ({device}), seed {args.seed}, writing to {out}:")
+        options = "".join(f", {k} {v}" for k, v in args.optimizer_options.items())
+        print(
+            f"{args.recipe} on {args.dataset} ({device}), seed {args.seed}, {args.optimizer} "
+            f"lr {args.lr}{options}, writing to {out}:"
+        )
     else:
         record, state = resumed
         record = _resumed_record(record, state, args, device)
@@ -482,6 +539,8 @@ def _fit(
             dataset,
             epochs=args.epochs,
             lr=args.lr,
+            optimizer=args.optimizer,
+            optimizer_options=args.optimizer_options,
             batch_size=args.batch_size,
             device=device,
             seed=args.seed,

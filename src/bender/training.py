@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 import operator
 import os
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -72,23 +73,50 @@ def _choose(kind: str, value, table: dict):
     return table[value]
 
 
+def check_optimizer_options(
+    optimizer: str | Callable[..., torch.optim.Optimizer], options: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """``options`` as a dict, checked against what the named optimizer's constructor takes
+    (``momentum`` and ``weight_decay`` for SGD, ``betas`` or ``weight_decay`` for Adam, ...)."""
+    options = dict(options or {})
+    if not all(isinstance(key, str) for key in options):
+        raise TypeError(f"optimizer_options must map option names to values, got {options!r}")
+    if "lr" in options:
+        raise ValueError("give the learning rate as lr=..., not in optimizer_options")
+    make = _choose("optimizer", optimizer, OPTIMIZERS)
+    if isinstance(make, type):  # a torch.optim class: name the options it does not take
+        takes = [n for n in inspect.signature(make).parameters if n not in ("self", "params")]
+        unknown = [key for key in options if key not in takes]
+        if unknown:
+            raise ValueError(
+                f"{_label(optimizer)} takes no option {', '.join(map(repr, unknown))}; its "
+                f"options are {', '.join(n for n in takes if n != 'lr')}"
+            )
+    return options
+
+
 def make_optimizer(
-    optimizer: str | Callable[..., torch.optim.Optimizer], params, lr: float
+    optimizer: str | Callable[..., torch.optim.Optimizer],
+    params,
+    lr: float,
+    options: Mapping[str, Any] | None = None,
 ) -> torch.optim.Optimizer:
-    """Build the optimizer named ``optimizer`` (or call the given factory) with ``lr``.
+    """Build the optimizer named ``optimizer`` (or call the given factory) with ``lr`` and the
+    keyword ``options`` (``{"momentum": 0.9, "weight_decay": 1e-3}`` for SGD).
 
     Adam and AdamW use PyTorch's fused kernels where this torch has them for the parameters'
     device (CPU since torch 2.4, CUDA): the same update as the per-tensor loop in one kernel per
     parameter, about twice as fast for the 784-512-256-10 MLP on a CPU.
     """
+    options = check_optimizer_options(optimizer, options)
     make = _choose("optimizer", optimizer, OPTIMIZERS)
     params = list(params)
-    if make in (torch.optim.Adam, torch.optim.AdamW):
+    if make in (torch.optim.Adam, torch.optim.AdamW) and "fused" not in options:
         try:
-            return make(params, lr=lr, fused=True)
+            return make(params, lr=lr, fused=True, **options)
         except (RuntimeError, TypeError, ValueError):
             pass  # fused kernels unavailable for this torch, device or dtype
-    return make(params, lr=lr)
+    return make(params, lr=lr, **options)
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -152,6 +180,7 @@ def train(
     lr: float = 3e-4,
     batch_size: int = 64,
     optimizer: str | Callable[..., torch.optim.Optimizer] = "adam",
+    optimizer_options: Mapping[str, Any] | None = None,
     loss: str | LossFn = "cross_entropy",
     device: str | torch.device = "auto",
     seed: int = 0,
@@ -176,9 +205,12 @@ def train(
     there (early stopping), after the other callbacks of that epoch have run. ``scheduler``
     builds a learning-rate scheduler from the optimizer (``lambda opt: CosineAnnealingLR(opt,
     T_max=10)``), stepped once after every epoch's evaluation, before the callbacks;
-    ``ReduceLROnPlateau`` is stepped with the epoch's ``loss_train``. Each of ``after_step`` is
-    called as ``fn(model)`` under ``torch.no_grad()`` after every optimizer step, e.g. a weight
-    constraint such as :class:`bender.constraints.ClipBinaryWeights`. A non-finite
+    ``ReduceLROnPlateau`` is stepped with the epoch's ``loss_train``. ``optimizer`` is
+    ``"adam"``, ``"adamw"``, ``"sgd"`` or a factory ``f(params, lr=lr, **optimizer_options)``;
+    ``optimizer_options`` go to its constructor (``{"momentum": 0.9, "weight_decay": 1e-3}``).
+    Each of ``after_step`` is called as ``fn(model)`` under ``torch.no_grad()`` after every
+    optimizer step, e.g. a weight constraint such as
+    :class:`bender.constraints.ClipBinaryWeights`. A non-finite
     training loss stops training with a warning. Either way the rows of the completed epochs
     are returned, and the reason is in ``df.attrs["stopped"]``. Inputs holding NaN or ±inf are
     refused with a ``ValueError`` before the first step; trainable parameters that the first
@@ -189,9 +221,10 @@ def train(
     ``bender.checkpoint.load``) and continues that run: the model, optimizer, scheduler, batch
     order and random states are put back, the returned table starts with the checkpoint's rows
     and training goes on to ``epochs`` in all; callbacks see the new epochs only. The settings
-    that shape the run (``batch_size``, ``seed``, ``reshuffle``, ``lr``, ``optimizer``,
-    ``loss``, the sizes of the splits) must be the ones it was written with. On the same
-    machine and thread count, a resumed run's table equals that of a run that never stopped.
+    that shape the run (``batch_size``, ``seed``, ``reshuffle``, ``lr``, ``optimizer`` and
+    its options, ``loss``, the sizes of the splits) must be the ones it was written with. On
+    the same machine and thread count, a resumed run's table equals that of a run that never
+    stopped.
     """
     check_positive_int("epochs", epochs)
     check_positive_int("batch_size", batch_size)
@@ -211,6 +244,7 @@ def train(
             "examples): the last partial batch is dropped, so an epoch would have no batch"
         )
     loss_fn = _choose("loss", loss, LOSSES)
+    options = check_optimizer_options(optimizer, optimizer_options)
     after = (after_step,) if callable(after_step) else tuple(after_step or ())
     if not all(callable(fn) for fn in after):
         raise TypeError(f"after_step must be a list of functions fn(model), got {after_step!r}")
@@ -221,6 +255,7 @@ def train(
         "reshuffle": reshuffle,
         "lr": lr,
         "optimizer": _label(optimizer),
+        "optimizer_options": options,
         "loss": _label(loss),
         "train_size": len(data.train),
         "test_size": len(data.test),
@@ -234,7 +269,7 @@ def train(
         state = resume if isinstance(resume, dict) else load_checkpoint(resume)
         check_resumable(state, settings, epochs)
     torch.manual_seed(seed)
-    opt = make_optimizer(optimizer, model.to(device).parameters(), lr)  # before moving data
+    opt = make_optimizer(optimizer, model.to(device).parameters(), lr, options)  # before the data
     schedule = None if scheduler is None else scheduler(opt)
     if schedule is not None and not callable(getattr(schedule, "step", None)):
         raise TypeError(
