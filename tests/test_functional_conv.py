@@ -28,26 +28,32 @@ def _ids(case):
 
 @pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")  # torch's reference
 @pytest.mark.parametrize("case", CASES, ids=_ids)
-def test_conv_asym_dx(case, batch, dtype):
+@pytest.mark.parametrize("rule", ["asym", "kp"])
+def test_conv_asym_dx_and_conv_kp_dx(rule, case, batch, dtype):
     dims, cin, cout, k, stride, pad, dil, groups, size = case
     x = torch.randn(batch, cin, *size, dtype=dtype, requires_grad=True)
     w = torch.randn(cout, cin // groups, *k, dtype=dtype, requires_grad=True)
-    b = torch.randn_like(w)
-    y = conv_asym_dx(x, w, b, stride, pad, dil, groups)
+    b = torch.randn_like(w).requires_grad_(rule == "kp")  # Kolen-Pollack's B learns
+    y = (conv_asym_dx if rule == "asym" else conv_kp_dx)(x, w, b, stride, pad, dil, groups)
     close(y, PLAIN[dims](x.detach(), w.detach(), None, stride, pad, dil, groups))
     if pad == "same":
         assert y.shape[2:] == x.shape[2:]
     delta = torch.randn_like(y)
     y.backward(delta)
     # Expected: ∂x is the input gradient of a plain convolution with B (transposed conv of δ
-    # with B); ∂W is the weight gradient of the plain convolution with W.
+    # with B); ∂W is the weight gradient of the plain convolution with W; Kolen-Pollack's ∂B
+    # is that ∂W too.
     xr = x.detach().clone().requires_grad_()
-    PLAIN[dims](xr, b, None, stride, pad, dil, groups).backward(delta)
+    PLAIN[dims](xr, b.detach(), None, stride, pad, dil, groups).backward(delta)
     wr = w.detach().clone().requires_grad_()
     PLAIN[dims](x.detach(), wr, None, stride, pad, dil, groups).backward(delta)
     close(x.grad, xr.grad)
     close(w.grad, wr.grad)
     assert not torch.allclose(x.grad, torch.zeros_like(x))
+    if rule == "kp":
+        close(b.grad, wr.grad)
+    else:
+        assert b.grad is None
 
 
 def test_padding_by_name_errors():
@@ -133,26 +139,6 @@ def test_conv_asym_dx_backward_does_not_read_the_kernel(dtype):
     close(x.grad, xr.grad)
     close(w.grad, wr.grad)
     close(bias.grad, delta.sum((0, 2, 3)))
-
-
-@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")  # torch's reference
-@pytest.mark.parametrize("case", CASES, ids=_ids)
-def test_conv_kp_dx_gives_the_feedback_kernel_the_kernel_gradient(case, batch, dtype):
-    dims, cin, cout, k, stride, pad, dil, groups, size = case
-    x = torch.randn(batch, cin, *size, dtype=dtype, requires_grad=True)
-    w = torch.randn(cout, cin // groups, *k, dtype=dtype, requires_grad=True)
-    b = torch.randn_like(w).requires_grad_()
-    y = conv_kp_dx(x, w, b, stride, pad, dil, groups)
-    close(y, PLAIN[dims](x.detach(), w.detach(), None, stride, pad, dil, groups))
-    delta = torch.randn_like(y)
-    y.backward(delta)
-    xr = x.detach().clone().requires_grad_()
-    PLAIN[dims](xr, b.detach(), None, stride, pad, dil, groups).backward(delta)
-    wr = w.detach().clone().requires_grad_()
-    PLAIN[dims](x.detach(), wr, None, stride, pad, dil, groups).backward(delta)
-    close(x.grad, xr.grad)
-    close(w.grad, wr.grad)
-    close(b.grad, wr.grad)
 
 
 def test_kolen_pollack_conv_with_bias_and_an_input_without_gradient(dtype):
