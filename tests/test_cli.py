@@ -27,6 +27,9 @@ def test_recipes_lists_one_line_each(capsys):
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == len(recipes.RECIPES)
     assert lines[0].startswith("fa-mlp ") and "784-128-64-10" in lines[0]
+    assert "trains with" not in lines[0]  # the tutorials' Adam
+    kp = next(line for line in lines if line.startswith("kp-mlp "))
+    assert kp.endswith("; trains with sgd lr 0.05, momentum 0.9, weight_decay 0.001")
 
 
 def test_summary_prints_the_layers_and_the_memory_binary_weights_save(capsys):

@@ -244,6 +244,19 @@ def plot_curves(table: pd.DataFrame, path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def _describe_optimizer(settings: dict) -> str:
+    """``sgd lr 0.05, momentum 0.9, weight_decay 0.001``: an optimizer and its settings."""
+    options = "".join(f", {k} {v}" for k, v in settings["optimizer_options"].items())
+    return f"{settings['optimizer']} lr {settings['lr']}{options}"
+
+
+def _own_training(name: str) -> str:
+    """For a recipe that trains otherwise than the tutorials: how, after a semicolon."""
+    if not recipes.get(name).training:
+        return ""
+    return f"; trains with {_describe_optimizer(recipes.train_settings(name))}"
+
+
 def _known_recipe(name: str, parser: argparse.ArgumentParser, where: str = "") -> None:
     """A usage error that lists the valid recipes, unless ``name`` is one."""
     try:
@@ -497,10 +510,10 @@ def _fit(
             "python": platform.python_version(),
             "model": repr(model),
         }
-        options = "".join(f", {k} {v}" for k, v in args.optimizer_options.items())
+        optimizer = _describe_optimizer(vars(args))
         print(
-            f"{args.recipe} on {args.dataset} ({device}), seed {args.seed}, {args.optimizer} "
-            f"lr {args.lr}{options}, writing to {out}:"
+            f"{args.recipe} on {args.dataset} ({device}), seed {args.seed}, {optimizer}, "
+            f"writing to {out}:"
         )
     else:
         record, state = resumed
@@ -599,7 +612,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "recipes":
         width = max(map(len, recipes.RECIPES))
         for recipe in recipes.RECIPES.values():
-            print(f"{recipe.name:<{width}}  {recipe.summary}")
+            print(f"{recipe.name:<{width}}  {recipe.summary}{_own_training(recipe.name)}")
         return 0
     if args.command == "summary":
         return _summary(args, parser)

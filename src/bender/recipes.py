@@ -170,14 +170,13 @@ RECIPES: dict[str, Recipe] = {
         Recipe(
             "kp-mlp",
             "Kolen-Pollack, feedback learned with W's gradient (Akrout et al. 2019), MLP "
-            "784-128-64-10, relu; SGD lr 0.05, momentum 0.9, weight decay 1e-3",
+            "784-128-64-10, relu",
             lambda: mlp(SMALL, linear_kp_dx, feedback=True),
             training=KP_TRAINING,
         ),
         Recipe(
             "kp-cnn",
-            "Kolen-Pollack, CNN conv16-conv32-dense, relu; SGD lr 0.05, momentum 0.9, "
-            "weight decay 1e-3",
+            "Kolen-Pollack, CNN conv16-conv32-dense, relu",
             lambda: cnn(conv_linear_kp_dx, linear_kp_dx, feedback=True),
             training=KP_TRAINING,
         ),
