@@ -63,7 +63,7 @@ class KolenPollackLinear(BentLinear):
 
     Backward: ``∂x = δ B``, ``∂W = δᵀ x``, ``∂B = δᵀ x`` (the same as ``∂W``), ``∂b = Σ_n δ_n``.
     Given the same gradient, an optimizer moves ``W`` and ``B`` alike, and weight decay shrinks
-    their difference: with SGD, ``W − B ← (1 − ηλ)(W − B)`` at every step, so ``B`` comes to
+    their difference: with plain SGD, ``W − B ← (1 − ηλ)(W − B)`` at every step, so ``B`` comes to
     equal ``W`` and ``∂x`` becomes backprop's (Kolen & Pollack 1994; Akrout et al., "Deep
     learning without weight transport", NeurIPS 2019, arXiv:1904.05391).
     """
