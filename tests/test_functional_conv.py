@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 
 from bender.functional import conv, conv_asym_dx, conv_blocked_dx, conv_kp_dx
-from bender.functional.conv import BentConv, KolenPollackConv, kolen_pollack_conv
+from bender.functional.conv import BentConv, KolenPollackConv, bent_conv
 from bender.layers import GenConv
 from tests.conftest import close, gradcheck_with_weight_as_feedback
 
@@ -146,7 +146,7 @@ def test_kolen_pollack_conv_with_bias_and_an_input_without_gradient(dtype):
     w = torch.randn(4, 3, 3, 3, dtype=dtype, requires_grad=True)
     fb = torch.randn_like(w).requires_grad_()
     bias = torch.randn(4, dtype=dtype, requires_grad=True)
-    y = kolen_pollack_conv(x, w, fb, bias, 1, 1)
+    y = bent_conv(x, w, fb, bias, 1, 1, feedback_learns=True)
     delta = torch.randn_like(y)
     y.backward(delta)
     wr, br = w.detach().clone().requires_grad_(), bias.detach().clone().requires_grad_()

@@ -7,7 +7,6 @@ from bender.functional.dense import (
     BentLinear,
     KolenPollackLinear,
     bent_linear,
-    kolen_pollack_linear,
 )
 from tests.conftest import close, dense_gradcheck_inputs, gradcheck_with_weight_as_feedback
 
@@ -148,7 +147,7 @@ def test_kolen_pollack_linear_with_bias_and_leading_dims(dtype):
     fb = torch.randn(5, 7, dtype=dtype, requires_grad=True)
     bias = torch.randn(5, dtype=dtype, requires_grad=True)
     delta = torch.randn(3, 4, 5, dtype=dtype)
-    y = kolen_pollack_linear(x, w, fb, bias)
+    y = bent_linear(x, w, fb, bias, feedback_learns=True)
     close(y, torch.einsum("abi,oi->abo", x.detach(), w.detach()) + bias.detach())
     y.backward(delta)
     dw = torch.einsum("abo,abi->oi", delta, x.detach())

@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bender.functional.conv import bent_conv, conv, kolen_pollack_conv
-from bender.functional.dense import bent_linear, kolen_pollack_linear
+from bender.functional.conv import bent_conv, conv
+from bender.functional.dense import bent_linear
 from bender.functional.radial import bent_radial
 from bender.functional.sign_concordant import random_magnitudes, sign_concordant
 from bender.functional.ste import sign_ste, stoc_sign_ste
@@ -162,7 +162,8 @@ def linear_asym_dx(layer: nn.Module, x: Tensor) -> Tensor:
 def linear_kp_dx(layer: nn.Module, x: Tensor) -> Tensor:
     """``x Wᵀ + b`` with Kolen–Pollack learning: ``∂x = δ B``, ``∂W = ∂B = δᵀ x``, ``∂b = Σ δ``;
     the layer's ``feedback`` is a parameter, and weight decay brings it to ``W``."""
-    return kolen_pollack_linear(x, layer.weight, feedback_of(layer, "linear_kp_dx"), layer.bias)
+    feedback = feedback_of(layer, "linear_kp_dx")
+    return bent_linear(x, layer.weight, feedback, layer.bias, feedback_learns=True)
 
 
 @register_mapping(exact=linear, layer="dense")
@@ -217,7 +218,8 @@ def conv_linear_kp_dx(layer: nn.Module, x: Tensor) -> Tensor:
     """Convolution plus bias with Kolen–Pollack learning: ``∂x`` through the feedback kernel
     ``B``, a parameter with ``∂B = ∂W``; weight decay brings it to ``W``."""
     feedback = feedback_of(layer, "conv_linear_kp_dx")
-    return kolen_pollack_conv(x, layer.weight, feedback, layer.bias, **_conv_settings(layer))
+    settings = _conv_settings(layer)
+    return bent_conv(x, layer.weight, feedback, layer.bias, **settings, feedback_learns=True)
 
 
 @register_mapping(exact=conv_linear, layer="conv")

@@ -172,48 +172,32 @@ def bent_conv(
     padding: Padding = 0,
     dilation: IntOrTuple = 1,
     groups: int = 1,
+    *,
+    feedback_learns: bool = False,
 ) -> Tensor:
-    """Checked entry point of :class:`BentConv`; ``x`` is batched: ``N × C × spatial…``."""
+    """Checked entry point of :class:`BentConv`; ``x`` is batched: ``N × C × spatial…``.
+
+    With ``feedback_learns=True`` it is :class:`KolenPollackConv` (``∂B = ∂W``) wherever ``B``
+    requires a gradient, also for an input that needs none.
+    """
     dims = _check_input(x, weight)
     if feedback is None:  # blocked: no ∂x; autograd's own exact ∂W, ∂b on a detached input
         return _CONV[dims](x.detach(), weight, bias, stride, padding, dilation, groups)
     if feedback is not weight:
         check_same_shape("feedback kernel B", feedback, "the kernel W", weight)
-    if feedback is weight or not (x.requires_grad and torch.is_grad_enabled()):
+    grad_mode = torch.is_grad_enabled()
+    if feedback_learns and feedback.requires_grad and grad_mode:
+        apply = _kolen_pollack_apply
+    elif feedback is weight or not (x.requires_grad and grad_mode):
         # the exact rule, or no ∂x to compute (so the feedback kernel changes nothing)
         return _CONV[dims](x, weight, bias, stride, padding, dilation, groups)
-    return _apply(_bent_conv_apply, x, weight, feedback, bias, stride, padding, dilation, groups)
-
-
-def _apply(apply, x, weight, feedback, bias, stride, padding, dilation, groups) -> Tensor:
-    """``apply`` (a custom convolution) with ``stride``, ``padding`` and ``dilation`` as lists of
-    one int per spatial dim, ``x`` padded here first where a named padding needs it."""
-    dims = conv_dims(weight)
+    else:
+        apply = _bent_conv_apply
     stride, dilation = _per_dim(stride, dims), _per_dim(dilation, dims)
     if isinstance(padding, str):
         x, padding = _pad_by_name(x, padding, weight, stride, dilation)
     padding = _per_dim(padding, dims)
     return apply(x, weight, feedback, bias, stride, padding, dilation, groups)
-
-
-def kolen_pollack_conv(
-    x: Tensor,
-    weight: Tensor,
-    feedback: Tensor,
-    bias: Tensor | None = None,
-    stride: IntOrTuple = 1,
-    padding: Padding = 0,
-    dilation: IntOrTuple = 1,
-    groups: int = 1,
-) -> Tensor:
-    """Checked entry point of :class:`KolenPollackConv`: ``∂B = ∂W`` wherever ``B`` requires a
-    gradient (also for an input that needs none); otherwise :func:`bent_conv`."""
-    if not (feedback.requires_grad and torch.is_grad_enabled()):
-        return bent_conv(x, weight, feedback, bias, stride, padding, dilation, groups)
-    _check_input(x, weight)
-    check_same_shape("feedback kernel B", feedback, "the kernel W", weight)
-    settings = stride, padding, dilation, groups
-    return _apply(_kolen_pollack_apply, x, weight, feedback, bias, *settings)
 
 
 def _pad_by_name(
@@ -275,4 +259,5 @@ def conv_kp_dx(
     (exact). With weight decay, ``B`` converges to ``W`` (Akrout et al. 2019)."""
     if feedback is None:
         raise ValueError("conv_kp_dx needs a feedback kernel B of the kernel's shape, got None")
-    return kolen_pollack_conv(x, weight, feedback, None, stride, padding, dilation, groups)
+    settings = stride, padding, dilation, groups
+    return bent_conv(x, weight, feedback, None, *settings, feedback_learns=True)

@@ -80,7 +80,12 @@ _kolen_pollack_apply = direct_apply(KolenPollackLinear)
 
 
 def bent_linear(
-    x: Tensor, weight: Tensor, feedback: Tensor | None, bias: Tensor | None = None
+    x: Tensor,
+    weight: Tensor,
+    feedback: Tensor | None,
+    bias: Tensor | None = None,
+    *,
+    feedback_learns: bool = False,
 ) -> Tensor:
     """Checked entry point of :class:`BentLinear` (shapes verified before any compute).
 
@@ -88,14 +93,19 @@ def bent_linear(
     ``∂W``, ``∂b``), computed by autograd's native kernels without a Python backward. With
     ``feedback`` the weight itself (exact backprop), or when no ``∂x`` will be computed at all
     (``x`` needs no grad, e.g. a first layer, or grad mode is off), the rule is the exact one,
-    so the plain ``F.linear`` is used as well.
+    so the plain ``F.linear`` is used as well. With ``feedback_learns=True`` it is
+    :class:`KolenPollackLinear` (``∂B = ∂W``) wherever ``B`` requires a gradient, also for an
+    input that needs none.
     """
     check_features(x, weight)
     if feedback is None:
         return F.linear(x.detach(), weight, bias)
     if feedback is not weight:
         check_same_shape("feedback matrix B", feedback, "the weight W", weight)
-    if feedback is weight or not (x.requires_grad and torch.is_grad_enabled()):
+    grad_mode = torch.is_grad_enabled()
+    if feedback_learns and feedback.requires_grad and grad_mode:
+        return _kolen_pollack_apply(x, weight, feedback, bias)
+    if feedback is weight or not (x.requires_grad and grad_mode):
         return F.linear(x, weight, bias)
     return _bent_linear_apply(x, weight, feedback, bias)
 
@@ -137,15 +147,4 @@ def matmul_kp_dx(x: Tensor, weight: Tensor, feedback: Tensor) -> Tensor:
     """
     if feedback is None:
         raise ValueError("matmul_kp_dx needs a feedback matrix B of the weight's shape, got None")
-    return kolen_pollack_linear(x, weight, feedback)
-
-
-def kolen_pollack_linear(
-    x: Tensor, weight: Tensor, feedback: Tensor, bias: Tensor | None = None
-) -> Tensor:
-    """Checked entry point of :class:`KolenPollackLinear` (``x Wᵀ + b``; ``∂B = ∂W``)."""
-    if not (feedback.requires_grad and torch.is_grad_enabled()):
-        return bent_linear(x, weight, feedback, bias)
-    check_features(x, weight)
-    check_same_shape("feedback matrix B", feedback, "the weight W", weight)
-    return _kolen_pollack_apply(x, weight, feedback, bias)
+    return bent_linear(x, weight, feedback, feedback_learns=True)
