@@ -59,10 +59,13 @@ class Recipe:
     training: dict[str, Any] = field(default_factory=dict)
 
 
-KP_OPTIONS = {"momentum": 0.9, "weight_decay": 1e-3}
 # Kolen–Pollack needs weight decay, and W and B to get the same update: SGD with momentum, as in
 # Akrout et al. 2019 (with Adam at the tutorials' 3e-4 it falls behind feedback alignment).
-KP_TRAINING = {"optimizer": "sgd", "lr": 0.05, "optimizer_options": KP_OPTIONS}
+KP_TRAINING = {
+    "optimizer": "sgd",
+    "lr": 0.05,
+    "optimizer_options": {"momentum": 0.9, "weight_decay": 1e-3},
+}
 
 
 def mlp(
@@ -221,8 +224,10 @@ def train_settings(name: str, optimizer: str | None = None) -> dict[str, Any]:
     chosen = optimizer or own.get("optimizer", "adam")
     if chosen != own.get("optimizer", "adam"):
         own = {}
-    return {"optimizer": chosen, "lr": own.get("lr", 3e-4)} | {
-        "optimizer_options": dict(own.get("optimizer_options", {}))
+    return {
+        "optimizer": chosen,
+        "lr": own.get("lr", 3e-4),
+        "optimizer_options": dict(own.get("optimizer_options", {})),
     }
 
 

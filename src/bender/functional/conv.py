@@ -78,18 +78,6 @@ def pad_input(x: Tensor, widths: Sequence[tuple[int, int]], mode: str = "constan
     return F.pad(x, [w for pair in reversed(widths) for w in pair], mode=mode)
 
 
-def _check_input(x: Tensor, weight: Tensor) -> int:
-    """The kernel's number of spatial dims ``d``, once ``x`` is checked to be batched (``d + 2``
-    dims: ``N × C × spatial…``)."""
-    dims = conv_dims(weight)
-    if x.dim() != dims + 2:
-        raise ValueError(
-            f"a {dims}-d convolution expects a batched input of {dims + 2} dims "
-            f"(N, C, then {dims} spatial), got {tuple(x.shape)}"
-        )
-    return dims
-
-
 def _per_dim(value: IntOrTuple, dims: int) -> list[int]:
     return [value] * dims if isinstance(value, int) else list(value)
 
@@ -180,7 +168,12 @@ def bent_conv(
     With ``feedback_learns=True`` it is :class:`KolenPollackConv` (``∂B = ∂W``) wherever ``B``
     requires a gradient, also for an input that needs none.
     """
-    dims = _check_input(x, weight)
+    dims = conv_dims(weight)
+    if x.dim() != dims + 2:
+        raise ValueError(
+            f"a {dims}-d convolution expects a batched input of {dims + 2} dims "
+            f"(N, C, then {dims} spatial), got {tuple(x.shape)}"
+        )
     if feedback is None:  # blocked: no ∂x; autograd's own exact ∂W, ∂b on a detached input
         return _CONV[dims](x.detach(), weight, bias, stride, padding, dilation, groups)
     if feedback is not weight:
