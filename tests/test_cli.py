@@ -556,7 +556,11 @@ def test_a_recipes_optimizer_settings_are_used_replaced_by_flags_and_kept_on_res
     assert record["optimizer_options"] == {"momentum": 0.9, "weight_decay": 1e-3}
     assert "sgd lr 0.05, momentum 0.9, weight_decay 0.001" in capsys.readouterr().out
     code, out = _train(tmp_path, data_root, recipe="kp-mlp", epochs=1)
+    capsys.readouterr()
     assert _resume(out, data_root, "--epochs", "2") == 0
+    assert "seed 0, sgd lr 0.05, momentum 0.9, weight_decay 0.001, after epoch 1 of 2" in (
+        capsys.readouterr().out
+    )
     _same_results(out, whole)  # the resumed epoch had SGD's momentum and weight decay too
 
     flags = ("--momentum", "0", "--lr", "0.01")

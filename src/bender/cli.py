@@ -510,17 +510,17 @@ def _fit(
             "python": platform.python_version(),
             "model": repr(model),
         }
-        optimizer = _describe_optimizer(vars(args))
         print(
-            f"{args.recipe} on {args.dataset} ({device}), seed {args.seed}, {optimizer}, "
-            f"writing to {out}:"
+            f"{args.recipe} on {args.dataset} ({device}), seed {args.seed}, "
+            f"{_describe_optimizer(vars(args))}, writing to {out}:"
         )
     else:
         record, state = resumed
         record = _resumed_record(record, state, args, device)
         print(
-            f"resuming {args.recipe} on {args.dataset} ({device}), seed {args.seed}, after "
-            f"epoch {state['epoch']} of {args.epochs}, writing to {out}:"
+            f"resuming {args.recipe} on {args.dataset} ({device}), seed {args.seed}, "
+            f"{_describe_optimizer(vars(args))}, after epoch {state['epoch']} of {args.epochs}, "
+            f"writing to {out}:"
         )
     print(model)
 
