@@ -34,33 +34,31 @@ RESULT_FILES = (
     "alignment.csv",
 )
 PROBE = 1000  # test examples on which --alignment compares the gradients
+# where the optimizer flags' defaults come from, for their help (the settings live in recipes)
+RECIPE_DEFAULTS = (
+    f"the tutorials' {recipes.TUTORIAL_TRAINING['optimizer']} at lr "
+    f"{recipes.TUTORIAL_TRAINING['lr']} without options, unless `bender recipes` says"
+)
 LOCK = ".bender.lock"  # in a run's folder while a bender process writes there
 # read_csv gives back every digit to_csv wrote: pandas 3 always, pandas 2 only when told
 # (its default parser can be one unit in the last place off; pandas 3 deprecates the option)
 EXACT_FLOATS = {} if int(pd.__version__.split(".")[0]) >= 3 else {"float_precision": "round_trip"}
 
 
-def _positive(kind: type):
+def _positive(kind: type, zero: bool = False):
+    """An argparse type: a finite ``kind`` above 0 (at or above 0 with ``zero=True``)."""
+
     def parse(text: str):
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}") from None
-        if not (value > 0 and math.isfinite(value)):
-            raise argparse.ArgumentTypeError(f"must be positive and finite, got {text}")
+        if not ((value >= 0 if zero else value > 0) and math.isfinite(value)):
+            wanted = "zero or positive" if zero else "positive"
+            raise argparse.ArgumentTypeError(f"must be {wanted} and finite, got {text}")
         return value
 
     return parse
-
-
-def _non_negative(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a float, got {text!r}") from None
-    if not (value >= 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"must be zero or positive and finite, got {text}")
-    return value
 
 
 def _seed(text: str) -> int:
@@ -108,25 +106,24 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--optimizer",
         choices=list(OPTIMIZERS),
-        help="(default: the recipe's: sgd for kp-mlp and kp-cnn, adam for the others); naming "
-        "another than the recipe's drops the recipe's lr, momentum and weight decay",
+        help=f"(default: the recipe's; {RECIPE_DEFAULTS}); naming another than the recipe's "
+        "drops the recipe's lr, momentum and weight decay",
     )
     t.add_argument(
         "--lr",
         type=_positive(float),
-        help="learning rate (default: the recipe's: 3e-4 with adam, as the tutorials; 0.05 for "
-        "kp-mlp and kp-cnn)",
+        help=f"learning rate (default: the recipe's; {RECIPE_DEFAULTS})",
     )
     t.add_argument(
         "--momentum",
-        type=_non_negative,
-        help="SGD's momentum (default: the recipe's: 0.9 for kp-mlp and kp-cnn; else none)",
+        type=_positive(float, zero=True),
+        help=f"SGD's momentum (default: the recipe's, else none; {RECIPE_DEFAULTS})",
     )
     t.add_argument(
         "--weight-decay",
-        type=_non_negative,
-        help="L2 penalty on every parameter; AdamW's is decoupled (default: the recipe's: 1e-3 "
-        "for kp-mlp and kp-cnn; else none)",
+        type=_positive(float, zero=True),
+        help="L2 penalty on every parameter; AdamW's is decoupled (default: the recipe's, else "
+        f"none; {RECIPE_DEFAULTS})",
     )
     t.add_argument(
         "--shuffle-once",
@@ -354,7 +351,8 @@ def _resume(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             "shuffle_once": not record["reshuffle"],
             "limit": record.get("limit"),
             "clip_weights": record.get("clip_weights"),
-            "optimizer": record.get("optimizer", "adam"),  # runs recorded before the flag
+            # runs recorded before the optimizer flags trained with the tutorials' settings
+            "optimizer": record.get("optimizer", recipes.TUTORIAL_TRAINING["optimizer"]),
             "optimizer_options": record.get("optimizer_options", {}),
             "alignment": "alignment_probe" in record,
         }

@@ -59,6 +59,8 @@ class Recipe:
     training: dict[str, Any] = field(default_factory=dict)
 
 
+# the tutorials' optimizer: every recipe trains with it unless it has its own ``training``
+TUTORIAL_TRAINING = {"optimizer": "adam", "lr": 3e-4, "optimizer_options": {}}
 # Kolen–Pollack needs weight decay, and W and B to get the same update: SGD with momentum, as in
 # Akrout et al. 2019 (with Adam at the tutorials' 3e-4 it falls behind feedback alignment).
 KP_TRAINING = {
@@ -220,15 +222,10 @@ def train_settings(name: str, optimizer: str | None = None) -> dict[str, Any]:
     """The ``train`` settings recipe ``name`` runs with: its own (``kp-mlp``: SGD, lr 0.05,
     momentum 0.9, weight decay 1e-3), else the tutorials' (Adam, lr 3e-4). Naming another
     ``optimizer`` than the recipe's drops the recipe's learning rate and options with it."""
-    own = dict(get(name).training)
-    chosen = optimizer or own.get("optimizer", "adam")
-    if chosen != own.get("optimizer", "adam"):
-        own = {}
-    return {
-        "optimizer": chosen,
-        "lr": own.get("lr", 3e-4),
-        "optimizer_options": dict(own.get("optimizer_options", {})),
-    }
+    own = get(name).training or TUTORIAL_TRAINING
+    if optimizer not in (None, own["optimizer"]):
+        own = TUTORIAL_TRAINING | {"optimizer": optimizer}
+    return own | {"optimizer_options": dict(own["optimizer_options"])}
 
 
 def run(name: str, data: Dataset, *, seed: int = 0, **train_kwargs) -> pd.DataFrame:
