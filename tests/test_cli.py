@@ -30,6 +30,11 @@ def test_recipes_lists_one_line_each(capsys):
     assert "trains with" not in lines[0]  # the tutorials' Adam
     kp = next(line for line in lines if line.startswith("kp-mlp "))
     assert kp.endswith("; trains with sgd lr 0.05, momentum 0.9, weight_decay 0.001")
+    wm = next(line for line in lines if line.startswith("wm-mlp "))
+    assert wm.endswith(
+        "relu; after every step WeightMirror(lr=0.01, weight_decay=0.01, noise_std=1, "
+        "batch_size=64)"
+    )
 
 
 def test_summary_prints_the_layers_and_the_memory_binary_weights_save(capsys):
@@ -576,6 +581,25 @@ def test_a_recipes_optimizer_settings_are_used_replaced_by_flags_and_kept_on_res
     record = json.loads((fa / "metrics.json").read_text())
     assert (record["optimizer"], record["lr"]) == ("sgd", 3e-4)
     assert record["optimizer_options"] == {"weight_decay": 0.01}
+
+
+def test_a_weight_mirror_recipe_mirrors_after_every_step_also_when_resumed(
+    tmp_path, data_root, capsys
+):
+    mirror = "WeightMirror(lr=0.01, weight_decay=0.01, noise_std=1, batch_size=64)"
+    flags = ("--alignment", "--batch-size", "16")  # 93 steps an epoch
+    code, whole = _train(tmp_path, data_root, *flags, recipe="wm-mlp", folder="whole")
+    assert code == 0
+    assert f"adam lr 0.0003, then {mirror}, writing to" in capsys.readouterr().out
+    assert json.loads((whole / "metrics.json").read_text())["after_step"] == [mirror]
+    angles = pd.read_csv(whole / "alignment.csv").filter(like="weight_angle")
+    assert (angles.iloc[0] > 80).all()  # random B
+    assert (angles.iloc[2] < 30).all()  # 186 mirror steps later: 0.99¹⁸⁶ = 0.15 of B's start
+    code, out = _train(tmp_path, data_root, *flags, recipe="wm-mlp", epochs=1)
+    capsys.readouterr()
+    assert _resume(out, data_root, "--epochs", "2") == 0
+    assert f"then {mirror}, after epoch 1 of 2" in capsys.readouterr().out
+    _same_results(out, whole)  # the resumed epoch mirrored too, with the same noise
 
 
 def test_momentum_needs_sgd(tmp_path, data_root, capsys):

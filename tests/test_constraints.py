@@ -77,3 +77,5 @@ def test_train_calls_after_step_after_every_optimizer_step(small_mnist):
     assert all(layer.weight.abs().max() <= 0.01 for layer in single)
     with pytest.raises(TypeError, match="after_step must be a list of functions fn"):
         train(single, data, epochs=1, after_step=[1.0])
+    with pytest.raises(TypeError, match="after_step must be a list of functions fn"):
+        train(single, data, epochs=1, after_step=5)  # neither a function nor a list of them

@@ -3,6 +3,7 @@ import torch
 from torch import nn
 
 from bender import DFA, GenConv, GenDense, SignSTE, checkpoint, mappings, recipes
+from bender.mirrors import WeightMirror, mirrored_layers
 
 
 @pytest.mark.parametrize(
@@ -19,6 +20,7 @@ from bender import DFA, GenConv, GenDense, SignSTE, checkpoint, mappings, recipe
         ("frsf-mlp", [784, 128, 64, 10], mappings.linear_frsf_dx),
         ("brsf-mlp", [784, 128, 64, 10], mappings.linear_brsf_dx),
         ("kp-mlp", [784, 128, 64, 10], mappings.linear_kp_dx),
+        ("wm-mlp", [784, 128, 64, 10], mappings.linear_asym_dx),
     ],
 )
 def test_recipe_architectures(name, sizes, mapping):
@@ -34,7 +36,7 @@ def test_recipe_architectures(name, sizes, mapping):
     hidden = SignSTE if name == "binary-mlp" else nn.ReLU
     assert all(isinstance(layer.activation, hidden) for layer in layers[:-1])
     assert layers[-1].activation is None
-    held = name.startswith(("fa", "frsf", "kp"))
+    held = name.startswith(("fa", "frsf", "kp", "wm"))
     assert all((layer.feedback is not None) == held for layer in layers)
     assert model(torch.rand(3, 784)).shape == (3, 10)
 
@@ -49,6 +51,7 @@ def test_recipe_architectures(name, sizes, mapping):
         ("frsf-cnn", mappings.conv_linear_frsf_dx, mappings.linear_frsf_dx),
         ("brsf-cnn", mappings.conv_linear_brsf_dx, mappings.linear_brsf_dx),
         ("kp-cnn", mappings.conv_linear_kp_dx, mappings.linear_kp_dx),
+        ("wm-cnn", mappings.conv_linear_asym_dx, mappings.linear_asym_dx),
     ],
 )
 def test_cnn_recipes(name, conv_mapping, dense_mapping):
@@ -61,7 +64,7 @@ def test_cnn_recipes(name, conv_mapping, dense_mapping):
     assert [type(m) for m in learning] == [GenConv, GenConv, GenDense]
     assert [tuple(m.weight.shape) for m in learning] == [(16, 1, 5, 5), (32, 16, 5, 5), (10, 1568)]
     assert [m.mapping for m in learning] == [conv_mapping, conv_mapping, dense_mapping]
-    held = name in ("fa-cnn", "frsf-cnn", "kp-cnn")
+    held = name in ("fa-cnn", "frsf-cnn", "kp-cnn", "wm-cnn")
     assert all((m.feedback is not None) == held for m in learning)
     x = torch.rand(3, 784, requires_grad=True)  # the MLPs' flattened input
     out = recipes.build(name)(x)
@@ -122,3 +125,25 @@ def test_run_trains_with_the_recipes_settings_unless_told_otherwise(small_mnist,
     assert settings["optimizer_options"] == {"momentum": 0.9, "weight_decay": 1e-3}
     recipes.run("kp-mlp", data, epochs=1, checkpoint=path, lr=0.01)
     assert checkpoint.load(path)["settings"]["lr"] == 0.01
+
+
+@pytest.mark.parametrize("name", ["wm-mlp", "wm-cnn"])
+def test_weight_mirror_recipes_mirror_their_feedback_after_every_step(name):
+    (mirror,) = recipes.get(name).after_step
+    assert isinstance(mirror, WeightMirror)
+    model = recipes.build(name)
+    assert list(mirrored_layers(model)) == [str(i) for i, m in enumerate(model) if
+                                           isinstance(m, (GenConv, GenDense))]  # fmt: skip
+    assert all(not r.after_step for r in recipes.RECIPES.values() if not r.name.startswith("wm"))
+
+
+def test_run_adds_the_callers_after_step_functions_to_the_recipes(small_mnist):
+    data = small_mnist.subset(256, 100)
+    calls = []
+    recipes.run("wm-mlp", data, epochs=1, after_step=calls.append)
+    assert len(calls) == 256 // 64
+    model = calls[0]
+    start = recipes.build("wm-mlp")
+    assert not torch.equal(model[2].feedback, start[2].feedback)  # the recipe's mirror ran
+    with pytest.raises(TypeError, match="after_step must be a list of functions fn"):
+        recipes.run("wm-mlp", data, epochs=1, after_step=5)

@@ -249,9 +249,10 @@ def _describe_optimizer(settings: dict) -> str:
 
 def _own_training(name: str) -> str:
     """For a recipe that trains otherwise than the tutorials: how, after a semicolon."""
-    if not recipes.get(name).training:
-        return ""
-    return f"; trains with {_describe_optimizer(recipes.train_settings(name))}"
+    recipe = recipes.get(name)
+    own = f"; trains with {_describe_optimizer(recipes.train_settings(name))}"
+    steps = f"; after every step {', '.join(map(repr, recipe.after_step))}"
+    return (own if recipe.training else "") + (steps if recipe.after_step else "")
 
 
 def _known_recipe(name: str, parser: argparse.ArgumentParser, where: str = "") -> None:
@@ -486,6 +487,10 @@ def _fit(
 ) -> int:
     """Train, writing the results to ``out`` after every epoch; the exit code."""
     state = None
+    after_step = list(recipes.get(args.recipe).after_step)  # the rule's own: a weight mirror
+    if args.clip_weights:
+        after_step.append(ClipBinaryWeights(args.clip_weights))
+    steps = "".join(f", then {fn!r}" for fn in after_step)  # for the first line printed
     if resumed is None:
         for name in _results_in(out):  # only with --overwrite: no stale file outlives this run
             (out / name).unlink()
@@ -503,6 +508,7 @@ def _fit(
             "threads": torch.get_num_threads(),  # CPU results depend on it (summation order)
             "limit": args.limit,
             "clip_weights": args.clip_weights,
+            "after_step": [repr(fn) for fn in after_step],
             "bender": __version__,
             "torch": torch.__version__,
             "python": platform.python_version(),
@@ -510,15 +516,15 @@ def _fit(
         }
         print(
             f"{args.recipe} on {args.dataset} ({device}), seed {args.seed}, "
-            f"{_describe_optimizer(vars(args))}, writing to {out}:"
+            f"{_describe_optimizer(vars(args))}{steps}, writing to {out}:"
         )
     else:
         record, state = resumed
         record = _resumed_record(record, state, args, device)
         print(
             f"resuming {args.recipe} on {args.dataset} ({device}), seed {args.seed}, "
-            f"{_describe_optimizer(vars(args))}, after epoch {state['epoch']} of {args.epochs}, "
-            f"writing to {out}:"
+            f"{_describe_optimizer(vars(args))}{steps}, after epoch {state['epoch']} of "
+            f"{args.epochs}, writing to {out}:"
         )
     print(model)
 
@@ -560,7 +566,7 @@ def _fit(
             progress=not args.no_progress,
             checkpoint=out / "checkpoint.pt",
             resume=state,
-            after_step=[ClipBinaryWeights(args.clip_weights)] if args.clip_weights else None,
+            after_step=after_step,
         )
     except KeyboardInterrupt:  # Ctrl-C: finish the record of the epochs completed so far
         interrupted = True

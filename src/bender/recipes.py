@@ -6,7 +6,9 @@ logit cross-entropy, 10 epochs. One difference: the batches are reshuffled each 
 tutorials keep the order of their one shuffle (``train(..., reshuffle=False)`` does that).
 The Kolen–Pollack recipes (``kp-mlp``, ``kp-cnn``) are the exception to Adam: their rule needs
 weight decay, so they train with SGD, learning rate 0.05, momentum 0.9 and weight decay 1e-3
-(:func:`train_settings`).
+(:func:`train_settings`). The weight-mirror recipes (``wm-mlp``, ``wm-cnn``) are feedback
+alignment plus a :class:`~bender.mirrors.WeightMirror` step after every optimizer step
+(``Recipe.after_step``).
 The CNNs take the same flattened input and unflatten it to ``1×28×28`` as their first module.
 """
 
@@ -42,21 +44,24 @@ from bender.mappings import (
     linear_kp_dx,
     linear_usf_dx,
 )
+from bender.mirrors import WeightMirror
 from bender.nonlinearities import SignSTE
-from bender.training import check_seed, train
+from bender.training import StepFn, check_seed, step_functions, train
 
 
 @dataclass(frozen=True)
 class Recipe:
-    """A named network with the number the Bender.jl tutorial reached on MNIST (``reference``)
-    and, where its rule needs other ones than the tutorials', its own ``train`` settings
-    (``optimizer``, ``lr``, ``optimizer_options``)."""
+    """A named network with the number the Bender.jl tutorial reached on MNIST (``reference``),
+    where its rule needs other ones than the tutorials', its own ``train`` settings
+    (``optimizer``, ``lr``, ``optimizer_options``), and what its rule does after every
+    optimizer step besides (``after_step``, functions ``fn(model)``: a weight mirror)."""
 
     name: str
     summary: str
     build: Callable[[], nn.Module]
     reference: str = ""
     training: dict[str, Any] = field(default_factory=dict)
+    after_step: tuple[StepFn, ...] = ()
 
 
 # the tutorials' optimizer: every recipe trains with it unless it has its own ``training``
@@ -186,6 +191,19 @@ RECIPES: dict[str, Recipe] = {
             training=KP_TRAINING,
         ),
         Recipe(
+            "wm-mlp",
+            "feedback alignment with weight mirrors, B learned from noise (Akrout et al. 2019), "
+            "MLP 784-128-64-10, relu",
+            lambda: mlp(SMALL, linear_asym_dx, feedback=True),
+            after_step=(WeightMirror(),),
+        ),
+        Recipe(
+            "wm-cnn",
+            "feedback alignment with weight mirrors, CNN conv16-conv32-dense, relu",
+            lambda: cnn(conv_linear_asym_dx, linear_asym_dx, feedback=True),
+            after_step=(WeightMirror(),),
+        ),
+        Recipe(
             "bp-mlp",
             "backprop baseline, MLP 784-128-64-10, relu",
             lambda: mlp(SMALL, linear),
@@ -229,7 +247,9 @@ def train_settings(name: str, optimizer: str | None = None) -> dict[str, Any]:
 
 
 def run(name: str, data: Dataset, *, seed: int = 0, **train_kwargs) -> pd.DataFrame:
-    """Build and train recipe ``name`` with its :func:`train_settings`; ``train_kwargs`` go
-    to :func:`bender.training.train` and replace them."""
+    """Build and train recipe ``name`` with its :func:`train_settings` and its ``after_step``;
+    ``train_kwargs`` go to :func:`bender.training.train`, ``after_step`` ones after the
+    recipe's, the others in place of the recipe's."""
     settings = train_settings(name, train_kwargs.get("optimizer"))
-    return train(build(name, seed), data, seed=seed, **(settings | train_kwargs))
+    after = [*get(name).after_step, *step_functions(train_kwargs.pop("after_step", None))]
+    return train(build(name, seed), data, seed=seed, after_step=after, **(settings | train_kwargs))

@@ -119,6 +119,18 @@ def make_optimizer(
     return make(params, lr=lr, **options)
 
 
+def step_functions(after_step: Sequence[StepFn] | StepFn | None) -> tuple[StepFn, ...]:
+    """``train``'s ``after_step`` as a tuple of functions: one function, a list of them, or
+    ``None``; a clear error for anything else."""
+    if callable(after_step):
+        return (after_step,)
+    if after_step is None or isinstance(after_step, (list, tuple)):
+        after = tuple(after_step or ())
+        if all(callable(fn) for fn in after):
+            return after
+    raise TypeError(f"after_step must be a list of functions fn(model), got {after_step!r}")
+
+
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """``"auto"`` is CUDA when available, else the CPU; any other device must hold a tensor here.
 
@@ -245,9 +257,7 @@ def train(
         )
     loss_fn = _choose("loss", loss, LOSSES)
     options = check_optimizer_options(optimizer, optimizer_options)
-    after = (after_step,) if callable(after_step) else tuple(after_step or ())
-    if not all(callable(fn) for fn in after):
-        raise TypeError(f"after_step must be a list of functions fn(model), got {after_step!r}")
+    after = step_functions(after_step)
     device = resolve_device(device)
     settings = {
         "batch_size": batch_size,
