@@ -15,7 +15,11 @@ Prints, measured in this run on the CPU (min and median over --repeats interleav
 ``--compile`` adds fa-mlp and the plain net each wrapped in ``torch.compile`` (default Inductor
 backend), compiled and warmed up by one untimed epoch before the timed ones.
 
+``--mirror`` adds wm-mlp, fa-mlp with the recipe's ``WeightMirror`` after every step, against
+fa-mlp: what mirror mode costs.
+
 Usage: python benchmarks/epoch_time.py [--data-dir DIR] [--repeats N] [--breakdown] [--compile]
+                                       [--mirror]
 """
 
 from __future__ import annotations
@@ -124,6 +128,11 @@ def _options(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="also time fa-mlp and the plain net under torch.compile",
     )
+    parser.add_argument(
+        "--mirror",
+        action="store_true",
+        help="also time wm-mlp, fa-mlp with a weight mirror step after every optimizer step",
+    )
 
 
 def compiled(build, data) -> tuple[nn.Module, float]:
@@ -172,6 +181,11 @@ def main() -> None:
         contenders[plain_c] = lambda: bender_epoch(lambda: plain_model, data)
         ratios["fa-mlp compiled / fa-mlp"] = (fa_c, fa, "-")
         ratios["fa-mlp compiled / nn.Linear compiled"] = (fa_c, plain_c, "-")
+    if args.mirror:
+        wm = "wm-mlp, bender.train"
+        mirror = recipes.get("wm-mlp")
+        contenders[wm] = lambda: bender_epoch(mirror.build, data, after_step=mirror.after_step)
+        ratios["wm-mlp / fa-mlp (mirror mode)"] = (wm, fa, "-")
     report(time_contenders(contenders, args.repeats), ratios)
 
 
