@@ -6,11 +6,11 @@ under ``torch.no_grad()`` after each ``optimizer.step()``.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
+
+from bender.functional._checks import check_positive_number
 
 
 def binary_layers(model: nn.Module) -> dict[str, nn.Module]:
@@ -39,11 +39,7 @@ class ClipBinaryWeights:
     """
 
     def __init__(self, bound: float = 1.0) -> None:
-        if isinstance(bound, bool) or not isinstance(bound, (int, float)):
-            raise TypeError(f"bound must be a number, got {type(bound).__name__}: {bound!r}")
-        if not (bound > 0 and math.isfinite(bound)):
-            raise ValueError(f"bound must be positive and finite, got {bound!r}")
-        self.bound = float(bound)
+        self.bound = check_positive_number("bound", bound)
 
     def __call__(self, model: nn.Module) -> None:
         layers = binary_layers(model)

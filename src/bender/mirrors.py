@@ -17,20 +17,11 @@ without the training data and its gradients.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor, nn
 
+from bender.functional._checks import check_positive_int, check_positive_number
 from bender.mappings import conv_linear, linear
-
-
-def _check_rate(name: str, value: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}: {value!r}")
-    if not (value > 0 and math.isfinite(value)):
-        raise ValueError(f"{name} must be positive and finite, got {value!r}")
-    return float(value)
 
 
 def mirror_signal(weight: Tensor, noise: Tensor, groups: int = 1) -> Tensor:
@@ -105,16 +96,15 @@ class WeightMirror:
         noise_std: float = 1.0,
         batch_size: int = 64,
     ) -> None:
-        self.lr = _check_rate("lr", lr)
-        self.weight_decay = _check_rate("weight_decay", weight_decay)
+        self.lr = check_positive_number("lr", lr)
+        self.weight_decay = check_positive_number("weight_decay", weight_decay)
         if self.weight_decay >= 1:
             raise ValueError(
                 f"weight_decay must be below 1 (B keeps 1 − weight_decay of itself each step), "
                 f"got {weight_decay!r}"
             )
-        self.noise_std = _check_rate("noise_std", noise_std)
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        self.noise_std = check_positive_number("noise_std", noise_std)
+        check_positive_int("batch_size", batch_size)
         self.batch_size = batch_size
 
     def __call__(self, model: nn.Module) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from torch import Tensor
 
 
@@ -27,3 +29,13 @@ def check_positive_int(name: str, value: object) -> None:
     """Raise ``ValueError`` unless ``value`` is an int above zero (``True`` is not a size)."""
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
+def check_positive_number(name: str, value: object) -> float:
+    """``value`` as a float; ``TypeError`` unless it is a real number (not a bool),
+    ``ValueError`` unless it is above zero and finite."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}: {value!r}")
+    if not (value > 0 and math.isfinite(value)):
+        raise ValueError(f"{name} must be positive and finite, got {value!r}")
+    return float(value)
