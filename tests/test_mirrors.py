@@ -55,6 +55,9 @@ def test_noise_of_the_wrong_shape_is_refused():
         mirror_signal(torch.randn(4, 3, 3), torch.randn(2, 3, 3), groups=2)
     with pytest.raises(ValueError, match="weight must be out × in"):
         mirror_signal(torch.randn(5), torch.randn(3, 5))
+    for groups in (0, 3, 2.0):
+        with pytest.raises(ValueError, match="groups must be a positive int that divides 4"):
+            mirror_signal(torch.randn(4, 3, 3), torch.randn(2, 6, 3), groups=groups)
 
 
 def _mixed_model(dtype=torch.float32) -> nn.Sequential:

@@ -41,6 +41,10 @@ def _hebbian(weight: Tensor, noise: Tensor, groups: int) -> Tensor:
     if weight.dim() < 2:
         raise ValueError(f"weight must be out × in (× kernel), got shape {tuple(weight.shape)}")
     out, taps = weight.shape[0], weight[0].numel()  # taps: the inputs of one output
+    if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1 or out % groups:
+        raise ValueError(
+            f"groups must be a positive int that divides {out} outputs, got {groups!r}"
+        )
     expected = (weight.shape[1] * groups, *weight.shape[2:])
     if noise.dim() != weight.dim() or tuple(noise.shape[1:]) != expected:
         raise ValueError(
