@@ -15,8 +15,9 @@ Prints, measured in this run on the CPU (min and median over --repeats interleav
 ``--compile`` adds fa-mlp and the plain net each wrapped in ``torch.compile`` (default Inductor
 backend), compiled and warmed up by one untimed epoch before the timed ones.
 
-``--mirror`` adds wm-mlp, fa-mlp with the recipe's ``WeightMirror`` after every step, against
-fa-mlp: what mirror mode costs.
+``--mirror`` adds wm-mlp, fa-mlp with the recipe's ``WeightMirror`` after every step, and the
+same with ``WeightMirror(layers=["1", "2"])``, which spares the first layer (whose ``B`` carries
+no gradient), each against fa-mlp: what mirror mode costs.
 
 Usage: python benchmarks/epoch_time.py [--data-dir DIR] [--repeats N] [--breakdown] [--compile]
                                        [--mirror]
@@ -43,6 +44,7 @@ from _timing import (
 from bender import recipes
 from bender.functional._apply import direct_apply
 from bender.functional.dense import BentLinear
+from bender.mirrors import WeightMirror
 
 bent_linear_apply = direct_apply(BentLinear)
 
@@ -182,10 +184,13 @@ def main() -> None:
         ratios["fa-mlp compiled / fa-mlp"] = (fa_c, fa, "-")
         ratios["fa-mlp compiled / nn.Linear compiled"] = (fa_c, plain_c, "-")
     if args.mirror:
-        wm = "wm-mlp, bender.train"
+        wm, hidden = "wm-mlp, bender.train", "wm-mlp, layers 1 and 2 only"
         mirror = recipes.get("wm-mlp")
+        spared = WeightMirror(layers=["1", "2"])
         contenders[wm] = lambda: bender_epoch(mirror.build, data, after_step=mirror.after_step)
+        contenders[hidden] = lambda: bender_epoch(mirror.build, data, after_step=[spared])
         ratios["wm-mlp / fa-mlp (mirror mode)"] = (wm, fa, "-")
+        ratios["wm-mlp, layers 1 and 2 / fa-mlp"] = (hidden, fa, "-")
     report(time_contenders(contenders, args.repeats), ratios)
 
 

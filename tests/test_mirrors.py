@@ -115,6 +115,24 @@ def test_repeated_steps_bring_b_to_lr_sigma2_over_decay_times_w(scale):
     assert ratio == pytest.approx(scale, rel=0.1)
 
 
+def test_layers_chooses_which_feedback_matrices_learn():
+    model = _mixed_model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    mirror = WeightMirror(layers=["4"])
+    assert repr(mirror).endswith("batch_size=64, layers=['4'])")
+    mirror(model)
+    after = model.state_dict()
+    assert {k for k in after if not torch.equal(after[k], before[k])} == {"4.feedback"}
+    with pytest.raises(ValueError, match=r"names '1', 'x', not a layer .* has '0', '4'"):
+        WeightMirror(layers=["0", "1", "x"])(model)
+    with pytest.raises(TypeError, match="layers must be a list of layer names"):
+        WeightMirror(layers="0")
+    with pytest.raises(TypeError, match="layers must be a list of layer names"):
+        WeightMirror(layers=[0])
+    with pytest.raises(ValueError, match="layers is empty"):
+        WeightMirror(layers=[])
+
+
 def test_a_model_without_fixed_feedback_is_refused_with_the_reason():
     with pytest.raises(ValueError, match=r"no layer of this Sequential has one.*linear_asym_dx"):
         WeightMirror()(recipes.build("kp-mlp"))

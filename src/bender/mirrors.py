@@ -17,6 +17,8 @@ without the training data and its gradients.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor, nn
 
@@ -91,6 +93,11 @@ class WeightMirror:
     estimate's noise shrinks with ``batch_size / weight_decay`` samples: after ``1/weight_decay``
     steps the angle ``∠(W, B)`` is roughly ``atan(√(weight_decay · fan_in / (2 batch_size)))``
     for a fixed ``W``.
+
+    ``layers`` names the layers to mirror (their names in ``model.named_modules()``, as
+    :func:`~bender.alignment.weight_alignment` prints them); by default every one of
+    :func:`mirrored_layers`. A first layer's ``B`` carries no gradient, since nothing is sent
+    below it: ``layers=["1", "2"]`` spares ``fa-mlp``'s 784-input layer, most of the cost.
     """
 
     def __init__(
@@ -99,6 +106,7 @@ class WeightMirror:
         weight_decay: float = 0.01,
         noise_std: float = 1.0,
         batch_size: int = 64,
+        layers: Sequence[str] | None = None,
     ) -> None:
         self.lr = check_positive_number("lr", lr)
         self.weight_decay = check_positive_number("weight_decay", weight_decay)
@@ -110,6 +118,13 @@ class WeightMirror:
         self.noise_std = check_positive_number("noise_std", noise_std)
         check_positive_int("batch_size", batch_size)
         self.batch_size = batch_size
+        if layers is not None and (
+            isinstance(layers, str) or not all(isinstance(name, str) for name in layers)
+        ):
+            raise TypeError(f"layers must be a list of layer names, got {layers!r}")
+        self.layers = None if layers is None else tuple(layers)
+        if self.layers == ():
+            raise ValueError("layers is empty: name at least one layer to mirror, or pass None")
 
     def __call__(self, model: nn.Module) -> None:
         layers = mirrored_layers(model)
@@ -120,6 +135,15 @@ class WeightMirror:
                 "linear_asym_dx or conv_linear_asym_dx (Kolen–Pollack layers learn theirs from "
                 "the gradient, sign-concordant ones compute theirs from W)"
             )
+        if self.layers is not None:
+            unknown = [name for name in self.layers if name not in layers]
+            if unknown:
+                raise ValueError(
+                    f"WeightMirror(layers=...) names {', '.join(map(repr, unknown))}, not a "
+                    f"layer with a fixed feedback matrix; this {type(model).__name__} has "
+                    f"{', '.join(map(repr, layers))}"
+                )
+            layers = {name: layers[name] for name in self.layers}
         with torch.no_grad():
             for layer in layers.values():
                 weight, feedback = layer.weight, layer.feedback
@@ -133,5 +157,7 @@ class WeightMirror:
     def __repr__(self) -> str:
         return (
             f"WeightMirror(lr={self.lr:g}, weight_decay={self.weight_decay:g}, "
-            f"noise_std={self.noise_std:g}, batch_size={self.batch_size})"
+            f"noise_std={self.noise_std:g}, batch_size={self.batch_size}"
+            + ("" if self.layers is None else f", layers={list(self.layers)!r}")
+            + ")"
         )
