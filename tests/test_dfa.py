@@ -28,8 +28,9 @@ def _mlp(sizes, dtype=torch.float32):
     return nn.Sequential(*layers)
 
 
-def _expected_grads(net, feedback, x, target, reduction="mean"):
-    """Independent DFA gradients: e = ∂L/∂y of softmax cross-entropy, then per-layer formulas."""
+def _expected_grads(net, feedback, x, target, reduction="mean", signal=lambda e: e):
+    """Independent DFA gradients: e = ∂L/∂y of softmax cross-entropy, then per-layer formulas;
+    hidden layers get ``signal(e)`` projected."""
     with torch.no_grad():
         inputs, pre = [x], []
         for layer in net:
@@ -44,7 +45,7 @@ def _expected_grads(net, feedback, x, target, reduction="mean"):
         for i in range(len(net)):
             # output layer: the ordinary error; hidden layer i: (e B_iᵀ) ⊙ relu'(a_i)
             last = i == len(net) - 1
-            local = e if last else (e @ feedback[i].T) * (pre[i] > 0).to(e.dtype)
+            local = e if last else (signal(e) @ feedback[i].T) * (pre[i] > 0).to(e.dtype)
             grads.append((local.T @ inputs[i], local.sum(0)))
         return grads, e
 
@@ -67,6 +68,50 @@ def test_dfa_weight_gradients_match_the_formulas(batch, dtype, use_wrapper):
     for layer, (dw, db) in zip(net, expected, strict=True):
         close(layer.weight.grad, dw)
         close(layer.bias.grad, db)
+
+
+def _ternary(e):
+    """−1, 0 or 1: the sign of errors larger than a tenth of the row's largest."""
+    return torch.where(e.abs() > 0.1 * e.abs().amax(-1, keepdim=True), e.sign(), 0)
+
+
+@pytest.mark.parametrize("signal", [torch.sign, _ternary], ids=["sign", "ternary"])
+@pytest.mark.parametrize("use_wrapper", [False, True], ids=["direct_feedback_loss", "DFA"])
+def test_a_signal_function_changes_what_hidden_layers_get_and_only_that(
+    batch, dtype, use_wrapper, signal
+):
+    net = _mlp([12, 9, 7, 4], dtype)
+    x = torch.randn(batch, 12, dtype=dtype)
+    target = torch.randint(0, 4, (batch,))
+    if use_wrapper:
+        model = DFA(net, 4, signal=signal)
+        feedback = model.feedback_matrices
+        loss = F.cross_entropy(model(x), target)
+    else:
+        feedback = [torch.randn(9, 4, dtype=dtype), torch.randn(7, 4, dtype=dtype)]
+        outputs = activations(net, x)
+        loss = direct_feedback_loss(F.cross_entropy, target, outputs, feedback, signal=signal)
+    loss.backward()
+    # sDFA: the hidden layers see sign(e), ±1 whatever the batch size; the output layer sees e
+    expected, _ = _expected_grads(net, feedback, x, target, signal=signal)
+    for layer, (dw, db) in zip(net, expected, strict=True):
+        close(layer.weight.grad, dw)
+        close(layer.bias.grad, db)
+
+
+def test_a_signal_of_another_shape_or_type_is_refused():
+    net = _mlp([6, 5, 3])
+    x, target = torch.randn(4, 6), torch.randint(0, 3, (4,))
+    loss = F.cross_entropy(DFA(net, 3, signal=lambda e: e.sum(-1))(x), target)
+    with pytest.raises(ValueError, match=r"error \(shape \(4, 3\).*same shape, got \(4,\)"):
+        loss.backward()
+    with pytest.raises(TypeError, match="signal must be a function of the output error"):
+        DFA(_mlp([6, 5, 3]), 3, signal="sign")
+    with pytest.raises(TypeError, match="signal must be a function of the output error"):
+        direct_feedback_loss(F.cross_entropy, target, activations(net, x), [torch.ones(5, 3)], 1)
+    assert "hidden outputs 5, signal=torch.sign, model=" in repr(DFA(net, 3, signal=torch.sign))
+    assert "signal=_ternary, model=" in repr(DFA(net, 3, signal=_ternary))
+    assert "signal" not in repr(DFA(net, 3))
 
 
 def test_output_layer_gradient_equals_backprop(dtype):

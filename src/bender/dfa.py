@@ -10,7 +10,9 @@ from torch import Tensor, nn
 
 from bender._modes import eval_mode
 from bender.functional.direct_feedback import (
+    Signal,
     check_feedback_shapes,
+    check_signal,
     hidden_sizes,
     inject_direct_feedback,
 )
@@ -86,6 +88,10 @@ class DFA(nn.Module):
             ``nn.Embedding``).
         feedback: optional list of matrices ``B_i`` of shape ``(d_i, C)``; by default they are
             drawn Glorot-uniform. Stored stacked as the buffer ``feedback`` (``Σ d_i × C``).
+        signal: a function of the output error ``e`` (``N×C``) whose result the hidden outputs
+            receive instead, ``signal(e) B_iᵀ``; the output layer keeps ``e``. ``torch.sign``
+            gives sDFA, one bit per output and sample (Frenkel, Lefebvre, Bol 2021,
+            arXiv:1909.01311). Default ``None``: ``e`` itself.
     """
 
     def __init__(
@@ -96,10 +102,13 @@ class DFA(nn.Module):
         input_shape: Sequence[int] | None = None,
         input_dtype: torch.dtype | None = None,
         feedback: Sequence[Tensor] | None = None,
+        signal: Signal | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(model, nn.Sequential):
             raise TypeError(f"DFA wraps an nn.Sequential, got {type(model).__name__}")
+        check_signal(signal)
+        self.signal = signal
         self.model = model
         # the same modules as in ``model``, kept in plain lists so they are registered once
         self.prefix, self.blocks = _blocks(model)
@@ -209,12 +218,23 @@ class DFA(nn.Module):
         *hidden, output = self._outputs(x)
         if not torch.is_grad_enabled():
             return output
-        return inject_direct_feedback(output, hidden, self.feedback, self.sizes)
+        return inject_direct_feedback(output, hidden, self.feedback, self.sizes, self.signal)
 
     def __repr__(self) -> str:
         sizes = " + ".join(map(str, self.sizes)) or "0"
         inner = repr(self.model).replace("\n", "\n  ")
+        signal = "" if self.signal is None else f", signal={_name(self.signal)}"
         return (
             f"DFA(feedback {self.feedback.shape[0]}×{self.num_outputs} = hidden outputs "
-            f"{sizes}, model={inner})"
+            f"{sizes}{signal}, model={inner})"
         )
+
+
+def _name(fn: Signal) -> str:
+    """``torch.sign`` for torch's own functions, a function's qualified name, else its repr."""
+    name = getattr(fn, "__name__", None)
+    if name is None:
+        return repr(fn)
+    if (getattr(fn, "__module__", None) or "").startswith("torch"):
+        return f"torch.{name}"
+    return getattr(fn, "__qualname__", name)

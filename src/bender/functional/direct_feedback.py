@@ -11,6 +11,11 @@ arXiv:1609.01596).
 An output with more leading dims, ``(*, C)`` (a dense net applied to every position of a
 sequence), is treated row by row: each hidden output is then ``(*, …)`` with the same leading
 dims, and each of its rows gets its own row's ``e B_iᵀ``.
+
+A ``signal`` function changes what the hidden outputs receive to ``signal(e) B_iᵀ``, while the
+output keeps ``e``: ``torch.sign`` gives sign-of-error DFA (sDFA: Frenkel, Lefebvre, Bol,
+"Learning without feedback", Frontiers in Neuroscience 2021, arXiv:1909.01311), one bit per
+output and sample instead of a real number.
 """
 
 from __future__ import annotations
@@ -23,25 +28,31 @@ from torch import Tensor
 
 from bender.functional._apply import direct_apply
 
+Signal = Callable[[Tensor], Tensor]  # what hidden layers receive, from the output error
+
 
 class DirectFeedback(torch.autograd.Function):
-    """Identity on ``output``; backward: ``e`` to ``output``, ``e B_iᵀ`` to each ``hidden[i]``.
+    """Identity on ``output``; backward: ``e`` to ``output``, ``s B_iᵀ`` to each ``hidden[i]``,
+    with ``s = e``, or ``signal(e)`` for a ``signal`` function.
 
     ``feedback`` is all ``B_i`` stacked row-wise (``Σ d_i × C``), so every projection comes from
-    one matrix product ``e · feedbackᵀ``, split afterwards. ``feedback`` gets no gradient.
+    one matrix product ``s · feedbackᵀ``, split afterwards. ``feedback`` gets no gradient.
     """
 
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(output: Tensor, feedback: Tensor, sizes: Sequence[int], *hidden: Tensor) -> Tensor:
+    def forward(
+        output: Tensor, feedback: Tensor, sizes: Sequence[int], signal: Signal | None, *hidden
+    ) -> Tensor:
         return output.view_as(output)
 
     @staticmethod
     def setup_context(ctx, inputs: tuple, result: Tensor) -> None:
-        output, feedback, sizes, *hidden = inputs
+        output, feedback, sizes, signal, *hidden = inputs
         ctx.save_for_backward(feedback)
         ctx.sizes = sizes
+        ctx.signal = signal
         # projections come out N×d_i; remember the shapes of feature maps and sequences
         flat = output.dim() == 2 and all(h.dim() == 2 for h in hidden)
         ctx.shapes = None if flat else [h.shape for h in hidden]
@@ -56,10 +67,23 @@ class DirectFeedback(torch.autograd.Function):
         if error.dtype != feedback.dtype:  # an output computed under autocast
             feedback = feedback.to(error.dtype)
         error_2d = error if error.dim() == 2 else error.reshape(-1, feedback.shape[1])
-        parts = error_2d.mm(feedback.t()).split(ctx.sizes, dim=1)
+        source = error_2d if ctx.signal is None else _signal_of(ctx.signal, error_2d)
+        parts = source.mm(feedback.t()).split(ctx.sizes, dim=1)
         if ctx.shapes is not None:
             parts = [p.reshape(shape) for p, shape in zip(parts, ctx.shapes, strict=True)]
-        return (error, None, None, *parts)
+        return (error, None, None, None, *parts)
+
+
+def _signal_of(signal: Signal, error: Tensor) -> Tensor:
+    """``signal(error)``, checked to be a tensor of the error's shape."""
+    source = signal(error)
+    if not isinstance(source, Tensor) or source.shape != error.shape:
+        got = tuple(source.shape) if isinstance(source, Tensor) else type(source).__name__
+        raise ValueError(
+            f"the direct feedback signal must map the output error (shape {tuple(error.shape)}, "
+            f"one row per output row) to a tensor of the same shape, got {got}"
+        )
+    return source
 
 
 _direct_feedback_apply = direct_apply(DirectFeedback)
@@ -111,9 +135,14 @@ def check_feedback_shapes(feedback: Sequence[Tensor], hidden: Sequence[Tensor], 
 
 
 def inject_direct_feedback(
-    output: Tensor, hidden: Sequence[Tensor], feedback: Tensor, sizes: Sequence[int]
+    output: Tensor,
+    hidden: Sequence[Tensor],
+    feedback: Tensor,
+    sizes: Sequence[int],
+    signal: Signal | None = None,
 ) -> Tensor:
-    """``output`` unchanged, wired so that backward sends ``e B_iᵀ`` to ``hidden[i]``.
+    """``output`` unchanged, wired so that backward sends ``e B_iᵀ`` (``signal(e) B_iᵀ``) to
+    ``hidden[i]``.
 
     ``sizes[i]`` is the number of rows of ``B_i`` in the stacked ``feedback``; each hidden output
     must have that many features per row of ``output`` (checked here, before any backward).
@@ -127,7 +156,7 @@ def inject_direct_feedback(
                 f"{size} rows, one per feature of a row of the output {tuple(output.shape)}; "
                 "was the input of another size than the one the feedback was made for?"
             )
-    return _direct_feedback_apply(output, feedback, sizes, *hidden)
+    return _direct_feedback_apply(output, feedback, sizes, signal, *hidden)
 
 
 def _check_target(target: Tensor, output: Tensor) -> None:
@@ -155,13 +184,15 @@ def direct_feedback_loss(
     target: Tensor,
     outputs: Sequence[Tensor],
     feedback: Sequence[Tensor],
+    signal: Signal | None = None,
 ) -> Tensor:
     """``loss_fn(outputs[-1], target)`` whose backward is direct feedback alignment.
 
     ``outputs`` is every layer's output (see :func:`bender.activations`), ``feedback`` one fixed
     matrix ``B_i`` of shape ``(d_i, C)`` per hidden output ``outputs[i]``, ``i < len − 1``.
     Backward: the last output gets its ordinary error ``e = ∂L/∂y``; hidden output ``i`` gets
-    ``e B_iᵀ``, reshaped like that output (Bender.jl's ``direct_feedback_loss``). That is DFA
+    ``e B_iᵀ`` (``signal(e) B_iᵀ`` with a ``signal`` function such as ``torch.sign``), reshaped
+    like that output (Bender.jl's ``direct_feedback_loss``). That is DFA
     when each layer passes nothing to its input (``linear_blocked_dx``); a layer that does pass
     a gradient adds it to the ``e B_iᵀ`` of the output below it (the :class:`~bender.DFA`
     wrapper detaches the inputs instead, so there any mapping gives DFA).
@@ -173,4 +204,14 @@ def direct_feedback_loss(
     check_feedback_shapes(feedback, hidden, output)
     stacked = torch.cat(list(feedback)) if hidden else None
     sizes = [len(b) for b in feedback]
-    return loss_fn(inject_direct_feedback(output, hidden, stacked, sizes), target)
+    check_signal(signal)
+    return loss_fn(inject_direct_feedback(output, hidden, stacked, sizes, signal), target)
+
+
+def check_signal(signal: object) -> None:
+    """Raise ``TypeError`` unless ``signal`` is ``None`` or a function."""
+    if signal is not None and not callable(signal):
+        raise TypeError(
+            "signal must be a function of the output error, such as torch.sign, or None, got "
+            f"{type(signal).__name__}: {signal!r}"
+        )
