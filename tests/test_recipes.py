@@ -137,6 +137,19 @@ def test_weight_mirror_recipes_mirror_their_feedback_after_every_step(name):
     assert all(not r.after_step for r in recipes.RECIPES.values() if not r.name.startswith("wm"))
 
 
+def test_the_cnn_mirrors_its_conv_kernels_and_its_dense_layer(small_mnist):
+    start = recipes.build("wm-cnn")
+    calls = []
+    recipes.run("wm-cnn", small_mnist.subset(128, 50), epochs=1, after_step=calls.append)
+    model = calls[-1]
+    layers = mirrored_layers(model)
+    assert list(layers) == ["1", "3", "6"]
+    for name, layer in layers.items():
+        before = dict(start.named_modules())[name]
+        assert not torch.equal(layer.feedback, before.feedback)  # two mirror steps: B moved
+        assert layer.feedback.shape == before.feedback.shape
+
+
 def test_run_adds_the_callers_after_step_functions_to_the_recipes(small_mnist):
     data = small_mnist.subset(256, 100)
     calls = []
