@@ -1,3 +1,5 @@
+from itertools import pairwise
+
 import pytest
 import torch
 from torch import nn
@@ -132,8 +134,8 @@ def test_weight_mirror_recipes_mirror_their_feedback_after_every_step(name):
     (mirror,) = recipes.get(name).after_step
     assert isinstance(mirror, WeightMirror)
     model = recipes.build(name)
-    assert list(mirrored_layers(model)) == [str(i) for i, m in enumerate(model) if
-                                           isinstance(m, (GenConv, GenDense))]  # fmt: skip
+    learning = [str(i) for i, m in enumerate(model) if isinstance(m, (GenConv, GenDense))]
+    assert list(mirrored_layers(model)) == learning
     assert all(not r.after_step for r in recipes.RECIPES.values() if not r.name.startswith("wm"))
 
 
@@ -152,11 +154,15 @@ def test_the_cnn_mirrors_its_conv_kernels_and_its_dense_layer(small_mnist):
 
 def test_run_adds_the_callers_after_step_functions_to_the_recipes(small_mnist):
     data = small_mnist.subset(256, 100)
-    calls = []
-    recipes.run("wm-mlp", data, epochs=1, after_step=calls.append)
-    assert len(calls) == 256 // 64
-    model = calls[0]
-    start = recipes.build("wm-mlp")
-    assert not torch.equal(model[2].feedback, start[2].feedback)  # the recipe's mirror ran
+    seen = []  # the last layer's B as the caller's function sees it, after each step
+
+    def look(model):
+        seen.append(model[2].feedback.clone())
+
+    recipes.run("wm-mlp", data, epochs=1, after_step=look)
+    assert len(seen) == 256 // 64
+    start = recipes.build("wm-mlp")[2].feedback
+    assert not torch.equal(seen[0], start)  # the recipe's mirror ran first, at every step
+    assert all(not torch.equal(a, b) for a, b in pairwise(seen))
     with pytest.raises(TypeError, match="after_step must be a list of functions fn"):
         recipes.run("wm-mlp", data, epochs=1, after_step=5)
