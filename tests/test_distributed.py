@@ -2,7 +2,9 @@
 
 Each process builds its recipe with its own seed, so its weights and fixed feedback matrices
 differ at first; DDP must copy rank 0's parameters and buffers (the feedback matrices) to every
-process, then average the bent gradients of the two half batches.
+process, then average the bent gradients of the two half batches. A weight mirror run in each
+process draws its own noise; DDP's broadcast of the buffers before every forward pass then
+gives every process rank 0's mirrored feedback.
 """
 
 from __future__ import annotations
@@ -46,6 +48,12 @@ def _worker(rank: int, folder: str) -> None:
             state = {k: v.clone() for k, v in model.state_dict().items()}
             grads = [p.grad.clone() for p in model.parameters()]
             torch.save((state, grads), Path(folder) / f"{name}-rank{rank}.pt")
+        model = recipes.build("wm-mlp", seed=rank)
+        ddp = DistributedDataParallel(model)
+        for mirror in recipes.get("wm-mlp").after_step:  # each process draws its own noise
+            mirror(model)
+        ddp(x.chunk(WORLD)[rank])  # DDP sends rank 0's buffers before every forward pass
+        torch.save(model.state_dict(), Path(folder) / f"mirrored-rank{rank}.pt")
         dist.barrier()  # neither process tears gloo down while the other still talks
     finally:
         dist.destroy_process_group()
@@ -55,12 +63,19 @@ def _worker(rank: int, folder: str) -> None:
     os._exit(0)
 
 
-def test_ddp_syncs_feedback_and_averages_bent_gradients(tmp_path):
-    mp.start_processes(_worker, args=(str(tmp_path),), nprocs=WORLD, start_method="spawn")
+@pytest.fixture(scope="module")
+def results(tmp_path_factory) -> Path:
+    """The folder where the two processes saved what they hold."""
+    folder = tmp_path_factory.mktemp("ddp")
+    mp.start_processes(_worker, args=(str(folder),), nprocs=WORLD, start_method="spawn")
+    return folder
+
+
+def test_ddp_syncs_feedback_and_averages_bent_gradients(results):
     x, y = _batch()
     for name in RECIPES:
         (state0, grads0), (state1, grads1) = (
-            torch.load(tmp_path / f"{name}-rank{rank}.pt", weights_only=True)
+            torch.load(results / f"{name}-rank{rank}.pt", weights_only=True)
             for rank in range(WORLD)
         )
         for key, value in state0.items():  # rank 1 now holds rank 0's weights and feedback
@@ -74,3 +89,13 @@ def test_ddp_syncs_feedback_and_averages_bent_gradients(tmp_path):
         for g0, g1, p in zip(grads0, grads1, reference.parameters(), strict=True):
             close(g0, p.grad)
             close(g1, p.grad)
+
+
+def test_under_ddp_every_process_trains_with_rank_0s_mirrored_feedback(results):
+    state0, state1 = (
+        torch.load(results / f"mirrored-rank{rank}.pt", weights_only=True) for rank in range(WORLD)
+    )
+    built = recipes.build("wm-mlp", seed=0).state_dict()
+    for key in ("0.feedback", "1.feedback", "2.feedback"):
+        assert not torch.equal(state0[key], built[key])  # the mirror moved rank 0's B
+        assert torch.equal(state1[key], state0[key])  # and rank 1 holds it
