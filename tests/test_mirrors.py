@@ -118,7 +118,7 @@ def test_repeated_steps_bring_b_to_lr_sigma2_over_decay_times_w(scale):
 def test_layers_chooses_which_feedback_matrices_learn():
     model = _mixed_model()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    mirror = WeightMirror(layers=["4"])
+    mirror = WeightMirror(layers=["4", "4"])  # named twice, mirrored once a step
     assert repr(mirror).endswith("batch_size=64, layers=['4'])")
     mirror(model)
     after = model.state_dict()

@@ -122,7 +122,7 @@ class WeightMirror:
             isinstance(layers, str) or not all(isinstance(name, str) for name in layers)
         ):
             raise TypeError(f"layers must be a list of layer names, got {layers!r}")
-        self.layers = None if layers is None else tuple(layers)
+        self.layers = None if layers is None else tuple(dict.fromkeys(layers))  # each once
         if self.layers == ():
             raise ValueError("layers is empty: name at least one layer to mirror, or pass None")
 
