@@ -14,12 +14,20 @@ from bender.training import train
 
 
 def parse_args(
-    doc: str, repeats: int, configure: Callable[[argparse.ArgumentParser], None] | None = None
+    doc: str,
+    repeats: int,
+    configure: Callable[[argparse.ArgumentParser], None] | None = None,
+    device: bool = False,
 ) -> argparse.Namespace:
-    """``--data-dir`` and ``--repeats``, the two options every benchmark takes, plus its own."""
+    """``--data-dir`` and ``--repeats``, the two options every benchmark takes, plus its own.
+
+    ``device=True`` adds ``--device`` (default ``cpu``) for the benchmarks that train epochs.
+    """
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--data-dir", help="data root (default: $BENDER_DATA)")
     parser.add_argument("--repeats", type=int, default=repeats)
+    if device:
+        parser.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     if configure is not None:
         configure(parser)
     return parser.parse_args()
@@ -29,15 +37,31 @@ def mnist(data_dir: str | None) -> Dataset:
     return load("mnist", data_dir)
 
 
-def bender_epoch(build: Callable[[], torch.nn.Module], data: Dataset, **train_kwargs) -> float:
-    """Seconds of one training epoch (evaluation excluded) through ``bender.training.train``."""
-    table = train(build(), data, epochs=1, device="cpu", **train_kwargs)
+def synchronize(device: str | torch.device) -> None:
+    """Wait for the work queued on ``device`` (CUDA runs asynchronously; the CPU does not)."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def bender_epoch(
+    build: Callable[[], torch.nn.Module], data: Dataset, device: str = "cpu", **train_kwargs
+) -> float:
+    """Seconds of one training epoch (evaluation excluded) through ``bender.training.train``.
+
+    ``train`` times the epoch up to its last loss, read on the host, so queued GPU work counts.
+    """
+    table = train(build(), data, epochs=1, device=device, **train_kwargs)
     return float(table["seconds"].iloc[0])
 
 
-def dataloader_epoch(build: Callable[[], torch.nn.Module], data: Dataset, batch_size: int = 64):
-    """Seconds of one epoch of the textbook loop: DataLoader(TensorDataset), Adam, cross-entropy."""
-    model = build()
+def dataloader_epoch(
+    build: Callable[[], torch.nn.Module], data: Dataset, batch_size: int = 64, device: str = "cpu"
+) -> float:
+    """Seconds of one epoch of the textbook loop: DataLoader(TensorDataset), Adam, cross-entropy.
+
+    The data stay on the CPU and each batch is moved to ``device``, as the textbook loop does.
+    """
+    model = build().to(device)
     loader = torch.utils.data.DataLoader(
         torch.utils.data.TensorDataset(data.train.x, data.train.y),
         batch_size=batch_size,
@@ -47,10 +71,12 @@ def dataloader_epoch(build: Callable[[], torch.nn.Module], data: Dataset, batch_
     opt = torch.optim.Adam(model.parameters(), lr=3e-4)
     start = time.perf_counter()
     for x, y in loader:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         opt.zero_grad()
         loss = torch.nn.functional.cross_entropy(model(x), y)
         loss.backward()
         opt.step()
+    synchronize(device)
     return time.perf_counter() - start
 
 
@@ -98,6 +124,9 @@ def report(
         )
 
 
-def header(title: str) -> None:
+def header(title: str, device: str = "cpu") -> None:
     print(f"# {title}")
-    print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads, CPU")
+    where = "CPU"
+    if torch.device(device).type == "cuda":
+        where = f"{device}: {torch.cuda.get_device_name(device)}"
+    print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads, {where}")

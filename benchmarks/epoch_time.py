@@ -1,6 +1,7 @@
 """One training epoch of fa-mlp against the same net built from plain nn.Linear.
 
-Prints, measured in this run on the CPU (min and median over --repeats interleaved epochs):
+Prints, measured in this run on the CPU or on ``--device`` (min and median over --repeats
+interleaved epochs):
   fa-mlp (bender.train)  /  plain nn.Linear net (bender.train)           target ≤ 1.10
   fa-mlp (bender.train)  /  plain nn.Linear net (DataLoader+TensorDataset) target ≤ 1.00
 
@@ -19,8 +20,8 @@ backend), compiled and warmed up by one untimed epoch before the timed ones.
 same with ``WeightMirror(layers=["1", "2"])``, which spares the first layer (whose ``B`` carries
 no gradient), each against fa-mlp: what mirror mode costs.
 
-Usage: python benchmarks/epoch_time.py [--data-dir DIR] [--repeats N] [--breakdown] [--compile]
-                                       [--mirror]
+Usage: python benchmarks/epoch_time.py [--data-dir DIR] [--repeats N] [--device D] [--breakdown]
+                                       [--compile] [--mirror]
 """
 
 from __future__ import annotations
@@ -137,28 +138,29 @@ def _options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def compiled(build, data) -> tuple[nn.Module, float]:
+def compiled(build, data, device: str) -> tuple[nn.Module, float]:
     """``torch.compile(build())``, warmed up by one epoch; also the seconds that epoch took."""
-    model = torch.compile(build())
+    model = torch.compile(build().to(device))
     start = time.perf_counter()
-    bender_epoch(lambda: model, data)
+    bender_epoch(lambda: model, data, device=device)
     return model, time.perf_counter() - start
 
 
 def main() -> None:
-    args = parse_args(__doc__, repeats=5, configure=_options)
+    args = parse_args(__doc__, repeats=5, configure=_options, device=True)
+    device = args.device
     torch.manual_seed(0)
     data = mnist(args.data_dir)
-    header("epoch_time: one training epoch of MNIST, batch 64, Adam 3e-4")
+    header("epoch_time: one training epoch of MNIST, batch 64, Adam 3e-4", device)
     fa, plain, loader = (
         "fa-mlp, bender.train",
         "nn.Linear MLP, bender.train",
         "nn.Linear MLP, DataLoader loop",
     )
     contenders = {
-        fa: lambda: bender_epoch(recipes.get("fa-mlp").build, data),
-        plain: lambda: bender_epoch(plain_mlp, data),
-        loader: lambda: dataloader_epoch(plain_mlp, data),
+        fa: lambda: bender_epoch(recipes.get("fa-mlp").build, data, device=device),
+        plain: lambda: bender_epoch(plain_mlp, data, device=device),
+        loader: lambda: dataloader_epoch(plain_mlp, data, device=device),
     }
     ratios = {
         "fa-mlp / nn.Linear (same loop)": (fa, plain, "<= 1.10"),
@@ -166,29 +168,33 @@ def main() -> None:
     }
     if args.breakdown:
         bp, bare = "bp-mlp, bender.train", "bare BentLinear MLP, bender.train"
-        contenders[bp] = lambda: bender_epoch(recipes.get("bp-mlp").build, data)
-        contenders[bare] = lambda: bender_epoch(bare_fa_mlp, data)
+        contenders[bp] = lambda: bender_epoch(recipes.get("bp-mlp").build, data, device=device)
+        contenders[bare] = lambda: bender_epoch(bare_fa_mlp, data, device=device)
         ratios["bp-mlp / nn.Linear (GenDense wrapper)"] = (bp, plain, "-")
         ratios["bare BentLinear / nn.Linear (Function alone)"] = (bare, plain, "-")
         check_swapped_gradient()
         swapped = "swapped saved tensor MLP, bender.train"
-        contenders[swapped] = lambda: bender_epoch(swapped_fa_mlp, data)
+        contenders[swapped] = lambda: bender_epoch(swapped_fa_mlp, data, device=device)
         ratios["swapped saved tensor / nn.Linear (no Python backward)"] = (swapped, plain, "-")
     if args.compile:
         fa_c, plain_c = "fa-mlp compiled, bender.train", "nn.Linear MLP compiled, bender.train"
-        fa_model, fa_first = compiled(recipes.get("fa-mlp").build, data)
-        plain_model, plain_first = compiled(plain_mlp, data)
+        fa_model, fa_first = compiled(recipes.get("fa-mlp").build, data, device)
+        plain_model, plain_first = compiled(plain_mlp, data, device)
         print(f"first epoch, compiling: fa-mlp {fa_first:.1f} s, nn.Linear MLP {plain_first:.1f} s")
-        contenders[fa_c] = lambda: bender_epoch(lambda: fa_model, data)
-        contenders[plain_c] = lambda: bender_epoch(lambda: plain_model, data)
+        contenders[fa_c] = lambda: bender_epoch(lambda: fa_model, data, device=device)
+        contenders[plain_c] = lambda: bender_epoch(lambda: plain_model, data, device=device)
         ratios["fa-mlp compiled / fa-mlp"] = (fa_c, fa, "-")
         ratios["fa-mlp compiled / nn.Linear compiled"] = (fa_c, plain_c, "-")
     if args.mirror:
         wm, hidden = "wm-mlp, bender.train", "wm-mlp, layers 1 and 2 only"
         mirror = recipes.get("wm-mlp")
         spared = WeightMirror(layers=["1", "2"])
-        contenders[wm] = lambda: bender_epoch(mirror.build, data, after_step=mirror.after_step)
-        contenders[hidden] = lambda: bender_epoch(mirror.build, data, after_step=[spared])
+        contenders[wm] = lambda: bender_epoch(
+            mirror.build, data, device=device, after_step=mirror.after_step
+        )
+        contenders[hidden] = lambda: bender_epoch(
+            mirror.build, data, device=device, after_step=[spared]
+        )
         ratios["wm-mlp / fa-mlp (mirror mode)"] = (wm, fa, "-")
         ratios["wm-mlp, layers 1 and 2 / fa-mlp"] = (hidden, fa, "-")
     report(time_contenders(contenders, args.repeats), ratios)
