@@ -82,6 +82,15 @@ def test_batches_shuffle_is_seeded_and_drops_the_last_partial_batch():
         assert x.shape == (16, 1) and torch.equal(x[:, 0].long(), y)  # pairs stay together
 
 
+def test_batches_draw_their_order_on_the_cpu_whatever_the_default_device():
+    """``torch.set_default_device("cuda")`` must not move the CPU generator's draw elsewhere."""
+    split = Split(torch.arange(100.0, device="cpu").unsqueeze(1), torch.arange(100, device="cpu"))
+    expected = _epoch(Batches(split, 16, seed=3))
+    with torch.device("meta"):  # a default device that holds no numbers
+        drawn = _epoch(Batches(split, 16, seed=3))
+    assert drawn.device.type == "cpu" and torch.equal(drawn, expected)
+
+
 def test_batches_shuffled_once_repeat_the_first_epoch():
     split = Split(torch.arange(100.0).unsqueeze(1), torch.arange(100))
     once = Batches(split, 16, reshuffle=False, seed=3)

@@ -237,7 +237,8 @@ class Batches:
             return
         if self.shuffle:
             if self.reshuffle or self._order is None:
-                self._order = torch.randperm(len(y), generator=self.generator)[:n].to(y.device)
+                order = torch.randperm(len(y), generator=self.generator, device="cpu")
+                self._order = order[:n].to(y.device)
             for idx in self._order.split(self.batch_size):
                 yield x.index_select(0, idx), y.index_select(0, idx)
         else:

@@ -22,6 +22,8 @@ import math
 import torch
 from torch import Tensor
 
+from bender.functional._uniform import uniform
+
 
 def glorot_bound(weight: Tensor) -> float:
     """``a = √(6 / (fan_in + fan_out))``, the bound of ``nn.init.xavier_uniform_`` for ``weight``.
@@ -39,8 +41,8 @@ def glorot_bound(weight: Tensor) -> float:
 def random_magnitudes(weight: Tensor, generator: torch.Generator | None = None) -> Tensor:
     """``|M|`` for ``M`` Glorot-uniform of ``weight``'s shape: entries ``U(0, a)``, ``a`` as in
     :func:`glorot_bound`; on ``weight``'s device, in its dtype, drawn from ``generator`` (``None``:
-    the global generator)."""
-    u = torch.rand(weight.shape, generator=generator, dtype=weight.dtype, device=weight.device)
+    the global generator; a generator on another device draws there)."""
+    u = uniform(weight.shape, generator, weight.dtype, weight.device)
     return u * glorot_bound(weight)
 
 

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from bender.functional._apply import direct_apply
+from bender.functional._uniform import uniform
 
 
 def hard_sigmoid(x: Tensor) -> Tensor:
@@ -53,8 +54,10 @@ class StocSignSTEFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(x: Tensor, generator: torch.Generator | None) -> Tensor:
-        u = torch.rand(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-        return torch.where(u < hard_sigmoid(x), 1.0, -1.0).to(x.dtype)
+        u = uniform(x.shape, generator, x.dtype, x.device)
+        # 2·[u < hardσ(x)] − 1, not torch.where(..., 1.0, -1.0).to(x.dtype): under torch.compile,
+        # torch 2.11 gives that form a zero gradient in float32, where the .to returns its input
+        return (u < hard_sigmoid(x)).to(x.dtype) * 2 - 1
 
     @staticmethod
     def setup_context(ctx, inputs: tuple, output: Tensor) -> None:
