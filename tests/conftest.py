@@ -1,4 +1,9 @@
-"""Shared fixtures: batch sizes, dtypes, tolerances and the data folder."""
+"""Shared fixtures: batch sizes, dtypes, tolerances, the data folder and the test device.
+
+``BENDER_TEST_DEVICE=cuda`` makes CUDA torch's default device for the whole run, so every tensor
+a test makes without naming a device (``torch.randn(...)``) lives there and the formula tests
+check the primitives on the GPU. TF32 is switched off there: the tolerances are full float32's.
+"""
 
 from __future__ import annotations
 
@@ -13,12 +18,40 @@ DTYPES = [torch.float32, torch.float64]
 DATA_ROOT = Path(
     os.environ.get("BENDER_TEST_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")
 )
+TEST_DEVICE = os.environ.get("BENDER_TEST_DEVICE", "cpu")
+
+
+def pytest_configure(config) -> None:
+    if TEST_DEVICE == "cpu":
+        return
+    device = torch.device(TEST_DEVICE)
+    torch.empty(0, device=device)  # an unusable device fails here, before any test runs
+    torch.set_default_device(device)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+
+
+def pytest_report_header(config) -> str:
+    return f"bender test device: {TEST_DEVICE}"
 
 
 def close(actual: torch.Tensor, expected: torch.Tensor) -> None:
     """assert_close with tolerances that suit the dtype (sums are reordered by BLAS)."""
     tol = 1e-4 if actual.dtype == torch.float32 else 1e-10
     torch.testing.assert_close(actual, expected, rtol=tol, atol=tol)
+
+
+def cpu_uniform(shape: tuple[int, ...] | torch.Size, seed: int, dtype: torch.dtype) -> torch.Tensor:
+    """``U(0, 1)`` drawn by a CPU generator seeded with ``seed``, moved to the test device: what
+    a layer's own ``torch.Generator()`` draws, computed without bender."""
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    drawn = torch.rand(shape, generator=generator, dtype=dtype, device="cpu")
+    return drawn.to(torch.get_default_device())
+
+
+def global_rng_state() -> torch.Tensor:
+    """The state of the global generator that draws on the test device."""
+    return torch.cuda.get_rng_state() if TEST_DEVICE.startswith("cuda") else torch.get_rng_state()
 
 
 def dense_gradcheck_inputs(batch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -8,7 +8,8 @@ import operator
 import os
 import time
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -155,6 +156,26 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return resolved
 
 
+@contextmanager
+def deterministic_cudnn(device: torch.device) -> Iterator[None]:
+    """On CUDA, hold cuDNN to deterministic algorithms (``deterministic=True``,
+    ``benchmark=False``) inside the block, and put the caller's settings back afterwards.
+
+    cuDNN's fastest convolution backwards add partial sums in whatever order its threads
+    finish, so two runs of a conv net from the same seed would drift apart in the last digits.
+    """
+    if device.type != "cuda":
+        yield
+        return
+    cudnn = torch.backends.cudnn
+    saved = cudnn.deterministic, cudnn.benchmark
+    cudnn.deterministic, cudnn.benchmark = True, False
+    try:
+        yield
+    finally:
+        cudnn.deterministic, cudnn.benchmark = saved
+
+
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
@@ -236,7 +257,8 @@ def train(
     that shape the run (``batch_size``, ``seed``, ``reshuffle``, ``lr``, ``optimizer`` and
     its options, ``loss``, the sizes of the splits) must be the ones it was written with. On
     the same machine and thread count, a resumed run's table equals that of a run that never
-    stopped.
+    stopped. On CUDA, cuDNN is held to deterministic algorithms while training (see
+    :func:`deterministic_cudnn`), so that a conv net's table too is the same from the same seed.
     """
     check_positive_int("epochs", epochs)
     check_positive_int("batch_size", batch_size)
@@ -293,60 +315,66 @@ def train(
     batches = Batches(data.train, batch_size, reshuffle=reshuffle, seed=seed)
     rows = [] if state is None else restore(state, model, opt, schedule, batches, device)
     start_epoch = len(rows) + 1
-    for epoch in range(start_epoch, epochs + 1):
-        model.train()
-        start = time.perf_counter()
-        running = torch.zeros((), device=device)
-        steps = _progress(batches, epoch, epochs) if progress else batches
-        for step, (x, y) in enumerate(steps, 1):
-            first = epoch == start_epoch and step == 1  # checks that need a real step
-            opt.zero_grad(set_to_none=True)
-            output = model(x)
-            if first:
-                _check_output(output, len(x), data.num_classes)
-            batch_loss = loss_fn(output, y)
-            if first:
-                _check_loss(batch_loss)
-            batch_loss.backward()
-            if first:
-                _warn_untrained(model)
-            opt.step()
-            if after:
-                with torch.no_grad():
-                    for fn in after:
-                        fn(model)
-            running += batch_loss.detach()
-            if step % 100 == 0 and not math.isfinite(running.item()):
-                break
-        total = running.item()  # waits for an accelerator's queued steps: timed with the epoch
-        seconds = time.perf_counter() - start
-        if not math.isfinite(total):
-            message = (
-                f"training loss became {total} in epoch {epoch}; stopped after "
-                f"{epoch - 1} complete epoch(s). Try a smaller learning rate (lr={lr})."
+    with deterministic_cudnn(device):  # the same seed, the same table, also on a GPU
+        for epoch in range(start_epoch, epochs + 1):
+            model.train()
+            start = time.perf_counter()
+            running = torch.zeros((), device=device)
+            steps = _progress(batches, epoch, epochs) if progress else batches
+            for step, (x, y) in enumerate(steps, 1):
+                first = epoch == start_epoch and step == 1  # checks that need a real step
+                opt.zero_grad(set_to_none=True)
+                output = model(x)
+                if first:
+                    _check_output(output, len(x), data.num_classes)
+                batch_loss = loss_fn(output, y)
+                if first:
+                    _check_loss(batch_loss)
+                batch_loss.backward()
+                if first:
+                    _warn_untrained(model)
+                opt.step()
+                if after:
+                    with torch.no_grad():
+                        for fn in after:
+                            fn(model)
+                running += batch_loss.detach()
+                if step % 100 == 0 and not math.isfinite(running.item()):
+                    break
+            total = running.item()  # waits for an accelerator's queued steps: timed with the epoch
+            seconds = time.perf_counter() - start
+            if not math.isfinite(total):
+                message = (
+                    f"training loss became {total} in epoch {epoch}; stopped after "
+                    f"{epoch - 1} complete epoch(s). Try a smaller learning rate (lr={lr})."
+                )
+                warnings.warn(message, RuntimeWarning, stacklevel=2)
+                return _table(rows, stopped=message)
+            loss_train, acc_train = evaluate(model, data.train, loss_fn)
+            loss_test, acc_test = evaluate(model, data.test, loss_fn)
+            row = dict(
+                zip(
+                    COLUMNS,
+                    (epoch, loss_train, loss_test, acc_train, acc_test, seconds),
+                    strict=True,
+                )
             )
-            warnings.warn(message, RuntimeWarning, stacklevel=2)
-            return _table(rows, stopped=message)
-        loss_train, acc_train = evaluate(model, data.train, loss_fn)
-        loss_test, acc_test = evaluate(model, data.test, loss_fn)
-        row = dict(
-            zip(COLUMNS, (epoch, loss_train, loss_test, acc_train, acc_test, seconds), strict=True)
-        )
-        rows.append(row)
-        if isinstance(schedule, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            schedule.step(loss_train)  # the training loss: the test split stays unseen
-        elif schedule is not None:
-            schedule.step()
-        stoppers = [cb for cb in callbacks or () if cb(row, model) is True]
-        if checkpoint is not None:  # the table's columns: a callback may have added to a row
-            table = [{column: r[column] for column in COLUMNS} for r in rows]
-            save_checkpoint(
-                checkpoint, capture(epoch, table, settings, model, opt, schedule, batches, device)
-            )
-        if stoppers:
-            names = ", ".join(getattr(cb, "__name__", type(cb).__name__) for cb in stoppers)
-            return _table(rows, stopped=f"stopped after epoch {epoch} of {epochs} by {names}")
-    return _table(rows)
+            rows.append(row)
+            if isinstance(schedule, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                schedule.step(loss_train)  # the training loss: the test split stays unseen
+            elif schedule is not None:
+                schedule.step()
+            stoppers = [cb for cb in callbacks or () if cb(row, model) is True]
+            if checkpoint is not None:  # the table's columns: a callback may have added to a row
+                table = [{column: r[column] for column in COLUMNS} for r in rows]
+                save_checkpoint(
+                    checkpoint,
+                    capture(epoch, table, settings, model, opt, schedule, batches, device),
+                )
+            if stoppers:
+                names = ", ".join(getattr(cb, "__name__", type(cb).__name__) for cb in stoppers)
+                return _table(rows, stopped=f"stopped after epoch {epoch} of {epochs} by {names}")
+        return _table(rows)
 
 
 def _table(rows: list[dict], stopped: str | None = None) -> pd.DataFrame:
