@@ -1,5 +1,6 @@
 import argparse
 import json
+import math
 import os
 import socket
 import subprocess
@@ -507,10 +508,19 @@ def test_resume_refuses_the_checkpoint_of_another_run(tmp_path, data_root, capsy
 
 
 def test_resumed_alignment_rows_keep_every_digit(tmp_path):
-    angles = pd.DataFrame({"epoch": [0, 1, 2], "grad_angle_0": [0.12345678901234566, 1e-300, 3.0]})
+    angles = pd.DataFrame(
+        {
+            "epoch": [0, 1, 2],
+            "grad_angle_0": [0.12345678901234566, 1e-300, 3.0],
+            "grad_angle_1": [float("nan"), 0.30000000000000004, 2.0],  # NaN: an empty field
+        }
+    )
     angles.to_csv(tmp_path / "alignment.csv", index=False)
     rows = cli._alignment_rows(tmp_path, 1)  # epoch 2 came after the checkpoint: dropped
+    assert [r["epoch"] for r in rows] == [0, 1]
     assert [r["grad_angle_0"] for r in rows] == [0.12345678901234566, 1e-300]
+    assert math.isnan(rows[0]["grad_angle_1"]) and rows[1]["grad_angle_1"] == 0.30000000000000004
+    assert pd.DataFrame(rows).to_csv(index=False) == angles[:2].to_csv(index=False)
 
 
 def test_a_second_process_writing_into_the_run_folder_is_refused(tmp_path, data_root, capsys):

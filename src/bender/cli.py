@@ -4,6 +4,7 @@ folder, or resume a run from the checkpoint in its folder."""
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import math
 import os
@@ -40,9 +41,6 @@ RECIPE_DEFAULTS = (
     f"{recipes.TUTORIAL_TRAINING['lr']} without options, unless `bender recipes` says"
 )
 LOCK = ".bender.lock"  # in a run's folder while a bender process writes there
-# read_csv gives back every digit to_csv wrote: pandas 3 always, pandas 2 only when told
-# (its default parser can be one unit in the last place off; pandas 3 deprecates the option)
-EXACT_FLOATS = {} if int(pd.__version__.split(".")[0]) >= 3 else {"float_precision": "round_trip"}
 
 
 def _positive(kind: type, zero: bool = False):
@@ -382,12 +380,25 @@ def _resumed_record(record: dict, state: dict, args: argparse.Namespace, device)
 
 def _alignment_rows(out: Path, epochs: int) -> list[dict]:
     """The alignment.csv rows of the epochs up to ``epochs`` (a later one came after the last
-    checkpoint and is measured again)."""
+    checkpoint and is measured again).
+
+    Read with Python's ``float``, which gives back every digit ``to_csv`` wrote (an empty field is
+    NaN): pandas' own parser can be one unit in the last place off, depending on its version
+    and options, and the resumed run's alignment.csv must equal the one of a run that never
+    stopped.
+    """
     path = out / "alignment.csv"
     if not path.exists():
         return []
-    table = pd.read_csv(path, **EXACT_FLOATS)
-    return table[table["epoch"] <= epochs].to_dict(orient="records")
+    with path.open(newline="") as file:
+        rows = [
+            {
+                name: int(text) if name == "epoch" else float(text or "nan")
+                for name, text in row.items()
+            }
+            for row in csv.DictReader(file)
+        ]
+    return [row for row in rows if row["epoch"] <= epochs]
 
 
 def _resumable_hint(out: Path, data_dir: str | None) -> str:
