@@ -17,7 +17,7 @@ from bender.alignment import (
 )
 from bender.functional.dense import bent_linear
 from bender.training import train
-from tests.conftest import close
+from tests.conftest import close, global_rng_state
 
 
 def _degrees(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -137,9 +137,9 @@ def test_sign_concordant_layers_are_measured_with_the_feedback_they_use(dtype):
     assert 20 < angles["0"] < 40  # sign(W) of a uniform W: about 30°, well below FA's 90°
     assert list(bent_layers(net)) == ["0", "1", "2", "4"]
     x, y = torch.rand(9, 8, dtype=dtype), torch.randint(0, 4, (9,))
-    state = torch.get_rng_state()
+    state = global_rng_state()
     grads = gradient_alignment(net, x, y)
-    assert torch.equal(torch.get_rng_state(), state)  # brSF's draws left no trace
+    assert torch.equal(global_rng_state(), state)  # brSF's draws left no trace
     assert grads["4"] == pytest.approx(0.0, abs=1e-3) and grads["0"] > 1.0
 
 

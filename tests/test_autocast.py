@@ -1,8 +1,10 @@
-"""Custom backwards under autocast: the forward runs in bfloat16, the backward must follow.
+"""Custom backwards under autocast: the forward runs in low precision, the backward must follow.
 
-CPU autocast with bfloat16 stands in for CUDA's float16: the same dtype mismatch (a low-precision
-incoming gradient against float32 saved tensors) arises on both. Expected values are computed
-in float64 from the bfloat16-rounded operands, so the tolerance is bfloat16's (8 mantissa bits).
+On the CPU, autocast with bfloat16 stands in for CUDA's float16: the same dtype mismatch (a
+low-precision incoming gradient against float32 saved tensors) arises on both. With
+``BENDER_TEST_DEVICE=cuda`` the tests run CUDA's autocast with float16 itself. Expected values are
+computed in float64 from the operands rounded to the low dtype, so the tolerance is bfloat16's
+(8 mantissa bits; float16 has 10).
 """
 
 import torch
@@ -13,15 +15,16 @@ from bender import GenDense, activations, direct_feedback_loss
 from bender.functional import conv_asym_dx, radial_sim_asym
 from bender.functional.dense import bent_linear
 
-LOW = torch.bfloat16
+DEVICE_TYPE = torch.get_default_device().type  # conftest sets it from BENDER_TEST_DEVICE
+LOW = torch.float16 if DEVICE_TYPE == "cuda" else torch.bfloat16
 
 
 def autocast():
-    return torch.autocast("cpu", dtype=LOW)
+    return torch.autocast(DEVICE_TYPE, dtype=LOW)
 
 
 def as_low(t: torch.Tensor) -> torch.Tensor:
-    """``t`` rounded to bfloat16, then widened to float64 for an exact reference product."""
+    """``t`` rounded to the low dtype, then widened to float64 for an exact reference product."""
     return t.detach().to(LOW).double()
 
 
@@ -83,7 +86,7 @@ def test_feedback_alignment_conv(batch):
 
 
 def test_feedback_alignment_radial_on_a_low_precision_input(batch):
-    # the input of a hidden layer under autocast is already bfloat16
+    # the input of a hidden layer under autocast is already in the low dtype
     x = torch.randn(batch, 6).to(LOW).requires_grad_()
     w = torch.randn(4, 6, requires_grad=True)
     fb = torch.randn(4, 6)

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from bender.functional.sign_concordant import glorot_bound, random_magnitudes, sign_concordant
+from tests.conftest import cpu_uniform
 
 
 @pytest.mark.parametrize(
@@ -29,7 +30,7 @@ def test_random_magnitudes_range_mean_and_reproducibility(dtype):
     assert m.mean().item() == pytest.approx(a / 2, rel=0.01)  # U(0, a): mean a/2
     again = random_magnitudes(weight, torch.Generator().manual_seed(5))
     assert torch.equal(m, again)
-    expected = torch.rand(weight.shape, generator=torch.Generator().manual_seed(5), dtype=dtype)
+    expected = cpu_uniform(weight.shape, 5, dtype)
     torch.testing.assert_close(m, expected * a)
 
 

@@ -371,7 +371,7 @@ def test_a_model_built_on_the_meta_device_materialises_with_reset_parameters():
     with torch.device("meta"):
         model = _layers()
     assert model[0].weight.is_meta and model[0].feedback.is_meta
-    model.to_empty(device="cpu")
+    model.to_empty(device=torch.get_default_device())  # the test device (conftest)
     torch.manual_seed(0)
     for m in model.modules():
         if hasattr(m, "reset_parameters"):

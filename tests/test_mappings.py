@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from bender import GenConv, GenDense, mappings
 from bender.mappings import MAPPINGS, register_mapping, resolve_mapping
-from tests.conftest import close
+from tests.conftest import close, cpu_uniform, global_rng_state
 
 
 def _dense(dtype, forward, feedback=True):
@@ -85,7 +85,7 @@ def test_linear_stoc_binary_weights_reproducible(batch, dtype):
     y2 = mappings.linear_stoc_binary_weights(layer, x, torch.Generator().manual_seed(3))
     assert torch.equal(y1, y2)
     # reconstruct the drawn signs from the same generator, independently of the layer
-    u = torch.rand(layer.weight.shape, generator=torch.Generator().manual_seed(3), dtype=dtype)
+    u = cpu_uniform(layer.weight.shape, 3, dtype)
     p = ((layer.weight.detach() + 1) / 2).clamp(0, 1)
     s = torch.where(u < p, 1.0, -1.0).to(dtype)
     close(y1, x @ s.T)
@@ -108,7 +108,7 @@ def _expected_sign_feedback(rule, layer, seed):
     if rule == "frsf":
         return layer.feedback.abs() * _signs(w)
     fan = w.shape[0] * w[0, 0].numel() + w.shape[1] * w[0, 0].numel()  # fan_out + fan_in
-    u = torch.rand(w.shape, generator=torch.Generator().manual_seed(seed), dtype=w.dtype)
+    u = cpu_uniform(w.shape, seed, w.dtype)
     return u * math.sqrt(6 / fan) * _signs(w)
 
 
@@ -157,14 +157,14 @@ def test_brsf_draws_new_magnitudes_each_call_and_only_when_dx_is_needed():
         b = torch.linalg.lstsq(delta.double(), dx.double()).solution
         assert torch.equal(torch.sign(b), torch.sign(layer.weight.detach().double()))
         assert b.abs().max() <= math.sqrt(6 / 8) + 1e-6  # |M| at most Glorot's bound
-    state, global_state = g.get_state(), torch.get_rng_state()
+    state, global_state = g.get_state(), global_rng_state()
     layer(x).sum().backward()  # a first layer: x needs no ∂x
     with torch.no_grad():
         layer(x.requires_grad_())  # evaluation
-    assert torch.equal(g.get_state(), state) and torch.equal(torch.get_rng_state(), global_state)
+    assert torch.equal(g.get_state(), state) and torch.equal(global_rng_state(), global_state)
     unseeded = GenDense(5, 3, forward="linear_brsf_dx")  # no generator: the global one
     _run(unseeded, x, delta)
-    assert not torch.equal(torch.get_rng_state(), global_state)
+    assert not torch.equal(global_rng_state(), global_state)
 
 
 def test_frsf_needs_a_feedback_matrix_and_usf_brsf_do_not():

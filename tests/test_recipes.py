@@ -148,7 +148,7 @@ def test_the_cnn_mirrors_its_conv_kernels_and_its_dense_layer(small_mnist):
     assert list(layers) == ["1", "3", "6"]
     for name, layer in layers.items():
         before = dict(start.named_modules())[name]
-        assert not torch.equal(layer.feedback, before.feedback)  # two mirror steps: B moved
+        assert not torch.equal(layer.feedback.cpu(), before.feedback)  # two mirror steps: B moved
         assert layer.feedback.shape == before.feedback.shape
 
 
@@ -162,7 +162,7 @@ def test_run_adds_the_callers_after_step_functions_to_the_recipes(small_mnist):
     recipes.run("wm-mlp", data, epochs=1, after_step=look)
     assert len(seen) == 256 // 64
     start = recipes.build("wm-mlp")[2].feedback
-    assert not torch.equal(seen[0], start)  # the recipe's mirror ran first, at every step
+    assert not torch.equal(seen[0].cpu(), start)  # the recipe's mirror ran first, at every step
     assert all(not torch.equal(a, b) for a, b in pairwise(seen))
     with pytest.raises(TypeError, match="after_step must be a list of functions fn"):
         recipes.run("wm-mlp", data, epochs=1, after_step=5)

@@ -5,6 +5,7 @@ from torch import nn
 from bender import GenConv, GenDense, StocSignSTE, recipes, register_mapping
 from bender.mappings import MAPPINGS, linear_binary_weights
 from bender.summary import COLUMNS, summary
+from tests.conftest import global_rng_state
 
 
 def _rows(table):
@@ -104,9 +105,9 @@ def test_the_summary_leaves_modes_statistics_and_random_state_alone():
     model[1].eval()  # the caller's choice, kept
     statistics = model[1].running_mean.clone()
     x = torch.rand(4, 6)
-    state, own = torch.get_rng_state(), generator.get_state()
+    state, own = global_rng_state(), generator.get_state()
     summary(model, x)
-    assert torch.equal(torch.get_rng_state(), state) and torch.equal(generator.get_state(), own)
+    assert torch.equal(global_rng_state(), state) and torch.equal(generator.get_state(), own)
     assert torch.equal(model[1].running_mean, statistics)
     assert model.training and model[0].training and not model[1].training
 
