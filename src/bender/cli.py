@@ -265,7 +265,8 @@ def _summary(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """``bender summary``: the table of :func:`bender.summary.summary` for one input image."""
     _known_recipe(args.recipe, parser)
     model = recipes.build(args.recipe)
-    image = torch.rand(1, 784, generator=torch.Generator().manual_seed(0))  # pixels in [0, 1]
+    seeded = torch.Generator(device="cpu").manual_seed(0)
+    image = torch.rand(1, 784, generator=seeded, device="cpu")  # pixels in [0, 1]
     table = summary(model, image)
     print(table.to_string(index=False, formatters={"memory_kib": "{:.1f}".format}))
     total = table.iloc[-1]
