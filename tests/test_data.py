@@ -1,3 +1,8 @@
+import gzip
+import struct
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
 
@@ -181,3 +186,118 @@ def test_dataset_checks_labels_against_num_classes():
         Dataset("own", split, split, num_classes=0)
     with pytest.raises(TypeError, match=r"Dataset\.test must be a bender\.data\.Split, got tuple"):
         Dataset("own", split, (split.x, split.y))
+
+
+# Damaged or foreign data files: one ValueError naming the file and what is wrong, at load
+# time. Each test writes a small MNIST folder in the real IDX layout and spoils one file.
+
+IDX_TYPES = {np.dtype(np.uint8): 0x08, np.dtype(">i4"): 0x0C, np.dtype(">f4"): 0x0D}
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    """``array`` in the IDX format: two zero bytes, the type code, the dims, big-endian sizes."""
+    code = IDX_TYPES[array.dtype]
+    header = bytes([0, 0, code, array.ndim]) + struct.pack(f">{array.ndim}i", *array.shape)
+    return header + array.tobytes()
+
+
+def write_mnist(root: Path, n_train: int = 12, n_test: int = 6, gz: bool = False) -> Path:
+    """A small MNIST folder in torchvision's layout; returns its ``raw`` folder."""
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+        labels = (np.arange(n) % 10).astype(np.uint8)
+        files = {f"{prefix}-images-idx3-ubyte": images, f"{prefix}-labels-idx1-ubyte": labels}
+        for name, array in files.items():
+            data = idx_bytes(array)
+            if gz:
+                (raw / f"{name}.gz").write_bytes(gzip.compress(data))
+            else:
+                (raw / name).write_bytes(data)
+    return raw
+
+
+def test_the_small_folder_loads(tmp_path):
+    write_mnist(tmp_path)
+    data = load("mnist", tmp_path, download=False)
+    assert data.train.x.shape == (12, 784) and data.test.x.shape == (6, 784)
+    assert data.train.x.min() >= 0 and data.train.x.max() <= 1
+
+
+@pytest.mark.parametrize(
+    ("spoil", "says"),
+    [
+        (lambda b: b[: len(b) // 2], "ends early"),  # cut short: EOFError
+        (lambda b: b"not gzip at all" + b, "damaged"),  # BadGzipFile
+        (lambda b: b[:10] + bytes(x ^ 0xFF for x in b[10:40]) + b[40:], "damaged"),  # zlib
+    ],
+    ids=["truncated", "not-gzip", "corrupt-deflate"],
+)
+def test_a_damaged_gz_file_names_the_file(tmp_path, spoil, says):
+    raw = write_mnist(tmp_path, gz=True)
+    path = raw / "train-images-idx3-ubyte.gz"
+    path.write_bytes(spoil(path.read_bytes()))
+    with pytest.raises(ValueError, match=says) as err:
+        load("mnist", tmp_path, download=False)
+    assert str(path) in str(err.value)
+
+
+def test_a_header_claiming_255_dims_names_the_file(tmp_path):
+    raw = write_mnist(tmp_path)
+    path = raw / "t10k-labels-idx1-ubyte"
+    path.write_bytes(bytes([0, 0, 8, 255]) + bytes(16))
+    with pytest.raises(ValueError, match="declares 255 dims") as err:
+        load("mnist", tmp_path, download=False)
+    assert str(path) in str(err.value)
+    with pytest.raises(ValueError, match="declares 255 dims"):
+        read_idx(path)
+
+
+@pytest.mark.parametrize(
+    ("images", "says"),
+    [
+        (np.zeros((12, 20, 20), np.uint8), r"shape \(N, 28, 28\), got \(12, 20, 20\)"),
+        (np.zeros(12 * 784, np.uint8), r"shape \(N, 28, 28\), got \(9408,\)"),
+        (np.full((12, 28, 28), np.nan, ">f4"), "unsigned bytes .* got float32"),
+        (np.full((12, 28, 28), 2_000_000_000, ">i4"), "unsigned bytes .* got int32"),
+    ],
+    ids=["20x20", "1-d", "float-nan", "int32"],
+)
+def test_images_of_another_kind_are_refused_naming_the_file(tmp_path, images, says):
+    raw = write_mnist(tmp_path)
+    path = raw / "train-images-idx3-ubyte"
+    path.write_bytes(idx_bytes(images))
+    with pytest.raises(ValueError, match=says) as err:
+        load("mnist", tmp_path, download=False)
+    assert str(path) in str(err.value)
+
+
+def test_labels_out_of_range_or_of_another_shape_name_the_file(tmp_path):
+    raw = write_mnist(tmp_path)
+    path = raw / "train-labels-idx1-ubyte"
+    path.write_bytes(idx_bytes(np.full(12, 10, np.uint8)))
+    with pytest.raises(ValueError, match=r"labels must lie in 0\.\.9, got 10\.\.10") as err:
+        load("mnist", tmp_path, download=False)
+    assert str(path) in str(err.value)
+    path.write_bytes(idx_bytes(np.zeros((12, 2), np.uint8)))
+    with pytest.raises(ValueError, match=r"1-D array of integer labels, got shape \(12, 2\)"):
+        load("mnist", tmp_path, download=False)
+
+
+def test_images_and_labels_of_different_counts_name_both_files(tmp_path):
+    raw = write_mnist(tmp_path)
+    (raw / "t10k-labels-idx1-ubyte").write_bytes(idx_bytes(np.zeros(5, np.uint8)))
+    with pytest.raises(ValueError, match="6 images in t10k-images-idx3-ubyte but 5 labels"):
+        load("mnist", tmp_path, download=False)
+
+
+def test_bytes_are_scaled_to_the_unit_interval(tmp_path):
+    raw = write_mnist(tmp_path)
+    images = np.zeros((12, 28, 28), np.uint8)
+    images[0, 0, 0], images[1, 0, 0] = 255, 51
+    (raw / "train-images-idx3-ubyte").write_bytes(idx_bytes(images))
+    x = load("mnist", tmp_path, download=False).train.x
+    assert x[0, 0] == 1.0 and x[1, 0] == pytest.approx(0.2) and x[2].abs().sum() == 0
+    assert x.dtype == torch.float32

@@ -9,7 +9,9 @@ cache (``$XDG_CACHE_HOME/bender`` or ``~/.cache/bender``) where torchvision, whe
 from __future__ import annotations
 
 import gzip
+import math
 import os
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,20 +40,78 @@ def data_root(root: str | os.PathLike | None = None) -> Path:
     return Path(cache) / "bender"
 
 
+def _read_bytes(path: Path) -> bytes:
+    """The file's bytes, decompressed for ``.gz``; a ``ValueError`` naming the file if the
+    compressed stream is damaged (``FileNotFoundError`` and other ``OSError``s pass on)."""
+    raw = path.read_bytes()
+    if path.suffix != ".gz":
+        return raw
+    try:
+        return gzip.decompress(raw)
+    except (gzip.BadGzipFile, EOFError, zlib.error) as err:
+        what = "ends early" if isinstance(err, EOFError) else f"is damaged ({err})"
+        raise ValueError(f"{path}: the gzip stream {what}; download the file again") from None
+
+
 def read_idx(path: str | os.PathLike) -> Tensor:
-    """Read one IDX file (the MNIST format; ``.gz`` too) into a tensor of its stored dtype."""
+    """Read one IDX file (the MNIST format; ``.gz`` too) into a tensor of its stored dtype.
+
+    Raises ``ValueError`` naming the file when it is not a whole IDX file: a bad magic number,
+    a header longer than the file, or a size that does not match the header's shape.
+    """
     path = Path(path)
-    raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    raw = _read_bytes(path)
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
         raise ValueError(f"{path} is not an IDX file (bad magic number {raw[:4].hex()})")
     ndim = raw[3]
+    if len(raw) < 4 + 4 * ndim:
+        raise ValueError(
+            f"{path}: the header declares {ndim} dims ({4 + 4 * ndim} header bytes), but the "
+            f"file has {len(raw)} bytes"
+        )
     shape = tuple(int(d) for d in np.frombuffer(raw, ">i4", ndim, offset=4))
     dtype = np.dtype(_IDX_DTYPES[raw[2]])
-    expected = 4 + 4 * ndim + dtype.itemsize * int(np.prod(shape))
+    expected = 4 + 4 * ndim + dtype.itemsize * math.prod(shape)
     if len(raw) != expected:
         raise ValueError(f"{path}: header says {shape} ({expected} bytes), file has {len(raw)}")
     array = np.frombuffer(raw, dtype, offset=4 + 4 * ndim).reshape(shape)
     return torch.from_numpy(array.astype(dtype.newbyteorder("="), copy=True))
+
+
+def read_images(path: Path, size: tuple[int, int] = (28, 28)) -> Tensor:
+    """An MNIST-family image file: ``N × 28 × 28`` unsigned bytes, as uint8.
+
+    Other element types are refused rather than guessed at: dividing by 255 puts only bytes
+    in [0, 1] (an int32 file of values near ±2e9 would not be), and float files may hold NaN.
+    """
+    images = read_idx(path)
+    if images.dtype != torch.uint8:
+        raise ValueError(
+            f"{path}: MNIST-family images are unsigned bytes (IDX type 0x08), got "
+            f"{str(images.dtype).removeprefix('torch.')}; convert the file to bytes 0-255"
+        )
+    if images.dim() != 3 or tuple(images.shape[1:]) != size:
+        raise ValueError(
+            f"{path}: expected images of shape (N, {size[0]}, {size[1]}), got {tuple(images.shape)}"
+        )
+    return images
+
+
+def read_labels(path: Path, num_classes: int = 10) -> Tensor:
+    """An MNIST-family label file: ``N`` class indices ``0 … num_classes − 1`` as int64."""
+    labels = read_idx(path)
+    if labels.dim() != 1 or labels.dtype.is_floating_point:
+        raise ValueError(
+            f"{path}: expected a 1-D array of integer labels, got shape "
+            f"{tuple(labels.shape)} of {str(labels.dtype).removeprefix('torch.')}"
+        )
+    labels = labels.long()
+    if len(labels) and not (labels.min() >= 0 and labels.max() < num_classes):
+        raise ValueError(
+            f"{path}: labels must lie in 0..{num_classes - 1}, got "
+            f"{int(labels.min())}..{int(labels.max())}"
+        )
+    return labels
 
 
 @dataclass
@@ -169,7 +229,9 @@ def load(
 
     ``x`` is ``N×784`` (``flatten=True``, for dense nets) or ``N×1×28×28`` (for conv nets),
     scaled to [0, 1]; ``y`` holds int64 labels 0–9. Raises ``FileNotFoundError`` naming the folder
-    and the four expected files when they are missing and cannot be downloaded.
+    and the four expected files when they are missing and cannot be downloaded, and
+    ``ValueError`` naming the file when one is damaged or not of MNIST's kind (see
+    :func:`read_images`, :func:`read_labels`).
     """
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
@@ -188,10 +250,13 @@ def load(
         )
     splits = {}
     for split, (images, labels) in FILES.items():
-        x = read_idx(paths[images]).to(dtype).div_(255)
-        y = read_idx(paths[labels]).long()
+        x = read_images(paths[images]).to(dtype).div_(255)
+        y = read_labels(paths[labels])
         if len(x) != len(y):
-            raise ValueError(f"{folder}: {len(x)} images but {len(y)} labels in the {split} split")
+            raise ValueError(
+                f"{folder}: {len(x)} images in {paths[images].name} but {len(y)} labels in "
+                f"{paths[labels].name} ({split} split)"
+            )
         splits[split] = Split(x.reshape(len(x), -1) if flatten else x.unsqueeze(1), y)
     return Dataset(name, splits["train"], splits["test"])
 
