@@ -19,18 +19,25 @@ def parse_args(
     configure: Callable[[argparse.ArgumentParser], None] | None = None,
     device: bool = False,
 ) -> argparse.Namespace:
-    """``--data-dir`` and ``--repeats``, the two options every benchmark takes, plus its own.
+    """``--data-dir``, ``--repeats`` and ``--threads``, which every benchmark takes, plus its own.
 
     ``device=True`` adds ``--device`` (default ``cpu``) for the benchmarks that train epochs.
+    ``--threads N`` is applied here (``torch.set_num_threads``); the header prints the count.
     """
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--data-dir", help="data root (default: $BENDER_DATA)")
     parser.add_argument("--repeats", type=int, default=repeats)
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own)")
     if device:
         parser.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     if configure is not None:
         configure(parser)
-    return parser.parse_args()
+    args = parser.parse_args()
+    if args.threads is not None:
+        if args.threads < 1:
+            parser.error(f"--threads must be a positive int, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    return args
 
 
 def mnist(data_dir: str | None) -> Dataset:

@@ -1,9 +1,13 @@
-"""One training epoch of fa-mlp against the same net built from plain nn.Linear.
+"""One training epoch of bender's recipes against the same nets built from plain nn.Linear.
 
 Prints, measured in this run on the CPU or on ``--device`` (min and median over --repeats
-interleaved epochs):
-  fa-mlp (bender.train)  /  plain nn.Linear net (bender.train)           target ≤ 1.10
-  fa-mlp (bender.train)  /  plain nn.Linear net (DataLoader+TensorDataset) target ≤ 1.00
+interleaved epochs, every net trained by ``bender.train``, the same loop):
+  fa-mlp         /  nn.Linear MLP 784-128-64-10                              target ≤ 1.05
+  usf-mlp        /  nn.Linear MLP 784-128-64-10                              target ≤ 1.05
+  binary-mlp     /  nn.Linear MLP 784-128-64-10                              target ≤ 1.05
+  dfa-mlp-large  /  nn.Linear MLP 784-512-256-10 (backprop)                  target ≤ 0.95
+  fa-mlp (bender.train)  /  nn.Linear MLP (DataLoader+TensorDataset loop)   target ≤ 1.00
+``--recipes`` picks others (any MLP recipe of 784-128-64-10 or 784-512-256-10).
 
 ``--breakdown`` adds three nets to say where fa-mlp's extra time goes, each against the plain net:
   bp-mlp: the GenDense layers with the exact ``linear`` mapping (what the layer wrapper costs);
@@ -20,8 +24,8 @@ backend), compiled and warmed up by one untimed epoch before the timed ones.
 same with ``WeightMirror(layers=["1", "2"])``, which spares the first layer (whose ``B`` carries
 no gradient), each against fa-mlp: what mirror mode costs.
 
-Usage: python benchmarks/epoch_time.py [--data-dir DIR] [--repeats N] [--device D] [--breakdown]
-                                       [--compile] [--mirror]
+Usage: python benchmarks/epoch_time.py [--data-dir DIR] [--repeats N] [--threads N] [--device D]
+                                       [--recipes R ...] [--breakdown] [--compile] [--mirror]
 """
 
 from __future__ import annotations
@@ -54,6 +58,26 @@ def plain_mlp() -> nn.Sequential:
     return nn.Sequential(
         nn.Linear(784, 128), nn.ReLU(), nn.Linear(128, 64), nn.ReLU(), nn.Linear(64, 10)
     )
+
+
+def plain_mlp_large() -> nn.Sequential:
+    return nn.Sequential(
+        nn.Linear(784, 512), nn.ReLU(), nn.Linear(512, 256), nn.ReLU(), nn.Linear(256, 10)
+    )
+
+
+# The recipes timed by default, each with its target against the plain net of its size.
+TARGETS = {"fa-mlp": 1.05, "usf-mlp": 1.05, "binary-mlp": 1.05, "dfa-mlp-large": 0.95}
+PLAIN = {"784-128-64-10": plain_mlp, "784-512-256-10": plain_mlp_large}
+
+
+def plain_twin(recipe: str) -> str:
+    """The size of ``recipe``'s net, as a key of ``PLAIN``; a clear error for other nets."""
+    sizes = [m.in_features for m in recipes.build(recipe).modules() if hasattr(m, "in_features")]
+    key = "-".join(map(str, [*sizes, 10]))
+    if key not in PLAIN:
+        raise SystemExit(f"epoch_time times MLPs of {' or '.join(PLAIN)}; {recipe} is {key}")
+    return key
 
 
 class BareFeedbackLinear(nn.Linear):
@@ -121,6 +145,12 @@ def swapped_fa_mlp() -> nn.Sequential:
 
 def _options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
+        "--recipes",
+        nargs="+",
+        default=list(TARGETS),
+        help=f"the recipes to time (default: {' '.join(TARGETS)})",
+    )
+    parser.add_argument(
         "--breakdown",
         action="store_true",
         help="also time bp-mlp, a bare BentLinear net and a native-kernel FA net, to split "
@@ -152,32 +182,34 @@ def main() -> None:
     torch.manual_seed(0)
     data = mnist(args.data_dir)
     header("epoch_time: one training epoch of MNIST, batch 64, Adam 3e-4", device)
-    fa, plain, loader = (
-        "fa-mlp, bender.train",
-        "nn.Linear MLP, bender.train",
-        "nn.Linear MLP, DataLoader loop",
-    )
-    contenders = {
-        fa: lambda: bender_epoch(recipes.get("fa-mlp").build, data, device=device),
-        plain: lambda: bender_epoch(plain_mlp, data, device=device),
-        loader: lambda: dataloader_epoch(plain_mlp, data, device=device),
-    }
-    ratios = {
-        "fa-mlp / nn.Linear (same loop)": (fa, plain, "<= 1.10"),
-        "fa-mlp / nn.Linear (DataLoader loop)": (fa, loader, "<= 1.00"),
-    }
+    for recipe in args.recipes:
+        recipes.get(recipe)  # an unknown name fails before anything is timed
+    fa, plain, loader = "fa-mlp", "nn.Linear 784-128-64-10", "nn.Linear 784-128-64-10, DataLoader"
+    contenders, ratios = {}, {}
+    for recipe in dict.fromkeys([*args.recipes, *(["fa-mlp"] if args.breakdown else [])]):
+        size = plain_twin(recipe)
+        twin = f"nn.Linear {size}"
+        contenders.setdefault(twin, lambda b=PLAIN[size]: bender_epoch(b, data, device=device))
+        contenders[recipe] = lambda r=recipe: bender_epoch(
+            recipes.get(r).build, data, device=device
+        )
+        target = TARGETS.get(recipe)
+        ratios[f"{recipe} / {twin}"] = (recipe, twin, f"<= {target}" if target else "-")
+    if fa in contenders:
+        contenders[loader] = lambda: dataloader_epoch(plain_mlp, data, device=device)
+        ratios["fa-mlp / nn.Linear (DataLoader loop)"] = (fa, loader, "<= 1.00")
     if args.breakdown:
-        bp, bare = "bp-mlp, bender.train", "bare BentLinear MLP, bender.train"
+        bp, bare = "bp-mlp", "bare BentLinear MLP"
         contenders[bp] = lambda: bender_epoch(recipes.get("bp-mlp").build, data, device=device)
         contenders[bare] = lambda: bender_epoch(bare_fa_mlp, data, device=device)
         ratios["bp-mlp / nn.Linear (GenDense wrapper)"] = (bp, plain, "-")
         ratios["bare BentLinear / nn.Linear (Function alone)"] = (bare, plain, "-")
         check_swapped_gradient()
-        swapped = "swapped saved tensor MLP, bender.train"
+        swapped = "swapped saved tensor MLP"
         contenders[swapped] = lambda: bender_epoch(swapped_fa_mlp, data, device=device)
         ratios["swapped saved tensor / nn.Linear (no Python backward)"] = (swapped, plain, "-")
     if args.compile:
-        fa_c, plain_c = "fa-mlp compiled, bender.train", "nn.Linear MLP compiled, bender.train"
+        fa_c, plain_c = "fa-mlp compiled", "nn.Linear 784-128-64-10 compiled"
         fa_model, fa_first = compiled(recipes.get("fa-mlp").build, data, device)
         plain_model, plain_first = compiled(plain_mlp, data, device)
         print(f"first epoch, compiling: fa-mlp {fa_first:.1f} s, nn.Linear MLP {plain_first:.1f} s")
@@ -186,7 +218,7 @@ def main() -> None:
         ratios["fa-mlp compiled / fa-mlp"] = (fa_c, fa, "-")
         ratios["fa-mlp compiled / nn.Linear compiled"] = (fa_c, plain_c, "-")
     if args.mirror:
-        wm, hidden = "wm-mlp, bender.train", "wm-mlp, layers 1 and 2 only"
+        wm, hidden = "wm-mlp", "wm-mlp, layers 1 and 2 only"
         mirror = recipes.get("wm-mlp")
         spared = WeightMirror(layers=["1", "2"])
         contenders[wm] = lambda: bender_epoch(

@@ -1,9 +1,10 @@
-"""direct_apply: the C ``apply`` in eager mode, ``Function.apply`` under torch.func and compile."""
+"""direct_apply: the ``forward(ctx, ...)`` twin's C ``apply`` in eager mode, ``Function.apply``
+under torch.func and compile."""
 
 import pytest
 import torch
 
-from bender.functional._apply import direct_apply
+from bender.functional._apply import ctx_form, direct_apply
 
 
 class _Double(torch.autograd.Function):
@@ -25,16 +26,45 @@ class _Double(torch.autograd.Function):
 def test_eager_calls_skip_the_python_apply_and_keep_the_rule(monkeypatch, dtype, batch):
     apply = direct_apply(_Double)
 
-    def python_apply_not_expected(*args):
-        raise AssertionError("eager calls should not go through Function.apply")
+    def not_expected(*args):
+        raise AssertionError("eager calls should take neither Function.apply nor setup_context")
 
-    monkeypatch.setattr(_Double, "apply", python_apply_not_expected)
+    monkeypatch.setattr(_Double, "apply", not_expected)
+    monkeypatch.setattr(_Double, "setup_context", not_expected)  # the twin calls its own copy
     x = torch.randn(batch, 3, dtype=dtype, requires_grad=True)
     y = apply(x)
     torch.testing.assert_close(y, 2 * x)
     y.backward(torch.ones_like(y))
     torch.testing.assert_close(x.grad, torch.full_like(x, 3.0))
     assert y.grad_fn.name() == "_DoubleBackward"
+
+
+def test_the_ctx_form_twin_runs_forward_then_setup_context_on_one_ctx(dtype, batch):
+    class Saving(torch.autograd.Function):
+        """Forward ``x²``; ``setup_context`` saves ``x``; backward ``∂x = 2 x g``, exact."""
+
+        @staticmethod
+        def forward(x):
+            return x * x
+
+        @staticmethod
+        def setup_context(ctx, inputs, output):
+            ctx.save_for_backward(inputs[0])
+            ctx.scale = 2.0
+
+        @staticmethod
+        def backward(ctx, g):
+            (x,) = ctx.saved_tensors
+            return ctx.scale * x * g
+
+    twin = ctx_form(Saving)
+    assert issubclass(twin, torch.autograd.Function) and twin.__name__ == "Saving"
+    x = torch.randn(batch, 3, dtype=dtype, requires_grad=True)
+    g = torch.randn(batch, 3, dtype=dtype)
+    twin.apply(x).backward(g)
+    torch.testing.assert_close(x.grad, 2 * x.detach() * g)
+    x64 = torch.randn(batch, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(twin.apply, (x64,))
 
 
 def test_while_compiling_the_transform_check_is_not_asked(monkeypatch):

@@ -1,4 +1,14 @@
-"""A leaner ``Function.apply`` for the custom backwards that run once per layer and step."""
+"""The fast path for bender's autograd Functions: the ``forward(ctx, ...)`` form in eager mode.
+
+bender writes each Function in the form with a separate ``setup_context`` (``forward`` without
+``ctx``), which torch.func transforms (``grad``, ``vmap``) and torch.compile need. That form
+costs more per call than the older ``forward(ctx, ...)`` form, and how much more depends on
+the torch release: through the C ``apply`` it cost about 5 µs more on torch 2.13 and about 45 µs
+more on torch 2.14, where it made every bent layer 1.15–1.5× as slow as ``F.linear``
+(``benchmarks/layer_speed.py``). bender's Functions run once per bent layer and step, so
+:func:`direct_apply` runs the ``forward(ctx, ...)`` form in eager mode and keeps the
+``setup_context`` form for where it is needed.
+"""
 
 from __future__ import annotations
 
@@ -13,17 +23,41 @@ _transforms_active = getattr(torch._C, "_are_functorch_transforms_active", lambd
 _is_compiling = torch.compiler.is_compiling
 
 
-def direct_apply(function: type[torch.autograd.Function]) -> Callable[..., Tensor]:
-    """``function.apply``, skipping the Python layer of ``Function.apply`` where it does nothing.
+def ctx_form(function: type[torch.autograd.Function]) -> type[torch.autograd.Function]:
+    """``function`` rewritten in the ``forward(ctx, ...)`` form, with the same backward.
 
-    ``torch.autograd.Function.apply`` is a Python method in front of the C ``apply``: it fills
-    in default arguments for ``setup_context`` (bender's ``forward`` methods have none, which is
-    checked here) and, outside torch.func transforms, unwraps tensors left over from finished
-    ones. bender's Functions run for every bent layer on every step, and for the small layers
-    of fa-mlp that Python layer costs about 2 % of a CPU epoch (``benchmarks/epoch_time.py``),
-    so the returned callable calls the C ``apply`` directly, which runs ``forward`` and
-    ``setup_context`` itself. Under a torch.func transform (``grad``, ``vmap``, ...), or while
-    torch.compile traces, it calls ``function.apply``, which those need.
+    The new ``forward`` runs ``function.forward`` and then ``function.setup_context`` on the
+    same ``ctx``, which is what the ``setup_context`` form means; the backward is
+    ``function.backward`` itself.
+    """
+    forward, setup_context = function.forward, function.setup_context
+
+    def forward_with_ctx(ctx, *args):
+        output = forward(*args)
+        setup_context(ctx, args, output)
+        return output
+
+    return type(  # the same name, so that its graph nodes print as the original's
+        function.__name__,
+        (torch.autograd.Function,),
+        {
+            "__doc__": f"{function.__name__} in the forward(ctx, ...) form, for eager calls.",
+            "__module__": function.__module__,
+            "__qualname__": function.__qualname__ + ".ctx_form",
+            "forward": staticmethod(forward_with_ctx),
+            "backward": staticmethod(function.backward),
+        },
+    )
+
+
+def direct_apply(function: type[torch.autograd.Function]) -> Callable[..., Tensor]:
+    """``function.apply``, by the cheapest route that gives the same result.
+
+    Under a torch.func transform (``grad``, ``vmap``, ...), or while torch.compile traces, it is
+    ``function.apply`` itself (the ``setup_context`` form, which those need). Otherwise it is the
+    C ``apply`` of :func:`ctx_form`'s twin, skipping ``Function.apply``'s Python layer too: that
+    layer fills in default arguments (bender's ``forward`` methods have none, which is checked
+    here) and unwraps tensors left over from finished transforms.
     """
     defaults = [
         name
@@ -35,7 +69,8 @@ def direct_apply(function: type[torch.autograd.Function]) -> Callable[..., Tenso
             f"{function.__name__}.forward has default arguments ({', '.join(defaults)}), which "
             "only Function.apply fills in; give every argument at the call instead"
         )
-    c_apply = super(torch.autograd.Function, function).apply
+    eager = ctx_form(function)
+    c_apply = super(torch.autograd.Function, eager).apply
 
     def apply(*args) -> Tensor:
         if _is_compiling() or _transforms_active():  # Dynamo 2.4 cannot trace the second

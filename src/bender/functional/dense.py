@@ -49,10 +49,13 @@ def _grads(ctx, grad: Tensor, need_x: bool, need_w: bool, need_b: bool) -> tuple
     # Kept lean: this Python backward runs once per layer and step, and its overhead is
     # what feedback alignment costs over backprop when layers are small.
     x, feedback = ctx.saved_tensors
-    x, feedback = in_grad_dtype(grad, x, feedback)
-    grad_x = grad @ feedback if need_x else None
-    if grad.dim() != 2:  # (*, out): flatten the leading dims for ∂W and ∂b
+    if not grad.dtype == x.dtype == feedback.dtype:  # a forward under autocast
+        x, feedback = in_grad_dtype(grad, x, feedback)
+    if grad.dim() != 2:  # (*, out): ∂x keeps the leading dims, ∂W and ∂b sum over them
+        grad_x = grad.matmul(feedback) if need_x else None
         grad, x = grad.reshape(-1, grad.shape[-1]), x.reshape(-1, x.shape[-1])
+    else:
+        grad_x = grad.mm(feedback) if need_x else None
     grad_w = grad.t().mm(x) if need_w else None
     grad_b = grad.sum(0) if need_b else None
     return grad_x, grad_w, grad_b
