@@ -181,6 +181,42 @@ def test_loading_what_is_not_a_checkpoint_says_so(tmp_path):
         checkpoint.load(tmp_path / "text.pt")
 
 
+class _Payload:
+    """An object a pickle could run code from: never to be loaded."""
+
+    def __reduce__(self):
+        return (print, ("unpickled!",))
+
+
+def test_a_file_of_foreign_objects_is_refused_without_a_hint_to_load_it_unsafely(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    torch.save({"format": 1, "payload": _Payload()}, path)
+    with pytest.raises(ValueError) as err:
+        checkpoint.load(path)
+    message = str(err.value)
+    assert f"{path} is not a bender checkpoint: it holds Python objects other than" in message
+    assert "weights_only" not in message and "unpickled!" not in message
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "says"),
+    [
+        ("epoch", "2", r"'epoch' must be an int ≥ 0, got '2'"),
+        ("epoch", True, r"'epoch' must be an int ≥ 0, got True"),
+        ("epoch", 5, r"'rows' must hold one row per epoch, 5, got 1"),
+        ("rows", "notalist", r"'rows' must be a list, got 'notalist'"),
+        ("settings", [1], r"'settings' must be a dict, got \[1\]"),
+        ("batches", {}, r"'batches' must be a dict, got \{\}"),
+    ],
+)
+def test_hand_edited_fields_of_the_wrong_type_are_named(small_mnist, tmp_path, key, value, says):
+    path, _ = _one_epoch(small_mnist, tmp_path)
+    state = torch.load(path, weights_only=True)
+    torch.save(state | {key: value}, path)
+    with pytest.raises(ValueError, match=says):
+        checkpoint.load(path)
+
+
 def test_a_loaded_checkpoint_resumes_like_its_file(small_mnist, tmp_path):
     path, data = _one_epoch(small_mnist, tmp_path)
     from_file = train(recipes.build("fa-mlp"), data, epochs=2, resume=path)

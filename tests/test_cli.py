@@ -5,6 +5,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pandas as pd
@@ -12,8 +13,9 @@ import pytest
 import torch
 from torch import nn
 
-from bender import cli, recipes
+from bender import checkpoint, cli, recipes, run_folder
 from bender.summary import COLUMNS as SUMMARY_COLUMNS
+from tests.test_data import write_mnist
 
 
 def _train(tmp_path, data_root, *extra, recipe="fa-mlp", epochs=2, folder="run"):
@@ -154,6 +156,13 @@ def test_shuffle_once_is_recorded_and_changes_the_run(tmp_path, data_root):
         ["train", "fa-mlp", "--weight-decay", "-0.1"],
         ["train", "fa-mlp", "--momentum", "inf"],
         ["train", "fa-mlp", "--optimizer", "rmsprop"],
+        ["train", "fa-mlp", "--optimizer", "sgd", "--momentum", "5"],
+        ["train", "fa-mlp", "--optimizer", "sgd", "--momentum", "1"],
+        ["train", "fa-mlp", "--out", ""],
+        ["train", "fa-mlp", "--seed", "-1"],
+        ["train", "fa-mlp", "--seed", str(2**64)],
+        ["train", "fa-mlp", "--threads", "0"],
+        ["resume", "somewhere", "--threads", "two"],
     ],
 )
 def test_usage_errors_exit_2(args, capsys):
@@ -298,7 +307,7 @@ def test_out_that_cannot_be_a_folder_is_refused(tmp_path, data_root, capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["train", "fa-mlp", "--out", str(blocker / "run"), "--data-dir", str(data_root)])
     assert exit_info.value.code == 2
-    assert f"{blocker} is a file, not a folder" in capsys.readouterr().err
+    assert f"{blocker / 'run'} cannot be a folder: {blocker} is a file" in capsys.readouterr().err
 
 
 def test_output_folder_that_cannot_be_created_exits_1(tmp_path, data_root, monkeypatch, capsys):
@@ -357,9 +366,10 @@ def test_a_full_disk_stops_the_run_with_a_message_and_the_table(
     code, out = _train(tmp_path, data_root, epochs=3)
     assert code == 1
     captured = capsys.readouterr()
-    assert "writing the results of epoch 2 failed: [Errno 28] No space left on device" in (
-        captured.err
-    )
+    assert (
+        f"writing the results of epoch 2 failed: cannot write {out / 'model.pt'}: [Errno 28] No "
+        "space left on device"
+    ) in captured.err
     assert "Traceback" not in captured.err
     assert "0." in captured.out.splitlines()[-1]  # epoch 1's row, printed for the record
     assert pd.read_csv(out / "metrics.csv")["epoch"].tolist() == [1]
@@ -418,10 +428,11 @@ def test_resume_trains_a_finished_run_for_more_epochs(tmp_path, data_root, capsy
     assert code == 0
     code, out = _train(tmp_path, data_root, "--shuffle-once", epochs=1)
     assert code == 0
-    with pytest.raises(SystemExit) as exit_info:
-        _resume(out, data_root)  # it asked for 1 epoch and has it
-    assert exit_info.value.code == 2
-    assert "holds 1 trained epoch(s)" in capsys.readouterr().err
+    capsys.readouterr()
+    assert _resume(out, data_root) == 0  # it asked for 1 epoch and has it: nothing to train
+    assert f"{out} holds a finished run of 1 epoch(s); all its files are there" in (
+        capsys.readouterr().out
+    )
     assert _resume(out, data_root, "--epochs", "2") == 0
     _same_results(out, longer)
     assert json.loads((out / "metrics.json").read_text())["epochs_requested"] == 2
@@ -462,7 +473,14 @@ def test_resume_refuses_a_folder_it_cannot_continue(tmp_path, data_root, capsys)
     with pytest.raises(SystemExit) as exit_info:
         _resume(tmp_path / "nothing", data_root)
     assert exit_info.value.code == 2
-    assert "holds no readable metrics.json" in capsys.readouterr().err
+    assert "nothing is not a folder; name the folder of a bender train run" in (
+        capsys.readouterr().err
+    )
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit) as exit_info:
+        _resume(tmp_path / "empty", data_root)
+    assert exit_info.value.code == 2
+    assert "holds no metrics.json: it is not a bender train run" in capsys.readouterr().err
     code, out = _train(tmp_path, data_root, epochs=1)
     assert code == 0
     record = json.loads((out / "metrics.json").read_text())
@@ -478,7 +496,14 @@ def test_resume_refuses_a_folder_it_cannot_continue(tmp_path, data_root, capsys)
     with pytest.raises(SystemExit) as exit_info:
         _resume(out, data_root, "--epochs", "2")
     assert exit_info.value.code == 2
-    assert f"{out} cannot be resumed: no checkpoint at" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"{out} holds no checkpoint.pt: the run stopped before its first epoch was saved" in err
+    assert "train(" not in err  # says what to type, not what to call in Python
+    command = (
+        f"bender train fa-mlp --dataset mnist --epochs 1 --seed 0 --batch-size 64 --optimizer "
+        f"adam --lr 0.0003 --limit 1500 --out {out} --overwrite"
+    )
+    assert f"Start it again with: {command}" in err
 
 
 def test_a_stop_before_any_saved_epoch_does_not_suggest_resuming(
@@ -527,17 +552,20 @@ def test_a_second_process_writing_into_the_run_folder_is_refused(tmp_path, data_
     code, out = _train(tmp_path, data_root, epochs=1)
     assert code == 0
     before = (out / "model.pt").read_bytes()
-    (out / cli.LOCK).write_text(f"{socket.gethostname()} {os.getpid()}")  # a live process
-    for run in (
-        lambda: _resume(out, data_root, "--epochs", "2"),
-        lambda: _train(tmp_path, data_root, "--overwrite", epochs=1),
-    ):
-        with pytest.raises(SystemExit) as exit_info:
-            run()
-        assert exit_info.value.code == 2
-        assert f"another bender process (pid {os.getpid()} on " in capsys.readouterr().err
-        assert (out / "model.pt").read_bytes() == before  # nothing replaced, nothing removed
-    assert (out / cli.LOCK).exists()  # still the other process's
+    with run_folder.locked(out):  # held as another process holds it: an flock on the file
+        for run in (
+            lambda: _resume(out, data_root, "--epochs", "2"),
+            lambda: _train(tmp_path, data_root, "--overwrite", epochs=1),
+        ):
+            with pytest.raises(SystemExit) as exit_info:
+                run()
+            assert exit_info.value.code == 2
+            err = capsys.readouterr().err
+            assert f"another bender process (pid {os.getpid()} on " in err
+            assert f"is writing to {out}; wait for it to end" in err
+            assert (out / "model.pt").read_bytes() == before  # nothing replaced or removed
+        assert (out / cli.LOCK).exists()  # still the holder's
+    assert not (out / cli.LOCK).exists()
 
 
 def test_the_lock_of_a_process_that_ended_is_taken_over(tmp_path, data_root):
@@ -552,13 +580,13 @@ def test_the_lock_of_a_process_that_ended_is_taken_over(tmp_path, data_root):
 
 def test_who_holds_a_lock(tmp_path):
     lock = tmp_path / cli.LOCK
-    assert cli._lock_holder(lock) is None  # gone: free
+    assert cli.lock_holder(lock) is None  # gone: free
     lock.write_text("")  # created, not yet written: held, by whom is unknown
-    assert cli._lock_holder(lock) == f"unknown, named in {lock}"
+    assert cli.lock_holder(lock) == f"unknown, named in {lock}"
     lock.write_text(f"{socket.gethostname()} {os.getpid()}")
-    assert cli._lock_holder(lock) == f"pid {os.getpid()} on {socket.gethostname()}"
+    assert cli.lock_holder(lock) == f"pid {os.getpid()} on {socket.gethostname()}"
     lock.write_text("another-host 1")  # cannot be checked from here: held
-    assert cli._lock_holder(lock) == "pid 1 on another-host"
+    assert cli.lock_holder(lock) == "pid 1 on another-host"
 
 
 def test_a_recipes_optimizer_settings_are_used_replaced_by_flags_and_kept_on_resume(
@@ -635,3 +663,200 @@ def test_resume_of_a_run_recorded_before_the_optimizer_flags_uses_adam(tmp_path,
     torch.save(state, out / "checkpoint.pt")
     assert _resume(out, data_root, "--epochs", "2") == 0
     _same_results(out, longer)
+
+
+# Hardening: races, failed writes, hand-edited records, damaged data -----------------------------
+
+
+class _Paused:
+    """Runs ``cli.main(argv)`` in a thread that stops, when it reaches ``where`` (a function of
+    the cli module, ``load`` or ``train``), until :meth:`go`: a second command can then run at
+    exactly that moment. Both threads are one process, and the folder lock (an flock per open
+    file) holds between them as between two processes."""
+
+    def __init__(self, monkeypatch, where: str, argv: list[str]) -> None:
+        self.reached, self.released = threading.Event(), threading.Event()
+        self.code, self.error = None, None
+        target = cli.data if where == "load" else cli
+        real = getattr(target, where)
+
+        def paused(*args, **kwargs):
+            if threading.current_thread() is self.thread:
+                self.reached.set()
+                assert self.released.wait(60)
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(target, where, paused)
+        self.thread = threading.Thread(target=self._run, args=(argv,))
+        self.thread.start()
+        assert self.reached.wait(60), "the paused command never got there"
+
+    def _run(self, argv: list[str]) -> None:
+        try:
+            self.code = cli.main(argv)
+        except SystemExit as err:
+            self.code = err.code
+        except BaseException as err:
+            self.error = err
+
+    def go(self) -> int:
+        self.released.set()
+        self.thread.join(120)
+        if self.error is not None:
+            raise self.error
+        return self.code
+
+
+def _argv(data_root, out=None, epochs=1, *extra, recipe="fa-mlp"):
+    argv = ["train", recipe, "--epochs", str(epochs), "--limit", "1500", "--no-progress"]
+    argv += ["--data-dir", str(data_root), *extra]
+    return argv + (["--out", str(out)] if out is not None else [])
+
+
+def test_a_resume_reads_the_run_under_the_lock_so_a_longer_run_cannot_slip_in(
+    tmp_path, data_root, monkeypatch, capsys
+):
+    code, out = _train(tmp_path, data_root, epochs=2)
+    assert code == 0
+    resume = ["resume", str(out), "--data-dir", str(data_root), "--no-progress"]
+    first = _Paused(monkeypatch, "load", [*resume, "--epochs", "3"])  # checkpoint read, paused
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([*resume, "--epochs", "4"])  # would have trained to 4, then been rewound to 3
+    assert exit_info.value.code == 2
+    assert f"is writing to {out}; wait for it to end" in capsys.readouterr().err
+    assert first.go() == 0
+    assert pd.read_csv(out / "metrics.csv")["epoch"].tolist() == [1, 2, 3]
+
+
+def test_two_trains_into_one_out_never_delete_each_others_results(
+    tmp_path, data_root, monkeypatch, capsys
+):
+    out = tmp_path / "run"
+    first = _Paused(monkeypatch, "load", _argv(data_root, out))  # paused loading its data
+    assert cli.main(_argv(data_root, out, 1, "--lr", "1e-3")) == 0  # the second finishes
+    finished = (out / "model.pt").read_bytes()
+    assert first.go() == 2  # finds the results under the lock, and keeps them
+    assert "already holds an earlier run's results" in capsys.readouterr().err
+    assert (out / "model.pt").read_bytes() == finished
+    assert json.loads((out / "metrics.json").read_text())["lr"] == 1e-3
+
+
+def test_two_default_runs_started_together_get_two_folders(
+    tmp_path, data_root, monkeypatch, capsys
+):
+    monkeypatch.chdir(tmp_path)
+    first = _Paused(monkeypatch, "train", _argv(data_root))  # holds runs/...seed0, training
+    assert cli.main(_argv(data_root)) == 0
+    second = Path("runs") / "fa-mlp-mnist-seed0-2"
+    assert f"writing to {second}" in capsys.readouterr().out
+    assert first.go() == 0
+    assert (tmp_path / "runs" / "fa-mlp-mnist-seed0" / "metrics.csv").read_bytes() == (
+        tmp_path / second / "metrics.csv"
+    ).read_bytes()
+
+
+def test_a_kill_while_drawing_the_curves_is_repaired_by_resume(tmp_path, data_root, capsys):
+    code, out = _train(tmp_path, data_root, epochs=2)
+    assert code == 0
+    csv = (out / "metrics.csv").read_bytes()
+    (out / "curves.png").unlink()  # killed while curves.png was written: it never appeared
+    (out / "metrics.csv").unlink()
+    (out / "curves.partial.png").write_bytes(b"half")
+    assert _resume(out, data_root) == 0
+    said = capsys.readouterr().out
+    assert "finished run of 2 epoch(s); rewrote metrics.csv, drew curves.png" in said
+    assert (out / "metrics.csv").read_bytes() == csv
+    assert (out / "curves.png").exists() and not (out / "curves.partial.png").exists()
+
+
+def test_torch_reporting_a_full_disk_as_runtimeerror_keeps_the_run_resumable(
+    tmp_path, data_root, monkeypatch, capsys
+):
+    real_save = torch.save
+
+    def disk_full_in_epoch_two(obj, path):
+        if (Path(path).parent / "checkpoint.pt").exists():
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 6 vs 0")
+        real_save(obj, path)
+
+    monkeypatch.setattr(torch, "save", disk_full_in_epoch_two)
+    code, out = _train(tmp_path, data_root, epochs=3)
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "writing the results of epoch 2 failed: cannot write" in err
+    assert "unexpected pos" in err and "Traceback" not in err
+    assert checkpoint.load(out / "checkpoint.pt")["epoch"] == 1  # epoch 1's files, whole
+    monkeypatch.undo()
+    assert _resume(out, data_root) == 0
+    code, whole = _train(tmp_path, data_root, epochs=3, folder="whole")
+    _same_results(out, whole)
+
+
+def test_a_read_only_output_folder_is_one_message(tmp_path, data_root, monkeypatch, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+
+    def read_only(path, *args, **kwargs):
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(run_folder.os, "open", read_only)
+    code, _ = _train(tmp_path, data_root, epochs=1)
+    assert code == 1
+    err = capsys.readouterr().err
+    assert f"bender: error: cannot write in {out}: Read-only file system" in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "wanted"),
+    [
+        ("batch_size", "64", "a positive int"),
+        ("lr", "0.1", "a positive finite number"),
+        ("clip_weights", "1", "null or a positive finite number"),
+        ("limit", "all", "null or a positive int"),
+        ("seed", 10**30, f"an int from 0 to {2**64 - 1}"),
+        ("resumed", "notalist", "a list of objects"),
+    ],
+)
+def test_a_hand_edited_record_is_refused_naming_the_field(
+    tmp_path, data_root, capsys, field, value, wanted
+):
+    _, out = _train(tmp_path, data_root, epochs=1)
+    record = json.loads((out / "metrics.json").read_text())
+    (out / "metrics.json").write_text(json.dumps(record | {field: value}))
+    with pytest.raises(SystemExit) as exit_info:
+        _resume(out, data_root, "--epochs", "2")
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"metrics.json: field {field!r} must be {wanted}, got {value!r}" in err
+
+
+def test_a_hand_edited_checkpoint_is_refused_naming_the_field(tmp_path, data_root, capsys):
+    _, out = _train(tmp_path, data_root, epochs=1)
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    torch.save(state | {"epoch": "2"}, out / "checkpoint.pt")
+    with pytest.raises(SystemExit) as exit_info:
+        _resume(out, data_root, "--epochs", "2")
+    assert exit_info.value.code == 2
+    assert "'epoch' must be an int ≥ 0, got '2'" in capsys.readouterr().err
+
+
+def test_threads_are_applied_and_recorded(tmp_path, data_root):
+    before = torch.get_num_threads()
+    try:
+        code, out = _train(tmp_path, data_root, "--threads", "1", epochs=1)
+        assert code == 0 and torch.get_num_threads() == 1
+        assert json.loads((out / "metrics.json").read_text())["threads"] == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_a_damaged_data_file_is_one_message_naming_it(tmp_path, capsys):
+    raw = write_mnist(tmp_path / "data", gz=True)
+    path = raw / "t10k-labels-idx1-ubyte.gz"
+    path.write_bytes(path.read_bytes()[:20])
+    argv = ["train", "fa-mlp", "--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "o")]
+    assert cli.main([*argv, "--batch-size", "4"]) == 1
+    err = capsys.readouterr().err
+    assert f"bender: error: {path}: the gzip stream ends early" in err
+    assert "Traceback" not in err and not (tmp_path / "o").exists()

@@ -461,3 +461,36 @@ def test_direct_feedback_loss_adds_the_projection_to_what_a_layer_passes_down(dt
     y = outputs[1].detach()
     e = (torch.softmax(y, -1) - F.one_hot(target, 3).to(dtype)) / len(x)
     close(outputs[0].grad, e @ net[1].weight.detach() + e @ feedback[0].T)
+
+
+def test_a_block_that_returns_a_tuple_is_named():
+    class WithAux(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = nn.Linear(4, 3)
+
+        def forward(self, x):
+            return self.linear(x), x
+
+    with pytest.raises(TypeError, match=r"block 0 \(WithAux\) returned tuple"):
+        DFA(nn.Sequential(WithAux(), nn.Linear(3, 2)), 2, input_shape=(4,))
+
+
+@pytest.mark.parametrize(
+    ("feedback", "error", "says"),
+    [
+        (
+            torch.randn(3, 2),
+            TypeError,
+            r"a list of matrices B_i, one per hidden output, got one tensor of shape \(3, 2\)",
+        ),
+        ([torch.empty(3, 2, device="meta")], ValueError, "matrix 0 is on the meta device"),
+        ([torch.full((3, 2), float("nan"))], ValueError, "matrix 0 holds NaN or infinite"),
+        ([[1.0, 2.0]], TypeError, "feedback matrix 0 must be a tensor, got list"),
+    ],
+    ids=["stacked", "meta", "nan", "list"],
+)
+def test_feedback_that_is_not_a_list_of_finite_matrices_is_refused(feedback, error, says):
+    net = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+    with pytest.raises(error, match=says):
+        DFA(net, 2, feedback=feedback)

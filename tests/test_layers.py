@@ -40,6 +40,11 @@ def test_gendense_feedback_tensor_and_shape_check():
     for shape in ((), (3, 0), (3, 2.0), (True, 2)):
         with pytest.raises(ValueError, match="feedback shape must be a tuple of positive ints"):
             GenDense(3, 4, feedback=shape)
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="feedback matrix given holds NaN or infinite"):
+            GenDense(3, 4, forward="linear_asym_dx", feedback=torch.full((4, 3), bad))
+    with pytest.raises(ValueError, match="feedback matrix given holds NaN or infinite"):
+        GenConv(3, 1, 2, forward="conv_linear_asym_dx", feedback=torch.full((2, 1, 3, 3), bad))
 
 
 def test_feedback_of_another_shape_for_your_own_mapping():

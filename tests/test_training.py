@@ -185,13 +185,20 @@ def test_bad_arguments(small_mnist):
         train(model, small_mnist, lr=-1.0)
     with pytest.raises(ValueError, match="lr must be positive and finite, got inf"):
         train(model, small_mnist, lr=float("inf"))
-    seed_range = rf"seed must be an int from {-(2**63)} to {2**64 - 1}, got"
+    seed_range = rf"seed must be an int from 0 to {2**64 - 1}, got"
     with pytest.raises(ValueError, match=rf"{seed_range} {10**20}"):
         train(model, small_mnist, seed=10**20)
     with pytest.raises(ValueError, match=rf"{seed_range} 1\.5"):
         train(model, small_mnist, seed=1.5)
     with pytest.raises(ValueError, match=rf"{seed_range} True"):
         train(model, small_mnist, seed=True)
+    with pytest.raises(ValueError, match=rf"{seed_range} -1"):  # torch would wrap it to 2**64 − 1
+        train(model, small_mnist, seed=-1)
+    assert check_seed(2**64 - 1) == 2**64 - 1
+    with pytest.raises(TypeError, match=r"lr must be a number, got str: '0\.1'"):
+        train(model, small_mnist, lr="0.1")
+    with pytest.raises(ValueError, match=r"momentum must be a number in \[0, 1\), got 5"):
+        train(model, small_mnist, optimizer="sgd", optimizer_options={"momentum": 5})
     assert check_seed(np.int64(3)) == 3 and type(check_seed(np.int64(3))) is int
     with pytest.raises(
         ValueError, match="unknown optimizer 'adamm'; choose one of adam, adamw, sgd"

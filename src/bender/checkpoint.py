@@ -10,7 +10,9 @@ that never stopped, to the last digit.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import pickle
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,19 +27,45 @@ FORMAT = 1  # raise when the layout of the file changes
 KEYS = ("format", "epoch", "rows", "settings", "model", "optimizer", "scheduler", "batches", "rng")
 
 
-def write_atomically(path: str | os.PathLike, write: Callable[[Path], object]) -> None:
-    """``write`` a temporary sibling of ``path``, then rename it over ``path``.
+class WriteFailed(OSError):
+    """A result file could not be written (a full disk, a read-only folder, ...); the file it
+    was to replace is left as it was."""
 
-    The rename is atomic, so a write cut short (Ctrl-C, a full disk) leaves the previous
-    file whole instead of a truncated one.
+
+def _fsync(path: Path) -> None:
+    """Flush ``path`` (a file or a folder) to the disk; folders only where the system lets
+    them be opened (not on Windows)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except (IsADirectoryError, PermissionError):
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomically(path: str | os.PathLike, write: Callable[[Path], object]) -> None:
+    """``write`` a temporary sibling of ``path``, flush it to the disk, rename it over ``path``.
+
+    The rename is atomic and comes after the ``fsync``, and the folder is synced after it, so
+    neither a write cut short (Ctrl-C, ``kill -9``, a full disk) nor a power loss leaves a
+    truncated or empty ``path``: it is the previous file or the new one, whole. Any failure of
+    the write (``torch.save`` reports a full disk as a ``RuntimeError``) is raised as
+    :class:`WriteFailed`, an ``OSError`` naming ``path``; the temporary file is removed.
     """
     path = Path(path)
     partial = path.with_name(f"{path.stem}.partial{path.suffix}")  # keeps the format suffix
     try:
         write(partial)
+        _fsync(partial)
         os.replace(partial, path)
+        _fsync(path.parent)
+    except (OSError, RuntimeError) as err:
+        raise WriteFailed(f"cannot write {path}: {err}") from err
     finally:
-        partial.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # a read-only disk: there is nothing to remove
+            partial.unlink(missing_ok=True)
 
 
 def random_states(model: nn.Module, device: torch.device) -> dict[str, Any]:
@@ -105,16 +133,51 @@ def load(path: str | os.PathLike) -> dict[str, Any]:
         )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise ValueError(f"{path} is not a readable bender checkpoint: {err}") from err
+    except pickle.UnpicklingError:  # torch's refusal of anything but tensors and plain data
+        raise ValueError(
+            f"{path} is not a bender checkpoint: it holds Python objects other than tensors, "
+            "numbers and strings, and bender loads no such file"
+        ) from None
+    except Exception as err:  # a damaged file: a zip that does not open, a record cut short
+        reason = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+        if "weights_only" in reason:  # never pass on a hint to load unsafely
+            reason = "torch refused to load it"
+        raise ValueError(
+            f"{path} is not a readable bender checkpoint: it is damaged or of another kind "
+            f"({reason})"
+        ) from None
     missing = [k for k in KEYS if k not in state] if isinstance(state, dict) else list(KEYS)
     if missing or state["format"] != FORMAT:
-        found = f"format {state['format']}" if not missing else f"no {', '.join(missing)}"
+        found = f"format {state['format']!r}" if not missing else f"no {', '.join(missing)}"
         raise ValueError(
             f"{path} is not a bender training checkpoint of format {FORMAT} ({found}); "
             "it is written by train(..., checkpoint=path)"
         )
+    for key, ok, wanted in _FIELDS:
+        if not ok(state[key]):
+            raise ValueError(f"{path}: {key!r} must be {wanted}, got {state[key]!r:.80}")
+    if len(state["rows"]) != state["epoch"]:
+        raise ValueError(
+            f"{path}: 'rows' must hold one row per epoch, {state['epoch']}, got "
+            f"{len(state['rows'])}"
+        )
     return state
+
+
+def _count(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+# key, check, what it must be: the fields read before the states are handed to torch
+_FIELDS = (
+    ("epoch", _count, "an int ≥ 0"),
+    ("rows", lambda v: isinstance(v, list) and all(isinstance(r, dict) for r in v), "a list"),
+    ("settings", lambda v: isinstance(v, dict), "a dict"),
+    ("model", lambda v: isinstance(v, dict), "a state dict"),
+    ("optimizer", lambda v: isinstance(v, dict), "a state dict"),
+    ("batches", lambda v: isinstance(v, dict) and {"generator", "order"} <= v.keys(), "a dict"),
+    ("rng", lambda v: isinstance(v, dict) and {"cpu", "layers"} <= v.keys(), "a dict"),
+)
 
 
 # settings recorded since a later version: what a checkpoint written before them was run with

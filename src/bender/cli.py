@@ -5,42 +5,42 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import math
-import os
 import platform
-import socket
+import shlex
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pandas as pd
 import torch
 
-from bender import __version__, checkpoint, data, recipes
+from bender import __version__, checkpoint, data, recipes, run_folder
 from bender.alignment import AlignmentRecorder, bent_layers
 from bender.checkpoint import write_atomically
 from bender.constraints import ClipBinaryWeights, binary_layers
+from bender.run_folder import (
+    LOCK,
+    FolderBusy,
+    FolderTaken,
+    FolderUnusable,
+    RecordError,
+    lock_holder,
+    results_in,
+    write_curves,
+    write_table,
+)
 from bender.summary import summary
 from bender.training import COLUMNS, OPTIMIZERS, check_seed, resolve_device, train
 
-TABLE_COLUMNS = [c for c in COLUMNS if c != "seconds"]  # seed-determined: reproducible
-RESULT_FILES = (
-    "metrics.csv",
-    "metrics.json",
-    "curves.png",
-    "model.pt",
-    "checkpoint.pt",
-    "alignment.csv",
-)
+__all__ = ["LOCK", "lock_holder", "main"]
+
 PROBE = 1000  # test examples on which --alignment compares the gradients
 # where the optimizer flags' defaults come from, for their help (the settings live in recipes)
 RECIPE_DEFAULTS = (
     f"the tutorials' {recipes.TUTORIAL_TRAINING['optimizer']} at lr "
     f"{recipes.TUTORIAL_TRAINING['lr']} without options, unless `bender recipes` says"
 )
-LOCK = ".bender.lock"  # in a run's folder while a bender process writes there
 
 
 def _positive(kind: type, zero: bool = False):
@@ -57,6 +57,29 @@ def _positive(kind: type, zero: bool = False):
         return value
 
     return parse
+
+
+def _momentum(text: str) -> float:
+    """An argparse type: SGD's momentum, a number in [0, 1)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
+    return value
+
+
+def _threads(text: str) -> int:
+    """An argparse type: a thread count from 1 up."""
+    return _positive(int)(text)
+
+
+def _out(text: str) -> Path:
+    """An argparse type: a folder path, not empty (``--out ""`` would be the current folder)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a folder, got an empty path")
+    return Path(text)
 
 
 def _seed(text: str) -> int:
@@ -114,8 +137,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     t.add_argument(
         "--momentum",
-        type=_positive(float, zero=True),
-        help=f"SGD's momentum (default: the recipe's, else none; {RECIPE_DEFAULTS})",
+        type=_momentum,
+        help=f"SGD's momentum, in [0, 1) (default: the recipe's, else none; {RECIPE_DEFAULTS})",
     )
     t.add_argument(
         "--weight-decay",
@@ -142,7 +165,7 @@ def _parser() -> argparse.ArgumentParser:
     _where_options(t)
     t.add_argument(
         "--out",
-        type=Path,
+        type=_out,
         help="output folder (default: runs/RECIPE-DATASET-seedN, or the first free "
         "runs/RECIPE-DATASET-seedN-K when that one holds an earlier run's results)",
     )
@@ -182,61 +205,22 @@ def _where_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--data-dir", help="data root (default: $BENDER_DATA, else ~/.cache/bender)")
     p.add_argument("--no-progress", action="store_true", help="hide the per-epoch progress bar")
+    p.add_argument(
+        "--threads",
+        type=_threads,
+        help="CPU threads for torch (default: torch's, one per core); on a busy or shared "
+        "machine 1 can be several times faster. Recorded in metrics.json: CPU sums, and so the "
+        "last digits of the table, depend on it",
+    )
 
 
-def _results_in(folder: Path) -> list[str]:
-    return [name for name in RESULT_FILES if (folder / name).exists()]
-
-
-def _output_folder(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Path:
-    """``--out``, refused if it holds earlier results (unless ``--overwrite``); else a free default.
-
-    Checked before any data is loaded, so a refused run costs nothing and loses nothing.
-    """
+def _claim(args: argparse.Namespace) -> AbstractContextManager[Path]:
+    """The run's folder, locked and free of earlier results: ``--out`` (its results removed only
+    with ``--overwrite``), else the first free ``runs/RECIPE-DATASET-seedN[-K]``."""
     if args.out is not None:
-        taken = next((p for p in (args.out, *args.out.parents) if p.exists()), None)
-        if taken is not None and not taken.is_dir():
-            parser.error(f"--out {args.out}: {taken} is a file, not a folder")
-        found = _results_in(args.out)
-        if found and not args.overwrite:
-            parser.error(
-                f"{args.out} already holds an earlier run's results ({', '.join(found)}); "
-                "pass another --out, or --overwrite to replace them"
-            )
-        return args.out
+        return run_folder.claim(args.out, overwrite=args.overwrite)
     base = Path("runs") / f"{args.recipe}-{args.dataset}-seed{args.seed}"
-    folder, k = base, 1
-    while _results_in(folder):
-        k += 1
-        folder = base.with_name(f"{base.name}-{k}")
-    return folder
-
-
-def _write_table(out: Path, table: pd.DataFrame, record: dict) -> None:
-    """metrics.csv holds the numbers that depend only on the seed; metrics.json adds timings."""
-    write_atomically(out / "metrics.csv", lambda p: table[TABLE_COLUMNS].to_csv(p, index=False))
-    record["epochs"] = table.to_dict(orient="records")
-    write_atomically(out / "metrics.json", lambda p: p.write_text(json.dumps(record, indent=2)))
-
-
-def plot_curves(table: pd.DataFrame, path: Path, title: str) -> None:
-    """Loss and accuracy per epoch, train vs test, side by side."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
-    for ax, metric in zip(axes, ("loss", "acc"), strict=True):
-        for split in ("train", "test"):
-            ax.plot(table["epoch"], table[f"{metric}_{split}"], marker="o", label=split)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("accuracy" if metric == "acc" else "cross-entropy loss")
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.suptitle(title)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    return run_folder.claim_first_free(base)
 
 
 def _describe_optimizer(settings: dict) -> str:
@@ -315,29 +299,106 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             f"--clip-weights clamps the latent weights of binary layers, but {args.recipe} has "
             "none; use a binary recipe such as binary-mlp"
         )
-    return _run(args, parser, model, _output_folder(args, parser))
+    if args.out is not None:
+        try:
+            run_folder.check_can_be_folder(args.out)
+        except FolderUnusable as err:
+            parser.error(f"--out: {err}")
+    loaded = _load(args, parser)
+    if isinstance(loaded, int):
+        return loaded
+    try:  # the folder is decided, locked and checked in one step: see run_folder.claim
+        with _claim(args) as out:
+            return _fit(args, model, *loaded, out, None)
+    except (FolderBusy, FolderTaken) as err:
+        parser.error(str(err))
+    except FolderUnusable as err:
+        print(f"bender: error: {err}", file=sys.stderr)
+        return 1
 
 
-RECORDED = ("recipe", "dataset", "epochs_requested", "lr", "batch_size", "seed", "reshuffle")
+def _load(args: argparse.Namespace, parser: argparse.ArgumentParser):
+    """The dataset and the device the run asks for, with ``--threads`` applied; or the exit
+    code 1 after a message, when either cannot be had."""
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    try:
+        device = resolve_device(args.device)
+        dataset = data.load(args.dataset, args.data_dir)
+    except (OSError, RuntimeError, ValueError) as err:
+        print(f"bender: error: {err}", file=sys.stderr)
+        return 1
+    if args.limit:
+        dataset = dataset.subset(args.limit, args.limit)
+    if len(dataset.train) < args.batch_size:  # no complete batch: an epoch would do nothing
+        limited = f" with --limit {args.limit}" if args.limit else ""
+        parser.error(
+            f"--batch-size {args.batch_size} is larger than the training set "
+            f"({len(dataset.train)} examples{limited}); the last partial batch is dropped, "
+            "so an epoch would have no batch"
+        )
+    return dataset, device
 
 
 def _resume(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    """``bender resume``: the run in ``args.folder``, continued from its last checkpoint."""
-    folder = args.folder
+    """``bender resume``: the run in ``args.folder``, continued from its last checkpoint.
+
+    The folder's lock is taken first; the record and the checkpoint are read under it, so no
+    other process can change them between the reading and the writing.
+    """
+    if not args.folder.is_dir():
+        parser.error(f"{args.folder} is not a folder; name the folder of a bender train run")
     try:
-        record = json.loads((folder / "metrics.json").read_text())
-    except (OSError, ValueError) as err:
-        parser.error(f"{folder} holds no readable metrics.json of a bender train run ({err})")
-    missing = [key for key in RECORDED if key not in record]
-    if missing:
-        parser.error(f"{folder / 'metrics.json'} does not say the run's {', '.join(missing)}")
+        with run_folder.locked(args.folder, create=False):
+            return _resume_locked(args, parser)
+    except FolderBusy as err:
+        parser.error(str(err))
+    except FolderUnusable as err:
+        print(f"bender: error: {err}", file=sys.stderr)
+        return 1
+
+
+def _train_command(record: dict, folder: Path) -> str:
+    """The ``bender train`` command that starts the run of ``record`` again in ``folder``."""
+    words = ["bender", "train", record["recipe"], "--dataset", record["dataset"]]
+    words += ["--epochs", record["epochs_requested"], "--seed", record["seed"]]
+    words += ["--batch-size", record["batch_size"]]
+    words += ["--optimizer", record.get("optimizer", recipes.TUTORIAL_TRAINING["optimizer"])]
+    words += ["--lr", record["lr"]]
+    for key, value in record.get("optimizer_options", {}).items():
+        words += [f"--{key.replace('_', '-')}", value]
+    words += [] if record["reshuffle"] else ["--shuffle-once"]
+    for key in ("limit", "clip_weights"):
+        if record.get(key) is not None:
+            words += [f"--{key.replace('_', '-')}", record[key]]
+    words += ["--alignment"] if "alignment_probe" in record else []
+    words += ["--out", folder, "--overwrite"]
+    return " ".join(shlex.quote(str(word)) for word in words)
+
+
+def _resume_locked(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """``bender resume``'s work, with the folder's lock held."""
+    folder = args.folder
+    run_folder.remove_partials(folder)  # left by a write that a kill cut short
+    try:
+        record = run_folder.read_record(folder)
+    except RecordError as err:
+        parser.error(str(err))
     _known_recipe(record["recipe"], parser, where=f"{folder / 'metrics.json'}: ")
+    if not (folder / "checkpoint.pt").exists():
+        parser.error(
+            f"{folder} holds no checkpoint.pt: the run stopped before its first epoch was "
+            "saved, so there is nothing to resume. Start it again with: "
+            f"{_train_command(record, folder)}"
+        )
     try:
         state = checkpoint.load(folder / "checkpoint.pt")
     except (FileNotFoundError, ValueError) as err:
         parser.error(f"{folder} cannot be resumed: {err}")
     epochs = args.epochs or record["epochs_requested"]
-    if epochs <= state["epoch"]:
+    if epochs == state["epoch"]:  # a finished run: rewrite what a kill may have left missing
+        return _repair(folder, record, state["epoch"])
+    if epochs < state["epoch"]:
         parser.error(
             f"{folder} holds {state['epoch']} trained epoch(s) and the run asks for {epochs}; "
             f"pass --epochs N with N > {state['epoch']} to train on"
@@ -358,7 +419,28 @@ def _resume(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         }
     )
     model = recipes.build(run.recipe, run.seed)
-    return _run(run, parser, model, folder, resumed=(record, state))
+    loaded = _load(run, parser)
+    if isinstance(loaded, int):
+        return loaded
+    return _fit(run, model, *loaded, folder, (record, state))
+
+
+def _repair(folder: Path, record: dict, epochs: int) -> int:
+    """A finished run's derived files rewritten where missing; the exit code."""
+    try:
+        done = run_folder.repair(folder, record, epochs)
+    except RecordError as err:
+        print(f"bender: error: {err}", file=sys.stderr)
+        return 1
+    except OSError as err:
+        print(f"bender: error: {folder} could not be repaired: {err}", file=sys.stderr)
+        return 1
+    repaired = f"; {', '.join(done)}" if done else "; all its files are there"
+    print(
+        f"{folder} holds a finished run of {epochs} epoch(s){repaired}. Pass --epochs N with "
+        f"N > {epochs} to train on."
+    )
+    return 0
 
 
 def _resumed_record(record: dict, state: dict, args: argparse.Namespace, device) -> dict:
@@ -410,85 +492,6 @@ def _resumable_hint(out: Path, data_dir: str | None) -> str:
     return f"; `bender resume {out}{where}` continues from the last epoch saved"
 
 
-def _lock_holder(lock: Path) -> str | None:
-    """Who holds ``lock`` (``"host pid"``), or ``None`` if that process has ended."""
-    try:
-        host, pid = lock.read_text().split()
-        pid = int(pid)
-    except FileNotFoundError:  # its process ended just now
-        return None
-    except (OSError, ValueError):  # being written right now, or damaged: leave it alone
-        return f"unknown, named in {lock}"
-    if host == socket.gethostname() and os.name == "posix":
-        try:
-            os.kill(pid, 0)  # signal 0: is it alive? (nothing is sent)
-        except ProcessLookupError:
-            return None
-        except PermissionError:  # alive, another user's
-            pass
-    return f"pid {pid} on {host}"
-
-
-@contextmanager
-def _lock(out: Path, parser: argparse.ArgumentParser) -> Iterator[None]:
-    """Hold ``out``'s lock file while this process writes there. A second bender process that
-    would write into the same folder at the same time (``bender resume`` while the run goes on,
-    two runs with one ``--out``) is refused; the lock of a process that has ended is taken over.
-    """
-    lock = out / LOCK
-    while True:
-        try:
-            with open(lock, "x") as held:  # "x": created here, or FileExistsError
-                held.write(f"{socket.gethostname()} {os.getpid()}")
-            break
-        except FileExistsError:
-            holder = _lock_holder(lock)
-            if holder is not None:
-                parser.error(
-                    f"another bender process ({holder}) is writing to {out}; wait for it to "
-                    f"end, or delete {lock} if no such process runs"
-                )
-            lock.unlink(missing_ok=True)  # left by a process that ended: take it over
-    try:
-        yield
-    finally:
-        lock.unlink(missing_ok=True)
-
-
-def _run(
-    args: argparse.Namespace,
-    parser: argparse.ArgumentParser,
-    model: torch.nn.Module,
-    out: Path,
-    resumed: tuple[dict, dict] | None = None,
-) -> int:
-    """Train ``model`` as ``args`` say, writing the results to ``out`` after every epoch;
-    ``resumed``: the run's earlier record and its checkpoint, to continue from."""
-    try:
-        device = resolve_device(args.device)
-        dataset = data.load(args.dataset, args.data_dir)
-    except (FileNotFoundError, RuntimeError, ValueError) as err:
-        print(f"bender: error: {err}", file=sys.stderr)
-        return 1
-    if args.limit:
-        dataset = dataset.subset(args.limit, args.limit)
-    if len(dataset.train) < args.batch_size:  # no complete batch: an epoch would do nothing
-        limited = f" with --limit {args.limit}" if args.limit else ""
-        parser.error(
-            f"--batch-size {args.batch_size} is larger than the training set "
-            f"({len(dataset.train)} examples{limited}); the last partial batch is dropped, "
-            "so an epoch would have no batch"
-        )
-    if resumed is None:
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            print(f"bender: error: cannot create the output folder {out}: {err}", file=sys.stderr)
-            return 1
-    with _lock(out, parser):
-        return _fit(args, model, dataset, device, out, resumed)
-
-
 def _fit(
     args: argparse.Namespace,
     model: torch.nn.Module,
@@ -504,8 +507,6 @@ def _fit(
         after_step.append(ClipBinaryWeights(args.clip_weights))
     steps = "".join(f", then {fn!r}" for fn in after_step)  # for the first line printed
     if resumed is None:
-        for name in _results_in(out):  # only with --overwrite: no stale file outlives this run
-            (out / name).unlink()
         record = {
             "recipe": args.recipe,
             "dataset": args.dataset,
@@ -553,7 +554,7 @@ def _fit(
         saving.append(row["epoch"])
         write_atomically(out / "model.pt", lambda p: torch.save(model.state_dict(), p))
         history.append(row)  # after the weights: the table never runs ahead of model.pt
-        _write_table(out, pd.DataFrame(history), record)
+        write_table(out, pd.DataFrame(history), record)
         if recorder is not None:
             recorder(row, model)
             angles = recorder.table()
@@ -601,24 +602,31 @@ def _fit(
         return 1
     if len(table):
         print(table.round(3).to_string(index=False))
-        title = f"{args.recipe} on {args.dataset}, seed {args.seed}"
-        write_atomically(out / "curves.png", lambda p: plot_curves(table, p, title))
     if recorder is not None:
         print("angles in degrees (weight_angle: W vs B; grad_angle: bent vs backprop ∂W):")
         print(recorder.table().round(1).to_string(index=False))
-    if "stopped" in table.attrs:
-        record["stopped"] = table.attrs["stopped"]
-        _write_table(out, table, record)
-        then = _resumable_hint(out, args.data_dir) if interrupted else ""
+    stopped = table.attrs.get("stopped")
+    try:
+        if stopped:
+            record["stopped"] = stopped
+            write_table(out, table, record)
+        if len(table):
+            write_curves(out, table, record)
+    except OSError as err:  # the epochs' own files were written: only these are missing
         print(
-            f"bender: error: {table.attrs['stopped']}; results so far are in {out}{then}",
+            f"bender: error: {err}. {out} keeps every epoch's results; `bender resume {out}` "
+            "rewrites what is missing once the disk can be written",
             file=sys.stderr,
         )
+        return 1
+    if stopped:
+        then = _resumable_hint(out, args.data_dir) if interrupted else ""
+        print(f"bender: error: {stopped}; results so far are in {out}{then}", file=sys.stderr)
         return 130 if interrupted else 1  # 130: the shell's code for a run stopped by Ctrl-C
     reference = recipes.get(args.recipe).reference
     if reference and args.dataset == "mnist":  # the tutorials' numbers are MNIST's
         print(f"for comparison, {reference}")
-    print(f"wrote {', '.join(_results_in(out))} to {out}")
+    print(f"wrote {', '.join(results_in(out))} to {out}")
     return 0
 
 

@@ -124,6 +124,8 @@ class DFA(nn.Module):
         self._draws_feedback = feedback is None
         if feedback is None:
             feedback = [torch.empty(d, classes) for d in self.sizes]
+        else:
+            check_feedback_values(feedback)
         check_feedback_shapes(feedback, hidden, output)
         stacked = torch.cat([b.detach() for b in feedback]) if hidden else torch.empty(0, classes)
         self.register_buffer("feedback", stacked.to(weight.device, weight.dtype))
@@ -206,6 +208,12 @@ class DFA(nn.Module):
         outputs = []
         for i, block in enumerate(self.blocks):
             x = block(x if i == 0 else x.detach())
+            if not isinstance(x, Tensor):
+                raise TypeError(
+                    f"DFA needs each block to return one tensor, the input of the next: block "
+                    f"{i} ({type(block).__name__}) returned {type(x).__name__}; wrap the module "
+                    "in one that returns the tensor to pass on (e.g. the first of a tuple)"
+                )
             outputs.append(x)
         return outputs
 
@@ -228,6 +236,29 @@ class DFA(nn.Module):
             f"DFA(feedback {self.feedback.shape[0]}×{self.num_outputs} = hidden outputs "
             f"{sizes}{signal}, model={inner})"
         )
+
+
+def check_feedback_values(feedback: object) -> None:
+    """Refuse ``feedback`` unless it is a list of finite tensors with values (not on the meta
+    device), naming the first that is not."""
+    if isinstance(feedback, Tensor):
+        raise TypeError(
+            "feedback must be a list of matrices B_i, one per hidden output, got one tensor of "
+            f"shape {tuple(feedback.shape)}; to give them stacked, pass "
+            "list(stacked.split(sizes)) with each hidden output's feature count"
+        )
+    if not isinstance(feedback, (list, tuple)):
+        raise TypeError(f"feedback must be a list of matrices, got {type(feedback).__name__}")
+    for i, b in enumerate(feedback):
+        if not isinstance(b, Tensor):
+            raise TypeError(f"feedback matrix {i} must be a tensor, got {type(b).__name__}")
+        if b.is_meta:
+            raise ValueError(
+                f"feedback matrix {i} is on the meta device, which holds no values; give "
+                "matrices with data, or none to have them drawn"
+            )
+        if not torch.isfinite(b).all():
+            raise ValueError(f"feedback matrix {i} holds NaN or infinite values")
 
 
 def _name(fn: Signal) -> str:

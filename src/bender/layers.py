@@ -140,6 +140,8 @@ class _GenLayer(nn.Module):
         if feedback is True:
             feedback = tuple(w.shape)
         if isinstance(feedback, Tensor):
+            if not feedback.is_meta and not torch.isfinite(feedback).all():
+                raise ValueError("the feedback matrix given holds NaN or infinite values")
             return feedback.detach().to(dtype=w.dtype, device=w.device)
         if not isinstance(feedback, (tuple, list)):
             raise TypeError(

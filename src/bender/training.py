@@ -24,7 +24,7 @@ from bender.checkpoint import capture, check_resumable, restore
 from bender.checkpoint import load as load_checkpoint
 from bender.checkpoint import save as save_checkpoint
 from bender.data import Batches, Dataset, Split
-from bender.functional._checks import check_positive_int
+from bender.functional._checks import check_positive_int, check_positive_number
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 Callback = Callable[[dict, nn.Module], bool | None]  # True: stop after this epoch
@@ -44,7 +44,9 @@ OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
 }
 
 
-SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.manual_seed and Generator.manual_seed accept
+# One canonical range: torch takes seeds from -2**63 up and wraps them modulo 2**64, so -1 and
+# 2**64 - 1 would seed the same run under two names; only the non-negative form is taken.
+SEED_RANGE = (0, 2**64 - 1)
 
 
 def check_seed(seed: int) -> int:
@@ -84,6 +86,13 @@ def check_optimizer_options(
         raise TypeError(f"optimizer_options must map option names to values, got {options!r}")
     if "lr" in options:
         raise ValueError("give the learning rate as lr=..., not in optimizer_options")
+    momentum = options.get("momentum", 0.0)
+    if (
+        isinstance(momentum, bool)
+        or not isinstance(momentum, (int, float))
+        or not (0 <= momentum < 1)
+    ):
+        raise ValueError(f"momentum must be a number in [0, 1), got {momentum!r}")
     make = _choose("optimizer", optimizer, OPTIMIZERS)
     if isinstance(make, type):  # a torch.optim class: name the options it does not take
         takes = [n for n in inspect.signature(make).parameters if n not in ("self", "params")]
@@ -262,8 +271,7 @@ def train(
     """
     check_positive_int("epochs", epochs)
     check_positive_int("batch_size", batch_size)
-    if not (lr > 0 and math.isfinite(lr)):
-        raise ValueError(f"lr must be positive and finite, got {lr!r}")
+    lr = check_positive_number("lr", lr)
     seed = check_seed(seed)
     if not isinstance(data, Dataset):
         raise TypeError(
