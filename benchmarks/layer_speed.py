@@ -11,7 +11,8 @@ forward and backward with an input gradient, against:
   route bender took before: torch 2.14 made it about 45 µs slower a call.
 
 A new torch release that changes what a custom backward costs shows up here first. Each
-contender runs ``--calls`` calls per round over ``--repeats`` interleaved rounds; ratios are
+dense contender runs ``--calls`` calls per round (a conv one a thirtieth of them) over
+``--repeats`` interleaved rounds; ratios are
 printed three ways as in ``epoch_time.py`` (the targets are read on the paired one).
 
 Usage: python benchmarks/layer_speed.py [--threads N] [--repeats N] [--calls N]
@@ -98,19 +99,19 @@ def main() -> None:
     dense_old, conv_old = c_apply(BentLinear), c_apply(BentConv)
     n = args.calls
 
-    header(f"layer_speed: forward + backward of one layer, {n} calls a round")
+    header(f"layer_speed: forward + backward of one layer, {n} (conv {n // 30}) calls a round")
     times = time_contenders(
         {
             "dense: F.linear": timed(lambda: F.linear(x, w, b), n),
             "dense: bender FA": timed(lambda: bent_linear(x, w, fb, b), n),
             "dense: hand-written FA": timed(lambda: HandWrittenFALinear.apply(x, w, fb, b), n),
             "dense: setup_context C apply": timed(lambda: dense_old(x, w, fb, b), n),
-            "conv: F.conv2d": timed(lambda: F.conv2d(img, k, kb, 1, 1), n // 10),
-            "conv: bender FA": timed(lambda: bent_conv(img, k, kfb, kb, 1, 1), n // 10),
+            "conv: F.conv2d": timed(lambda: F.conv2d(img, k, kb, 1, 1), n // 30),
+            "conv: bender FA": timed(lambda: bent_conv(img, k, kfb, kb, 1, 1), n // 30),
             "conv: hand-written FA": timed(
-                lambda: HandWrittenFAConv.apply(img, k, kfb, kb), n // 10
+                lambda: HandWrittenFAConv.apply(img, k, kfb, kb), n // 30
             ),
-            "conv: setup_context C apply": timed(lambda: conv_old(img, k, kfb, kb, *conf), n // 10),
+            "conv: setup_context C apply": timed(lambda: conv_old(img, k, kfb, kb, *conf), n // 30),
         },
         args.repeats,
     )

@@ -99,3 +99,38 @@ def test_a_forward_with_default_arguments_is_refused():
 
     with pytest.raises(TypeError, match=r"WithDefault\.forward has default arguments \(scale\)"):
         direct_apply(WithDefault)
+
+
+def test_an_eager_forward_spelled_out_is_the_twins_forward(dtype, batch):
+    class Spelled(torch.autograd.Function):
+        """Forward ``x²``; backward ``∂x = 2 x g``; ``eager_forward`` does both steps in one."""
+
+        generate_vmap_rule = True
+
+        @staticmethod
+        def forward(x):
+            return x * x
+
+        @staticmethod
+        def setup_context(ctx, inputs, output):
+            ctx.save_for_backward(inputs[0])
+
+        @staticmethod
+        def eager_forward(ctx, x):
+            ctx.save_for_backward(x)
+            return x * x
+
+        @staticmethod
+        def backward(ctx, g):
+            (x,) = ctx.saved_tensors
+            return 2 * x * g
+
+    twin = ctx_form(Spelled)
+    assert twin.forward is Spelled.eager_forward
+    apply = direct_apply(Spelled)
+    x = torch.randn(batch, 3, dtype=dtype, requires_grad=True)
+    g = torch.randn(batch, 3, dtype=dtype)
+    apply(x).backward(g)  # eager: the spelled-out forward
+    torch.testing.assert_close(x.grad, 2 * x.detach() * g)
+    per_sample = torch.func.vmap(torch.func.grad(lambda v: apply(v).sum()))(x.detach())
+    torch.testing.assert_close(per_sample, 2 * x.detach())  # torch.func: setup_context form

@@ -38,24 +38,35 @@ class BentLinear(torch.autograd.Function):
         ctx.save_for_backward(x, feedback)
 
     @staticmethod
+    def eager_forward(ctx, x: Tensor, weight: Tensor, feedback: Tensor, bias: Tensor | None):
+        """``forward`` and ``setup_context`` in one, for eager calls (see ``ctx_form``)."""
+        ctx.save_for_backward(x, feedback)
+        return F.linear(x, weight, bias)
+
+    @staticmethod
     def backward(ctx, grad: Tensor):
+        # Kept lean: this Python backward runs once per layer and step, and its overhead is
+        # what feedback alignment costs over backprop when layers are small.
+        x, feedback = ctx.saved_tensors
         need_x, need_w, _, need_b = ctx.needs_input_grad
-        grad_x, grad_w, grad_b = _grads(ctx, grad, need_x, need_w, need_b)
+        if grad.dim() == 2 and grad.dtype == x.dtype == feedback.dtype:
+            return (
+                grad.mm(feedback) if need_x else None,
+                grad.t().mm(x) if need_w else None,
+                None,
+                grad.sum(0) if need_b else None,
+            )
+        grad_x, grad_w, grad_b = _grads(grad, x, feedback, need_x, need_w, need_b)
         return grad_x, grad_w, None, grad_b
 
 
-def _grads(ctx, grad: Tensor, need_x: bool, need_w: bool, need_b: bool) -> tuple:
-    """``(δ · feedback, δᵀ x, Σ_n δ_n)``, each only where needed (else ``None``)."""
-    # Kept lean: this Python backward runs once per layer and step, and its overhead is
-    # what feedback alignment costs over backprop when layers are small.
-    x, feedback = ctx.saved_tensors
-    if not grad.dtype == x.dtype == feedback.dtype:  # a forward under autocast
-        x, feedback = in_grad_dtype(grad, x, feedback)
+def _grads(grad: Tensor, x: Tensor, feedback: Tensor, need_x: bool, need_w: bool, need_b: bool):
+    """``(δ · feedback, δᵀ x, Σ_n δ_n)``, each only where needed (else ``None``), for any
+    input shape ``(*, in)`` and any dtypes (a forward under autocast)."""
+    x, feedback = in_grad_dtype(grad, x, feedback)
+    grad_x = grad.matmul(feedback) if need_x else None
     if grad.dim() != 2:  # (*, out): ∂x keeps the leading dims, ∂W and ∂b sum over them
-        grad_x = grad.matmul(feedback) if need_x else None
         grad, x = grad.reshape(-1, grad.shape[-1]), x.reshape(-1, x.shape[-1])
-    else:
-        grad_x = grad.mm(feedback) if need_x else None
     grad_w = grad.t().mm(x) if need_w else None
     grad_b = grad.sum(0) if need_b else None
     return grad_x, grad_w, grad_b
@@ -73,8 +84,9 @@ class KolenPollackLinear(BentLinear):
 
     @staticmethod
     def backward(ctx, grad: Tensor):
+        x, feedback = ctx.saved_tensors
         need_x, need_w, need_feedback, need_b = ctx.needs_input_grad
-        grad_x, grad_w, grad_b = _grads(ctx, grad, need_x, need_w or need_feedback, need_b)
+        grad_x, grad_w, grad_b = _grads(grad, x, feedback, need_x, need_w or need_feedback, need_b)
         return grad_x, grad_w if need_w else None, grad_w if need_feedback else None, grad_b
 
 
@@ -100,10 +112,11 @@ def bent_linear(
     :class:`KolenPollackLinear` (``∂B = ∂W``) wherever ``B`` requires a gradient, also for an
     input that needs none.
     """
-    check_features(x, weight)
+    if x.shape[-1:] != weight.shape[1:]:  # compared inline: this runs every layer and step
+        check_features(x, weight)
     if feedback is None:
         return F.linear(x.detach(), weight, bias)
-    if feedback is not weight:
+    if feedback is not weight and feedback.shape != weight.shape:
         check_same_shape("feedback matrix B", feedback, "the weight W", weight)
     grad_mode = torch.is_grad_enabled()
     if feedback_learns and feedback.requires_grad and grad_mode:

@@ -40,6 +40,11 @@ class SignSTEFunction(torch.autograd.Function):
         pass
 
     @staticmethod
+    def eager_forward(ctx, x: Tensor) -> Tensor:
+        """``forward`` for eager calls, with nothing to set up (see ``ctx_form``)."""
+        return torch.sign(x)
+
+    @staticmethod
     def backward(ctx, grad: Tensor) -> Tensor:
         return grad
 
