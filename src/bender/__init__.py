@@ -4,7 +4,7 @@ Feedback alignment, direct feedback alignment, binary networks with straight-thr
 estimators, RBF-style layers, and any rule in which the backward pass is not the exact gradient.
 """
 
-from bender import alignment, constraints, functional, mappings, mirrors, summary
+from bender import alignment, constraints, functional, mappings, mirrors, quantizers, summary
 from bender.conversion import convert
 from bender.dfa import DFA
 from bender.functional.direct_feedback import direct_feedback_loss
@@ -31,6 +31,7 @@ __all__ = [
     "functional",
     "mappings",
     "mirrors",
+    "quantizers",
     "register_mapping",
     "summary",
 ]

@@ -14,12 +14,14 @@ from bender.functional._checks import check_positive_number
 
 
 def binary_layers(model: nn.Module) -> dict[str, nn.Module]:
-    """The submodules (by name) whose mapping uses ``sign(W)`` in the forward pass: those
-    registered with ``binary_weights=True`` (``linear_binary_weights``, ...)."""
+    """The submodules (by name) whose forward pass uses 1-bit weights: a mapping registered
+    with ``binary_weights=True`` (``linear_binary_weights``, ...), or a 1-bit kernel quantizer
+    (``kernel_quantizer="ste_sign"``, ...)."""
     return {
         name: module
         for name, module in model.named_modules()
         if getattr(getattr(module, "mapping", None), "binary_weights", False)
+        or getattr(getattr(module, "kernel_quantizer", None), "bits", None) == 1
     }
 
 
@@ -33,9 +35,10 @@ class ClipBinaryWeights:
     ``weight_clip`` constraint, with the same default bound 1. Pass it to
     ``train(..., after_step=[ClipBinaryWeights()])``.
 
-    A pruned layer's ``weight_orig`` is clamped (the mask keeps zeros at zero); a binary layer
-    whose weight is parametrized is refused, since clamping the parametrization's inputs would
-    not bound the weight it computes.
+    A pruned layer's ``weight_orig`` is clamped (the mask keeps zeros at zero), and a layer with
+    a 1-bit kernel quantizer has its latent weight clamped; a binary layer whose weight is
+    parametrized otherwise is refused, since clamping the parametrization's inputs would not
+    bound the weight it computes.
     """
 
     def __init__(self, bound: float = 1.0) -> None:
@@ -50,16 +53,20 @@ class ClipBinaryWeights:
                 "linear_binary_weights or conv_binary_weights)"
             )
         for name, layer in layers.items():
-            if parametrize.is_parametrized(layer, "weight"):
+            quantized = getattr(layer, "kernel_quantizer", None) is not None
+            if not quantized and parametrize.is_parametrized(layer, "weight"):
                 raise ValueError(
                     f"layer {name or type(layer).__name__} has a parametrized weight; "
                     "ClipBinaryWeights cannot bound what a parametrization computes"
                 )
         with torch.no_grad():
             for layer in layers.values():
-                latent = layer._parameters.get("weight")
-                if latent is None:  # pruned: the parameter is weight_orig
-                    latent = layer._parameters["weight_orig"]
+                if getattr(layer, "kernel_quantizer", None) is not None:
+                    latent = layer.latent_weight()  # what the kernel quantizer quantizes
+                else:
+                    latent = layer._parameters.get("weight")
+                    if latent is None:  # pruned: the parameter is weight_orig
+                        latent = layer._parameters["weight_orig"]
                 latent.clamp_(-self.bound, self.bound)
 
     def __repr__(self) -> str:

@@ -20,6 +20,7 @@ from torch.nn.utils import parametrize
 from bender.functional._checks import check_positive_int
 from bender.functional.conv import named_padding, pad_input
 from bender.mappings import MAPPINGS, Mapping, conv_linear, linear, mapping_name, resolve_mapping
+from bender.quantizers import QuantizerLike, resolve_quantizer
 
 Init = Callable[[Tensor], Tensor]
 Activation = Callable[[Tensor], Tensor]
@@ -122,10 +123,33 @@ class _GenLayer(nn.Module):
                     )
                 getattr(self, name).copy_(torch.as_tensor(value))
 
+    def _set_quantizers(self, input_quantizer: QuantizerLike, kernel_quantizer: QuantizerLike):
+        """Hold the quantizers: the input one is applied to every input before the mapping; the
+        kernel one becomes a parametrization of ``weight`` (``torch.nn.utils.parametrize``), so
+        that every mapping, your own included, reads the quantized weight as ``layer.weight``
+        while the optimizer trains the latent ``layer.parametrizations.weight.original``."""
+        self.input_quantizer = resolve_quantizer(input_quantizer, "input_quantizer")
+        self.kernel_quantizer = resolve_quantizer(kernel_quantizer, "kernel_quantizer")
+        if self.kernel_quantizer is not None:
+            if getattr(self.mapping, "binary_weights", False):
+                raise ValueError(
+                    f"forward mapping {mapping_name(self.mapping)} binarizes the weight itself; "
+                    "give a kernel_quantizer with a mapping that reads the weight as it is "
+                    "(linear, linear_asym_dx, conv_linear, ...)"
+                )
+            parametrize.register_parametrization(self, "weight", self.kernel_quantizer)
+
+    def latent_weight(self) -> Tensor:
+        """The weight the optimizer trains: ``weight`` itself, or, under a kernel quantizer,
+        the latent real weight that it quantizes."""
+        if getattr(self, "kernel_quantizer", None) is not None:
+            return self.parametrizations.weight.original
+        return self.weight
+
     @torch.no_grad()
     def _draw(self) -> None:
         """The weight (and a random feedback matrix) drawn with ``init``; the bias zero."""
-        self.init(self.weight)
+        self.init(self.latent_weight())
         if self.bias is not None:
             self.bias.zero_()
         if self._draws_feedback:
@@ -155,6 +179,8 @@ class _GenLayer(nn.Module):
         return torch.empty(tuple(feedback), dtype=w.dtype, device=w.device)
 
     def _apply_mapping(self, x: Tensor) -> Tensor:
+        if self.input_quantizer is not None:
+            x = self.input_quantizer(x)
         y = self.mapping(self, x)
         return y if self.activation is None else self.activation(y)
 
@@ -165,6 +191,8 @@ class _GenLayer(nn.Module):
             parts.append(repr(act) if isinstance(act, nn.Module) else mapping_name(act))
         if self.mapping is not self.default_mapping:
             parts.append(f"forward={mapping_name(self.mapping)}")
+        if getattr(self, "input_quantizer", None) is not None:
+            parts.append(f"input_quantizer={self.input_quantizer!r}")
         if parametrize.is_parametrized(self, "weight"):  # reading it could change its state
             chain = self.parametrizations.weight
             parts.append("weight parametrized by " + " then ".join(type(p).__name__ for p in chain))
@@ -222,6 +250,8 @@ class GenDense(_GenLayer):
         mu: float | Tensor | None = None,
         lambda_: float | Tensor | None = None,
         generator: torch.Generator | None = None,
+        input_quantizer: QuantizerLike = None,
+        kernel_quantizer: QuantizerLike = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -242,6 +272,7 @@ class GenDense(_GenLayer):
             generator,
             {"device": device, "dtype": dtype},
         )
+        self._set_quantizers(input_quantizer, kernel_quantizer)
 
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() == 0 or x.shape[-1] != self.in_features:
@@ -312,6 +343,8 @@ class GenConv(_GenLayer):
         mu: float | Tensor | None = None,
         lambda_: float | Tensor | None = None,
         generator: torch.Generator | None = None,
+        input_quantizer: QuantizerLike = None,
+        kernel_quantizer: QuantizerLike = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -365,6 +398,7 @@ class GenConv(_GenLayer):
             generator,
             {"device": device, "dtype": dtype},
         )
+        self._set_quantizers(input_quantizer, kernel_quantizer)
 
     def _resolve_padding(
         self, padding: str | int | Sequence[int], dims: int

@@ -23,6 +23,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from bender.constraints import ClipBinaryWeights
 from bender.data import Dataset
 from bender.dfa import DFA
 from bender.layers import GenConv, GenDense
@@ -103,6 +104,24 @@ def cnn(conv_forward: Mapping, dense_forward: Mapping, feedback: bool = False) -
     )
 
 
+def binary_mlp_bn(sizes: tuple[int, ...] = (784, 128, 64, 10)) -> nn.Sequential:
+    """Larq's recommended practice for a binary MLP: ``ste_sign`` (gradient clipped at 1) as
+    every layer's kernel quantizer and as the input quantizer of every layer but the first (the
+    image stays real), no bias, batch norm after every layer (its scale is learned too: it does
+    not change the sign the next layer takes, only the logits' scale). Train with the latent
+    weights clipped to ±1 (``ClipBinaryWeights``)."""
+    layers: list[nn.Module] = []
+    for i, (n_in, n_out) in enumerate(pairwise(sizes)):
+        quantize_input = "ste_sign" if i > 0 else None
+        layers.append(
+            GenDense(
+                n_in, n_out, bias=False, input_quantizer=quantize_input, kernel_quantizer="ste_sign"
+            )
+        )
+        layers.append(nn.BatchNorm1d(n_out))
+    return nn.Sequential(*layers)
+
+
 SMALL, LARGE = (784, 128, 64, 10), (784, 512, 256, 10)
 
 RECIPES: dict[str, Recipe] = {
@@ -125,6 +144,13 @@ RECIPES: dict[str, Recipe] = {
             "binary weights + sign_ste activations, MLP 784-128-64-10 (Bender.jl BNN tutorial)",
             lambda: mlp(SMALL, linear_binary_weights, SignSTE),
             "Bender.jl tutorial on MNIST: acc_test 0.869 after 10 epochs",
+        ),
+        Recipe(
+            "binary-mlp-bn",
+            "binary weights and activations by ste_sign (clipped at 1), batch norm, no bias, "
+            "MLP 784-128-64-10 (Larq's practice)",
+            binary_mlp_bn,
+            after_step=(ClipBinaryWeights(1.0),),
         ),
         Recipe(
             "dfa-mlp",

@@ -6,10 +6,12 @@ are stored in one bit, how much memory the weights take, and how many multiply-a
 (MACs) have both operands in ``{−1, +1}``, which hardware computes as XNOR and popcount.
 
 - A layer's weights are **1-bit** when its mapping was registered with ``binary_weights=True``
-  (``linear_binary_weights``, ``linear_stoc_binary_weights``, ``conv_binary_weights``): the
-  forward pass uses ``sign(W)``; the latent real ``W`` is needed for training only.
-- A MAC is **1-bit** when the weights are 1-bit and the layer's input, in the pass the summary
-  runs, holds no values but ``−1``, ``0`` and ``+1``: the output of ``sign_ste`` before it,
+  (``linear_binary_weights``, ``linear_stoc_binary_weights``, ``conv_binary_weights``), or its
+  kernel quantizer is 1-bit (``kernel_quantizer="ste_sign"``, ...): the forward pass uses
+  ``sign(W)``; the latent real ``W`` is needed for training only.
+- A MAC is **1-bit** when the weights are 1-bit and the layer's input is: its input quantizer
+  is 1-bit, or its input, in the pass the summary runs, holds no values but ``−1``, ``0`` and
+  ``+1``: the output of ``sign_ste`` before it,
   whose ``sign(0) = 0`` (Bender.jl's, and Julia's, ``sign``) shows at exact ties, which binary
   weights and inputs make common. MACs are counted for dense and convolution layers:
   ``in × out`` per input row, and ``C_in/groups × ∏k × C_out`` per output position.
@@ -119,7 +121,9 @@ def summary(model: nn.Module, x: Tensor) -> pd.DataFrame:
         def hook(module: nn.Module, args: tuple, output) -> None:
             inputs = args[0] if args and isinstance(args[0], Tensor) else None
             macs = _macs(module, inputs, output) if inputs is not None else 0
-            binary = id(module) in binary_weights and inputs is not None and _is_binary(inputs)
+            quantized = getattr(getattr(module, "input_quantizer", None), "bits", None) == 1
+            binary_inputs = inputs is not None and (quantized or _is_binary(inputs))
+            binary = id(module) in binary_weights and binary_inputs
             calls[name]["macs_1bit" if binary else "macs_float"] += macs
             if isinstance(output, Tensor) and not calls[name]["output"]:
                 calls[name]["output"] = "×".join(str(n) for n in output.shape[1:])

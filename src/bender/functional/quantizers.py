@@ -1,0 +1,227 @@
+"""Quantizers: a low-bit forward and a pseudo-gradient for the backward pass.
+
+Each states its forward ``q(x)``, its pseudo-gradient ``∂q/∂x`` (what the backward multiplies
+the incoming gradient ``g`` by, in place of the derivative of ``q``, which is zero almost
+everywhere) and its reference, as Larq's quantizers do. The sign quantizers map ``0`` to ``+1``
+(as Larq's), so that their output is always ``±1``; :func:`bender.functional.sign_ste` keeps
+Bender.jl's ``sign(0) = 0``.
+
+All are one :class:`Quantize` autograd Function given two plain functions: the forward and the
+pseudo-gradient, each of ``x``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from bender.functional._apply import direct_apply
+
+Elementwise = Callable[[Tensor], Tensor]
+
+
+class Quantize(torch.autograd.Function):
+    """Forward ``quantize(x)``; backward ``g · pseudo_gradient(x)``."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x: Tensor, quantize: Elementwise, pseudo_gradient: Elementwise) -> Tensor:
+        return quantize(x)
+
+    @staticmethod
+    def setup_context(ctx, inputs: tuple, output: Tensor) -> None:
+        x, _, pseudo_gradient = inputs
+        ctx.save_for_backward(x)
+        ctx.pseudo_gradient = pseudo_gradient
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        (x,) = ctx.saved_tensors
+        return grad * ctx.pseudo_gradient(x).to(grad.dtype), None, None
+
+
+_quantize = direct_apply(Quantize)
+
+
+# The masks below are written with in-place comparisons on float tensors (``le_``, ``gt_``),
+# which give 0.0/1.0 in the tensor's own dtype: on the CPU they ran 6-12× faster than a
+# comparison to a bool tensor followed by a cast or a ``torch.where`` (128×784 floats).
+
+
+def _sign(x: Tensor) -> Tensor:
+    """``+1`` where ``x ≥ 0``, else ``−1``, in ``x``'s dtype: ``sign(sign(x) + ½)``."""
+    return torch.sign(x).add_(0.5).sign_()
+
+
+def _inside(bound: float | None) -> Elementwise:
+    """The clipped straight-through pseudo-gradient ``1{|x| ≤ bound}`` (``None``: 1)."""
+    if bound is None:
+        return torch.ones_like
+    return lambda x: x.abs().le_(bound)
+
+
+def _check_clip(clip_value: float | None) -> None:
+    if clip_value is not None and (
+        isinstance(clip_value, bool)
+        or not isinstance(clip_value, (int, float))
+        or not clip_value > 0
+    ):
+        raise ValueError(f"clip_value must be a positive number or None, got {clip_value!r}")
+
+
+def ste_sign(x: Tensor, clip_value: float | None = 1.0) -> Tensor:
+    """Sign with the clipped straight-through estimator.
+
+    Forward: ``q(x) = +1`` for ``x ≥ 0``, ``−1`` for ``x < 0``. Pseudo-gradient:
+    ``∂q/∂x = 1`` where ``|x| ≤ clip_value``, else ``0`` (``clip_value=None``: ``1`` everywhere,
+    the unclipped estimator of :func:`~bender.functional.sign_ste`). Reference: Hubara,
+    Courbariaux, Soudry, El-Yaniv, Bengio, "Binarized Neural Networks", arXiv:1602.02830.
+    """
+    _check_clip(clip_value)
+    return _quantize(x, _sign, _inside(clip_value))
+
+
+def _approx_sign_gradient(x: Tensor) -> Tensor:
+    return (2 - 2 * x.abs()).clamp_min(0)
+
+
+def approx_sign(x: Tensor) -> Tensor:
+    """Sign whose pseudo-gradient is the derivative of a piecewise quadratic.
+
+    Forward: ``q(x) = +1`` for ``x ≥ 0``, ``−1`` for ``x < 0``. Pseudo-gradient:
+    ``∂q/∂x = 2 − 2|x|`` where ``|x| ≤ 1``, else ``0``. Reference: Liu, Wu, Luo, Yang, Liu,
+    Cheng, "Bi-Real Net", ECCV 2018, arXiv:1808.00278.
+    """
+    return _quantize(x, _sign, _approx_sign_gradient)
+
+
+def swish_sign(x: Tensor, beta: float = 5.0) -> Tensor:
+    """Sign whose pseudo-gradient is the derivative of the SignSwish function.
+
+    Forward: ``q(x) = +1`` for ``x ≥ 0``, ``−1`` for ``x < 0``. Pseudo-gradient:
+    ``∂q/∂x = β (2 − βx · tanh(βx/2)) / (1 + cosh(βx))``, which approaches the derivative of the
+    sign as ``β`` grows. Reference: Darabi, Belbahri, Courbariaux, Nia, "BNN+: Improved binary
+    network training", arXiv:1812.11800.
+    """
+    if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not beta > 0:
+        raise ValueError(f"beta must be a positive number, got {beta!r}")
+
+    def pseudo_gradient(v: Tensor) -> Tensor:
+        bx = beta * v
+        return beta * (2 - bx * torch.tanh(bx / 2)) / (1 + torch.cosh(bx))
+
+    return _quantize(x, _sign, pseudo_gradient)
+
+
+def channel_mean_abs(x: Tensor) -> Tensor:
+    """``mean |x|`` over every dim but the first (one value per output channel of a kernel
+    ``out × in × …``), shaped to broadcast against ``x``; a 1-D ``x`` gives one value."""
+    if x.dim() < 2:
+        return x.abs().mean()
+    return x.abs().mean(dim=tuple(range(1, x.dim())), keepdim=True)
+
+
+def magnitude_aware_sign(x: Tensor, clip_value: float | None = 1.0) -> Tensor:
+    """Sign scaled by the mean magnitude of each output channel, for kernels.
+
+    Forward: ``q(x) = α · sign(x)`` with ``α_j = mean |x_j|`` over output channel ``j`` (every
+    dim but the first; a constant for the backward). Pseudo-gradient: ``∂q/∂x = α`` where
+    ``|x| ≤ clip_value``, else ``0``. Reference: Liu et al., "Bi-Real Net", arXiv:1808.00278;
+    the per-channel scale as in XNOR-Net (Rastegari et al. 2016, arXiv:1603.05279).
+    """
+    _check_clip(clip_value)
+    scale = channel_mean_abs(x.detach())
+    inside = _inside(clip_value)
+    return _quantize(x, lambda v: scale * _sign(v), lambda v: scale * inside(v))
+
+
+def ternary_threshold(x: Tensor, threshold_value: float, ternary_weight_networks: bool):
+    """``Δ``: ``threshold_value``, or ``0.7 · mean |x|`` (TWN) with ``ternary_weight_networks``."""
+    if ternary_weight_networks:
+        return 0.7 * x.detach().abs().mean()
+    return threshold_value
+
+
+def ste_tern(
+    x: Tensor,
+    threshold_value: float = 0.05,
+    ternary_weight_networks: bool = False,
+    clip_value: float | None = 1.0,
+    scale: bool = False,
+) -> Tensor:
+    """Ternarization with the clipped straight-through estimator.
+
+    Forward: ``q(x) = +1`` for ``x > Δ``, ``0`` for ``|x| ≤ Δ``, ``−1`` for ``x < −Δ``, with
+    ``Δ = threshold_value``, or ``Δ = 0.7 · mean |x|`` over the whole tensor with
+    ``ternary_weight_networks=True``. With ``scale=True`` the ``±1`` are scaled per output
+    channel by ``α_j = mean of |x_j| over the entries with |x| > Δ`` (TWN's scale; a constant
+    for the backward). Pseudo-gradient: ``∂q/∂x = 1`` (``α`` with ``scale``) where
+    ``|x| ≤ clip_value``, else ``0``. Reference: Li, Zhang, Liu, "Ternary weight networks",
+    arXiv:1605.04711.
+    """
+    _check_clip(clip_value)
+    if isinstance(threshold_value, bool) or not (
+        isinstance(threshold_value, (int, float)) and threshold_value >= 0
+    ):
+        raise ValueError(f"threshold_value must be a number ≥ 0, got {threshold_value!r}")
+    delta = ternary_threshold(x, threshold_value, ternary_weight_networks)
+    inside = _inside(clip_value)
+
+    def ternarize(v: Tensor) -> Tensor:
+        return torch.sign(v).mul_(v.abs().gt_(delta))
+
+    if not scale:
+        return _quantize(x, ternarize, inside)
+    above = x.detach().abs().gt_(delta)
+    kept = x.detach().abs() * above
+    dims = tuple(range(1, x.dim())) if x.dim() >= 2 else tuple(range(x.dim()))
+    counts = above.sum(dim=dims, keepdim=x.dim() >= 2).clamp_min(1)
+    alpha = kept.sum(dim=dims, keepdim=x.dim() >= 2) / counts
+    return _quantize(x, lambda v: alpha * ternarize(v), lambda v: alpha * inside(v))
+
+
+def _heaviside(x: Tensor) -> Tensor:
+    return x.clone().gt_(0)
+
+
+def ste_heaviside(x: Tensor, clip_value: float | None = 1.0) -> Tensor:
+    """Binarization to ``{0, 1}`` with the clipped straight-through estimator.
+
+    Forward: ``q(x) = 1`` for ``x > 0``, else ``0``. Pseudo-gradient: ``∂q/∂x = 1`` where
+    ``|x| ≤ clip_value``, else ``0``. (Larq's ``ste_heaviside``.)
+    """
+    _check_clip(clip_value)
+    return _quantize(x, _heaviside, _inside(clip_value))
+
+
+def check_bits(k_bit: object) -> int:
+    """``k_bit`` if it is an int from 1 to 8; else a ``ValueError`` naming what was given."""
+    if isinstance(k_bit, bool) or not isinstance(k_bit, int) or not 1 <= k_bit <= 8:
+        raise ValueError(f"k_bit must be an int from 1 to 8, got {k_bit!r}")
+    return k_bit
+
+
+def _in_unit_interval(x: Tensor) -> Tensor:
+    return (x - 0.5).abs_().le_(0.5)  # 1{0 ≤ x ≤ 1}
+
+
+def dorefa(x: Tensor, k_bit: int = 2, mode: str = "activations") -> Tensor:
+    """DoReFa's ``k``-bit quantization, with ``n = 2ᵏ − 1`` levels above zero.
+
+    ``mode="activations"``: forward ``q(x) = round(n · clip(x, 0, 1)) / n``; pseudo-gradient
+    ``1`` where ``0 ≤ x ≤ 1``, else ``0``. ``mode="weights"``: forward
+    ``q(w) = 2 · round(n · w′) / n − 1`` with ``w′ = tanh(w) / (2 max|tanh(w)|) + 1/2``, the
+    rounding passed straight through, so the gradient is that of ``2w′ − 1`` (the maximum
+    included). Reference: Zhou, Wu, Ni, Zhou, Wen, Zou, "DoReFa-Net", arXiv:1606.06160.
+    """
+    n = 2 ** check_bits(k_bit) - 1
+    if mode == "activations":
+        return _quantize(x, lambda v: torch.round(v.clamp(0, 1) * n) / n, _in_unit_interval)
+    if mode == "weights":
+        t = torch.tanh(x)
+        unit = t / (2 * t.abs().max()) + 0.5
+        return 2 * _quantize(unit, lambda v: torch.round(v * n) / n, torch.ones_like) - 1
+    raise ValueError(f"mode must be 'activations' or 'weights', got {mode!r}")

@@ -1,0 +1,140 @@
+"""Quantizer modules by name, and layers with input and kernel quantizers: every mapping reads
+the quantized weight, the latent weight learns through the quantizer's pseudo-gradient."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bender import GenConv, GenDense, recipes
+from bender.constraints import ClipBinaryWeights, binary_layers
+from bender.quantizers import QUANTIZERS, DoReFa, SteSign, SteTern, resolve_quantizer
+from tests.conftest import close
+
+
+def test_every_quantizer_is_known_by_name_and_builds_with_its_defaults():
+    assert list(QUANTIZERS) == [
+        "ste_sign",
+        "approx_sign",
+        "swish_sign",
+        "magnitude_aware_sign",
+        "ste_tern",
+        "ste_heaviside",
+        "dorefa",
+    ]
+    x = torch.randn(3, 4)
+    for name, cls in QUANTIZERS.items():
+        module = resolve_quantizer(name)
+        assert isinstance(module, cls) and module(x).shape == x.shape
+    assert SteTern().bits == 2 and DoReFa(k_bit=3).bits == 3 and SteSign().bits == 1
+
+
+@pytest.mark.parametrize(
+    ("given", "error", "says"),
+    [
+        ("ste_sing", ValueError, "unknown kernel_quantizer 'ste_sing'; known quantizers: ste_si"),
+        (SteSign, TypeError, "kernel_quantizer must be a quantizer's name"),
+        (3, TypeError, "kernel_quantizer must be a quantizer's name"),
+    ],
+)
+def test_an_unknown_quantizer_is_refused_with_the_known_ones(given, error, says):
+    with pytest.raises(error, match=says):
+        GenDense(4, 3, kernel_quantizer=given)
+
+
+def test_module_settings_are_checked_when_built():
+    with pytest.raises(ValueError, match="k_bit must be an int from 1 to 8, got 9"):
+        DoReFa(k_bit=9)
+    with pytest.raises(ValueError, match="clip_value must be a positive number or None"):
+        SteSign(clip_value=-1)
+
+
+def test_a_dense_layer_computes_with_quantized_inputs_and_weights(batch, dtype):
+    layer = GenDense(5, 3, input_quantizer="ste_sign", kernel_quantizer="ste_sign", dtype=dtype)
+    latent = layer.latent_weight()
+    assert latent is layer.parametrizations.weight.original
+    x = torch.randn(batch, 5, dtype=dtype, requires_grad=True)
+    y = layer(x)
+    sx = torch.where(x.detach() >= 0, 1.0, -1.0).to(dtype)
+    sw = torch.where(latent.detach() >= 0, 1.0, -1.0).to(dtype)
+    close(y, sx @ sw.t() + layer.bias.detach())
+    g = torch.randn(batch, 3, dtype=dtype)
+    y.backward(g)
+    # ∂W_latent = (δᵀ sx) ⊙ 1{|W| ≤ 1};  ∂x = (δ sw) ⊙ 1{|x| ≤ 1}
+    close(latent.grad, (g.t() @ sx) * (latent.detach().abs() <= 1))
+    close(x.grad, (g @ sw) * (x.detach().abs() <= 1))
+    assert [n for n, _ in layer.named_parameters()] == ["bias", "parametrizations.weight.original"]
+
+
+def test_a_binary_weight_layer_trained_by_feedback_alignment_is_one_line(dtype):
+    layer = GenDense(6, 4, forward="linear_asym_dx", feedback=True, kernel_quantizer="ste_sign")
+    layer = layer.to(dtype)
+    x = torch.randn(7, 6, dtype=dtype, requires_grad=True)
+    g = torch.randn(7, 4, dtype=dtype)
+    layer(x).backward(g)
+    latent = layer.latent_weight().detach()
+    close(x.grad, g @ layer.feedback)  # ∂x through B, not through sign(W)
+    close(layer.latent_weight().grad, (g.t() @ x.detach()) * (latent.abs() <= 1))
+
+
+def test_a_conv_layer_takes_quantizers_too(dtype):
+    layer = GenConv(2, 3, 3, padding=1, input_quantizer=DoReFa(2), kernel_quantizer="ste_sign")
+    layer = layer.to(dtype)
+    x = torch.rand(2, 2, 5, 5, dtype=dtype)
+    expected = F.conv2d(
+        torch.round(x.clamp(0, 1) * 3) / 3,
+        torch.where(layer.latent_weight() >= 0, 1.0, -1.0).to(dtype),
+        layer.bias,
+        padding=1,
+    )
+    close(layer(x), expected)
+
+
+def test_a_mapping_that_binarizes_itself_refuses_a_kernel_quantizer():
+    with pytest.raises(ValueError, match="linear_binary_weights binarizes the weight itself"):
+        GenDense(4, 3, forward="linear_binary_weights", kernel_quantizer="ste_sign")
+
+
+def test_reset_parameters_draws_the_latent_weight():
+    layer = GenDense(50, 40, kernel_quantizer="ste_sign")
+    before = layer.latent_weight().detach().clone()
+    layer.reset_parameters()
+    after = layer.latent_weight().detach()
+    assert not torch.equal(before, after)
+    bound = (6 / 90) ** 0.5  # Glorot-uniform
+    assert after.abs().max() <= bound and after.abs().max() > 0.9 * bound
+
+
+def test_clipping_bounds_the_latent_weights_of_quantized_layers():
+    model = nn.Sequential(GenDense(4, 3, kernel_quantizer="ste_sign"), GenDense(3, 2))
+    assert list(binary_layers(model)) == ["0"]
+    with torch.no_grad():
+        model[0].latent_weight().mul_(10)
+    ClipBinaryWeights(0.5)(model)
+    assert model[0].latent_weight().abs().max() <= 0.5
+    assert model[0].weight.abs().unique().tolist() == [1.0]
+
+
+def test_binary_mlp_bn_builds_larqs_practice():
+    model = recipes.build("binary-mlp-bn")
+    dense = [m for m in model if isinstance(m, GenDense)]
+    assert [m.input_quantizer is None for m in dense] == [True, False, False]
+    assert all(isinstance(m.kernel_quantizer, SteSign) and m.bias is None for m in dense)
+    assert sum(isinstance(m, nn.BatchNorm1d) for m in model) == 3
+    assert any(isinstance(f, ClipBinaryWeights) for f in recipes.get("binary-mlp-bn").after_step)
+    y = model(torch.rand(8, 784))
+    y.sum().backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_the_summary_counts_quantized_weights_and_macs_as_one_bit():
+    from bender.summary import summary
+
+    table = summary(recipes.build("binary-mlp-bn"), torch.rand(1, 784))
+    dense = table[table["type"].str.endswith("GenDense")]
+    assert dense["params_1bit"].tolist() == [784 * 128, 128 * 64, 64 * 10]
+    # the image is real: layer 0's MACs are not 1-bit; the others take ste_sign's ±1
+    assert dense["macs_1bit"].tolist() == [0, 128 * 64, 64 * 10]
+    assert dense["macs_float"].tolist() == [784 * 128, 0, 0]
