@@ -219,6 +219,13 @@ def write_mnist(root: Path, n_train: int = 12, n_test: int = 6, gz: bool = False
     return raw
 
 
+def _refused(root: Path, path: Path, says: str) -> None:
+    """Loading MNIST from ``root`` raises one ValueError matching ``says`` and naming ``path``."""
+    with pytest.raises(ValueError, match=says) as err:
+        load("mnist", root, download=False)
+    assert str(path) in str(err.value)
+
+
 def test_the_small_folder_loads(tmp_path):
     write_mnist(tmp_path)
     data = load("mnist", tmp_path, download=False)
@@ -239,18 +246,14 @@ def test_a_damaged_gz_file_names_the_file(tmp_path, spoil, says):
     raw = write_mnist(tmp_path, gz=True)
     path = raw / "train-images-idx3-ubyte.gz"
     path.write_bytes(spoil(path.read_bytes()))
-    with pytest.raises(ValueError, match=says) as err:
-        load("mnist", tmp_path, download=False)
-    assert str(path) in str(err.value)
+    _refused(tmp_path, path, says)
 
 
 def test_a_header_claiming_255_dims_names_the_file(tmp_path):
     raw = write_mnist(tmp_path)
     path = raw / "t10k-labels-idx1-ubyte"
     path.write_bytes(bytes([0, 0, 8, 255]) + bytes(16))
-    with pytest.raises(ValueError, match="declares 255 dims") as err:
-        load("mnist", tmp_path, download=False)
-    assert str(path) in str(err.value)
+    _refused(tmp_path, path, "declares 255 dims")
     with pytest.raises(ValueError, match="declares 255 dims"):
         read_idx(path)
 
@@ -269,18 +272,14 @@ def test_images_of_another_kind_are_refused_naming_the_file(tmp_path, images, sa
     raw = write_mnist(tmp_path)
     path = raw / "train-images-idx3-ubyte"
     path.write_bytes(idx_bytes(images))
-    with pytest.raises(ValueError, match=says) as err:
-        load("mnist", tmp_path, download=False)
-    assert str(path) in str(err.value)
+    _refused(tmp_path, path, says)
 
 
 def test_labels_out_of_range_or_of_another_shape_name_the_file(tmp_path):
     raw = write_mnist(tmp_path)
     path = raw / "train-labels-idx1-ubyte"
     path.write_bytes(idx_bytes(np.full(12, 10, np.uint8)))
-    with pytest.raises(ValueError, match=r"labels must lie in 0\.\.9, got 10\.\.10") as err:
-        load("mnist", tmp_path, download=False)
-    assert str(path) in str(err.value)
+    _refused(tmp_path, path, r"labels must lie in 0\.\.9, got 10\.\.10")
     path.write_bytes(idx_bytes(np.zeros((12, 2), np.uint8)))
     with pytest.raises(ValueError, match=r"1-D array of integer labels, got shape \(12, 2\)"):
         load("mnist", tmp_path, download=False)

@@ -39,34 +39,6 @@ def test_eager_calls_skip_the_python_apply_and_keep_the_rule(monkeypatch, dtype,
     assert y.grad_fn.name() == "_DoubleBackward"
 
 
-def test_the_ctx_form_twin_runs_forward_then_setup_context_on_one_ctx(dtype, batch):
-    class Saving(torch.autograd.Function):
-        """Forward ``x²``; ``setup_context`` saves ``x``; backward ``∂x = 2 x g``, exact."""
-
-        @staticmethod
-        def forward(x):
-            return x * x
-
-        @staticmethod
-        def setup_context(ctx, inputs, output):
-            ctx.save_for_backward(inputs[0])
-            ctx.scale = 2.0
-
-        @staticmethod
-        def backward(ctx, g):
-            (x,) = ctx.saved_tensors
-            return ctx.scale * x * g
-
-    twin = ctx_form(Saving)
-    assert issubclass(twin, torch.autograd.Function) and twin.__name__ == "Saving"
-    x = torch.randn(batch, 3, dtype=dtype, requires_grad=True)
-    g = torch.randn(batch, 3, dtype=dtype)
-    twin.apply(x).backward(g)
-    torch.testing.assert_close(x.grad, 2 * x.detach() * g)
-    x64 = torch.randn(batch, 3, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(twin.apply, (x64,))
-
-
 def test_while_compiling_the_transform_check_is_not_asked(monkeypatch):
     """Dynamo in torch 2.4 cannot trace ``_are_functorch_transforms_active``: the compile check
     comes first and, while tracing, decides alone."""
@@ -101,33 +73,50 @@ def test_a_forward_with_default_arguments_is_refused():
         direct_apply(WithDefault)
 
 
+class _Square(torch.autograd.Function):
+    """Forward ``x²``; ``setup_context`` saves ``x``; backward ``∂x = 2 x g``, exact."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x):
+        return x * x
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(inputs[0])
+        ctx.scale = 2.0
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return ctx.scale * x * g
+
+
+class _SquareSpelled(_Square):
+    """``_Square`` whose ``eager_forward`` does forward and ``setup_context`` in one."""
+
+    @staticmethod
+    def eager_forward(ctx, x):
+        ctx.save_for_backward(x)
+        ctx.scale = 2.0
+        return x * x
+
+
+def test_the_ctx_form_twin_runs_forward_then_setup_context_on_one_ctx(dtype, batch):
+    twin = ctx_form(_Square)
+    assert issubclass(twin, torch.autograd.Function) and twin.__name__ == "_Square"
+    x = torch.randn(batch, 3, dtype=dtype, requires_grad=True)
+    g = torch.randn(batch, 3, dtype=dtype)
+    twin.apply(x).backward(g)
+    torch.testing.assert_close(x.grad, 2 * x.detach() * g)
+    x64 = torch.randn(batch, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(twin.apply, (x64,))
+
+
 def test_an_eager_forward_spelled_out_is_the_twins_forward(dtype, batch):
-    class Spelled(torch.autograd.Function):
-        """Forward ``x²``; backward ``∂x = 2 x g``; ``eager_forward`` does both steps in one."""
-
-        generate_vmap_rule = True
-
-        @staticmethod
-        def forward(x):
-            return x * x
-
-        @staticmethod
-        def setup_context(ctx, inputs, output):
-            ctx.save_for_backward(inputs[0])
-
-        @staticmethod
-        def eager_forward(ctx, x):
-            ctx.save_for_backward(x)
-            return x * x
-
-        @staticmethod
-        def backward(ctx, g):
-            (x,) = ctx.saved_tensors
-            return 2 * x * g
-
-    twin = ctx_form(Spelled)
-    assert twin.forward is Spelled.eager_forward
-    apply = direct_apply(Spelled)
+    assert ctx_form(_SquareSpelled).forward is _SquareSpelled.eager_forward
+    apply = direct_apply(_SquareSpelled)
     x = torch.randn(batch, 3, dtype=dtype, requires_grad=True)
     g = torch.randn(batch, 3, dtype=dtype)
     apply(x).backward(g)  # eager: the spelled-out forward
