@@ -70,11 +70,6 @@ def _momentum(text: str) -> float:
     return value
 
 
-def _threads(text: str) -> int:
-    """An argparse type: a thread count from 1 up."""
-    return _positive(int)(text)
-
-
 def _out(text: str) -> Path:
     """An argparse type: a folder path, not empty (``--out ""`` would be the current folder)."""
     if not text.strip():
@@ -207,7 +202,7 @@ def _where_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="hide the per-epoch progress bar")
     p.add_argument(
         "--threads",
-        type=_threads,
+        type=_positive(int),
         help="CPU threads for torch (default: torch's, one per core); on a busy or shared "
         "machine 1 can be several times faster. Recorded in metrics.json: CPU sums, and so the "
         "last digits of the table, depend on it",
@@ -299,11 +294,14 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             f"--clip-weights clamps the latent weights of binary layers, but {args.recipe} has "
             "none; use a binary recipe such as binary-mlp"
         )
-    if args.out is not None:
+    if args.out is not None:  # refused before the data is loaded; decided under the lock
         try:
             run_folder.check_can_be_folder(args.out)
+            run_folder.check_free(args.out, args.overwrite)
         except FolderUnusable as err:
             parser.error(f"--out: {err}")
+        except FolderTaken as err:
+            parser.error(str(err))
     loaded = _load(args, parser)
     if isinstance(loaded, int):
         return loaded

@@ -195,6 +195,18 @@ def remove_partials(folder: Path) -> list[str]:
     return removed
 
 
+def check_free(folder: Path, overwrite: bool = False) -> list[str]:
+    """The result files in ``folder``; :class:`FolderTaken` if there are any and not
+    ``overwrite``. Decides only under the lock (:func:`claim`); before it, a hint."""
+    found = results_in(folder)
+    if found and not overwrite:
+        raise FolderTaken(
+            f"{folder} already holds an earlier run's results ({', '.join(found)}); "
+            "pass another --out, or --overwrite to replace them"
+        )
+    return found
+
+
 @contextmanager
 def claim(folder: Path, overwrite: bool = False) -> Iterator[Path]:
     """``folder``, locked, with no earlier run's results in it.
@@ -204,12 +216,7 @@ def claim(folder: Path, overwrite: bool = False) -> Iterator[Path]:
     once the process that wrote them has ended).
     """
     with locked(folder) as folder:
-        found = results_in(folder)
-        if found and not overwrite:
-            raise FolderTaken(
-                f"{folder} already holds an earlier run's results ({', '.join(found)}); "
-                "pass another --out, or --overwrite to replace them"
-            )
+        found = check_free(folder, overwrite)
         for name in found:
             (folder / name).unlink()
         remove_partials(folder)
