@@ -860,3 +860,19 @@ def test_a_damaged_data_file_is_one_message_naming_it(tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"bender: error: {path}: the gzip stream ends early" in err
     assert "Traceback" not in err and not (tmp_path / "o").exists()
+
+
+def test_export_writes_the_binary_weights_as_bits(tmp_path, data_root, capsys):
+    code, out = _train(tmp_path, data_root, recipe="binary-mlp-bn", epochs=1)
+    assert code == 0
+    capsys.readouterr()
+    assert cli.main(["export", str(out)]) == 0
+    packed = out / "model-1bit.pt"
+    said = capsys.readouterr().out
+    assert f"wrote {packed}: {packed.stat().st_size} bytes, 1/" in said
+    assert packed.stat().st_size * 15 < (out / "model.pt").stat().st_size
+    code, fa = _train(tmp_path, data_root, epochs=1, folder="fa")
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["export", str(fa)])
+    assert exit_info.value.code == 2
+    assert "fa-mlp: this Sequential has no layer with a 1-bit kernel" in capsys.readouterr().err

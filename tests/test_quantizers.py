@@ -11,6 +11,7 @@ from torch import nn
 from bender import GenConv, GenDense, recipes
 from bender.constraints import ClipBinaryWeights, binary_layers
 from bender.quantizers import QUANTIZERS, DoReFa, SteSign, SteTern, resolve_quantizer
+from bender.training import train
 from tests.conftest import close
 
 
@@ -138,3 +139,27 @@ def test_the_summary_counts_quantized_weights_and_macs_as_one_bit():
     # the image is real: layer 0's MACs are not 1-bit; the others take ste_sign's ±1
     assert dense["macs_1bit"].tolist() == [0, 128 * 64, 64 * 10]
     assert dense["macs_float"].tolist() == [784 * 128, 0, 0]
+
+
+def test_export_packs_binary_weights_to_bits_and_loads_back_to_the_same_predictions(
+    tmp_path, small_mnist
+):
+    from bender.export import export, load_exported, save
+
+    model = recipes.build("binary-mlp-bn", seed=0)
+    train(model, small_mnist.subset(512, 200), epochs=1, after_step=[ClipBinaryWeights()])
+    model.eval()
+    state = export(model)
+    assert {n: t.dtype for n, t in state["bits"].items()} == dict.fromkeys(
+        ["0", "2", "4"], torch.uint8
+    )
+    assert sum(t.numel() for t in state["bits"].values()) == (784 * 128 + 128 * 64 + 64 * 10) // 8
+    save(model, tmp_path / "packed.pt")
+    fresh = load_exported(recipes.build("binary-mlp-bn", seed=7).eval(), tmp_path / "packed.pt")
+    x = small_mnist.test.x
+    assert torch.equal(fresh(x).argmax(1), model(x).argmax(1))
+    torch.testing.assert_close(fresh(x), model(x))
+    with pytest.raises(ValueError, match="no layer with a 1-bit kernel quantizer"):
+        export(recipes.build("fa-mlp"))
+    with pytest.raises(ValueError, match=r"holds the binary layers \['0', '2', '4'\], this model"):
+        load_exported(nn.Sequential(GenDense(784, 10, kernel_quantizer="ste_sign")), state)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import csv
 import math
+import pickle
 import platform
 import shlex
 import sys
@@ -15,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from bender import __version__, checkpoint, data, recipes, run_folder
+from bender import __version__, checkpoint, data, export, recipes, run_folder
 from bender.alignment import AlignmentRecorder, bent_layers
 from bender.checkpoint import write_atomically
 from bender.constraints import ClipBinaryWeights, binary_layers
@@ -187,6 +188,12 @@ def _parser() -> argparse.ArgumentParser:
         help="epochs in all, those done included (default: the number the run asked for)",
     )
     _where_options(r)
+    e = sub.add_parser(
+        "export",
+        help="write a trained binary run's weights as packed bits (1 bit per binary weight)",
+    )
+    e.add_argument("folder", type=Path, help="the run's output folder (bender train's --out)")
+    e.add_argument("--out", type=_out, help="the file (default: FOLDER/model-1bit.pt)")
     return parser
 
 
@@ -628,6 +635,36 @@ def _fit(
     return 0
 
 
+def _export(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """``bender export``: the run's ``model.pt`` with its binary weights packed, 1 bit each."""
+    folder = args.folder
+    out = args.out or folder / "model-1bit.pt"
+    if not folder.is_dir():
+        parser.error(f"{folder} is not a folder; name the folder of a bender train run")
+    try:
+        record = run_folder.read_record(folder)
+    except RecordError as err:
+        parser.error(str(err))
+    _known_recipe(record["recipe"], parser, where=f"{folder / 'metrics.json'}: ")
+    model = recipes.build(record["recipe"], record["seed"])
+    try:
+        model.load_state_dict(
+            torch.load(folder / "model.pt", map_location="cpu", weights_only=True)
+        )
+    except (OSError, RuntimeError, ValueError, pickle.UnpicklingError) as err:
+        parser.error(f"{folder / 'model.pt'} cannot be read as this run's weights: {err}")
+    try:
+        export.save(model, out)
+    except ValueError as err:  # no binary layer: nothing to pack
+        parser.error(f"{record['recipe']}: {err}; export a run of a recipe such as binary-mlp-bn")
+    except OSError as err:
+        print(f"bender: error: {err}", file=sys.stderr)
+        return 1
+    size, packed = (folder / "model.pt").stat().st_size, out.stat().st_size
+    print(f"wrote {out}: {packed} bytes, 1/{size / packed:.1f} of model.pt's {size} bytes")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
@@ -640,6 +677,8 @@ def main(argv: list[str] | None = None) -> int:
         return _summary(args, parser)
     if args.command == "resume":
         return _resume(args, parser)
+    if args.command == "export":
+        return _export(args, parser)
     return _train(args, parser)
 
 
