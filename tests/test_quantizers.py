@@ -163,3 +163,21 @@ def test_export_packs_binary_weights_to_bits_and_loads_back_to_the_same_predicti
         export(recipes.build("fa-mlp"))
     with pytest.raises(ValueError, match=r"holds the binary layers \['0', '2', '4'\], this model"):
         load_exported(nn.Sequential(GenDense(784, 10, kernel_quantizer="ste_sign")), state)
+
+
+def test_binary_cnn_builds_larqs_tutorial_net():
+    model = recipes.build("binary-cnn")
+    learning = [m for m in model if isinstance(m, (GenConv, GenDense))]
+    assert [type(m).__name__.removeprefix("Parametrized") for m in learning] == [
+        "GenConv",
+        "GenConv",
+        "GenConv",
+        "GenDense",
+        "GenDense",
+    ]
+    assert [m.input_quantizer is None for m in learning] == [True, False, False, False, False]
+    assert len(binary_layers(model)) == 5
+    y = model(torch.rand(4, 784))
+    assert y.shape == (4, 10)
+    y.sum().backward()
+    assert all(p.grad is not None for p in model.parameters())

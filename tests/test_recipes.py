@@ -137,7 +137,8 @@ def test_weight_mirror_recipes_mirror_their_feedback_after_every_step(name):
     learning = [str(i) for i, m in enumerate(model) if isinstance(m, (GenConv, GenDense))]
     assert list(mirrored_layers(model)) == learning
     others = [r for r in recipes.RECIPES.values() if not r.name.startswith("wm")]
-    assert [r.name for r in others if r.after_step] == ["binary-mlp-bn"]  # its weight clip
+    clipped = ["binary-mlp-bn", "binary-cnn"]  # their weight clip
+    assert [r.name for r in others if r.after_step] == clipped
 
 
 def test_the_cnn_mirrors_its_conv_kernels_and_its_dense_layer(small_mnist):

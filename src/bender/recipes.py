@@ -122,6 +122,30 @@ def binary_mlp_bn(sizes: tuple[int, ...] = (784, 128, 64, 10)) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+def binary_cnn() -> nn.Sequential:
+    """Larq's binary CNN for MNIST: 784 → 1×28×28 → [conv 3×3, 32 ch, max-pool 2, bn] →
+    [conv 3×3, 64 ch, max-pool 2, bn] → [conv 3×3, 64 ch, bn] → dense 576 → 64, bn → dense
+    64 → 10, bn. Every layer's kernel quantizer is ``ste_sign``, and so is the input quantizer
+    of every layer but the first; no bias (batch norm's shift takes its place)."""
+    binary = {"bias": False, "input_quantizer": "ste_sign", "kernel_quantizer": "ste_sign"}
+    return nn.Sequential(
+        nn.Unflatten(1, (1, 28, 28)),
+        GenConv(1, 32, 3, bias=False, kernel_quantizer="ste_sign"),
+        nn.MaxPool2d(2),
+        nn.BatchNorm2d(32),
+        GenConv(32, 64, 3, **binary),
+        nn.MaxPool2d(2),
+        nn.BatchNorm2d(64),
+        GenConv(64, 64, 3, **binary),
+        nn.BatchNorm2d(64),
+        nn.Flatten(),
+        GenDense(64 * 3 * 3, 64, **binary),
+        nn.BatchNorm1d(64),
+        GenDense(64, 10, **binary),
+        nn.BatchNorm1d(10),
+    )
+
+
 SMALL, LARGE = (784, 128, 64, 10), (784, 512, 256, 10)
 
 RECIPES: dict[str, Recipe] = {
@@ -150,6 +174,13 @@ RECIPES: dict[str, Recipe] = {
             "binary weights and activations by ste_sign (clipped at 1), batch norm, no bias, "
             "MLP 784-128-64-10 (Larq's practice)",
             binary_mlp_bn,
+            after_step=(ClipBinaryWeights(1.0),),
+        ),
+        Recipe(
+            "binary-cnn",
+            "binary weights and activations by ste_sign, CNN conv32-conv64-conv64-dense64 with "
+            "batch norm, no bias (Larq's MNIST tutorial)",
+            binary_cnn,
             after_step=(ClipBinaryWeights(1.0),),
         ),
         Recipe(
