@@ -59,6 +59,11 @@ def test_summary_prints_the_layers_and_the_memory_binary_weights_save(capsys):
         f"weights for inference: {bits:.1f} KiB; all in float32 they would take {full:.1f} KiB "
         f"({full / bits:.1f}× more)"
     )
+    # layers 2 and 3 take sign_ste's ±1: 128·64 + 64·10 of the 109184 MACs are 1-bit
+    assert lines[6] == (
+        "multiply-accumulates per sample: 109184, of which 8832 1-bit (8.1%: both operands ±1, "
+        "XNOR and popcount)"
+    )
     assert cli.main(["summary", "fa-mlp"]) == 0
     printed = capsys.readouterr().out
     assert "weights for inference" not in printed  # nothing binary to compare

@@ -264,6 +264,11 @@ def _summary(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             f"weights for inference: {total['memory_kib']:.1f} KiB; all in {dtype} they would "
             f"take {full:.1f} KiB ({full / total['memory_kib']:.1f}× more)"
         )
+        macs = total["macs_1bit"] + total["macs_float"]
+        print(
+            f"multiply-accumulates per sample: {macs}, of which {total['macs_1bit']} 1-bit "
+            f"({total['macs_1bit'] / macs:.1%}: both operands ±1, XNOR and popcount)"
+        )
     return 0
 
 
