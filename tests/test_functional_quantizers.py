@@ -179,7 +179,12 @@ def test_bad_settings_are_refused(call, says):
         call(torch.randn(3))
 
 
+@pytest.mark.filterwarnings("error")  # no fallback to a slow per-sample loop under vmap
 def test_quantizers_work_under_torch_func():
     x = torch.randn(4, 5)
     per_sample = torch.func.vmap(torch.func.grad(lambda v: ste_sign(v).sum()))(x)
+    close(per_sample, (x.abs() <= 1).to(x.dtype))
+    per_sample = torch.func.vmap(torch.func.grad(lambda v: ste_tern(v, 0.3).sum()))(x)
+    close(per_sample, (x.abs() <= 1).to(x.dtype))
+    per_sample = torch.func.vmap(torch.func.grad(lambda v: ste_heaviside(v).sum()))(x)
     close(per_sample, (x.abs() <= 1).to(x.dtype))
