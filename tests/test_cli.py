@@ -881,3 +881,10 @@ def test_export_writes_the_binary_weights_as_bits(tmp_path, data_root, capsys):
         cli.main(["export", str(fa)])
     assert exit_info.value.code == 2
     assert "fa-mlp: this Sequential has no layer with a 1-bit kernel" in capsys.readouterr().err
+    (out / "model.pt").write_text("not a state dict")
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["export", str(out)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "model.pt cannot be read as this run's weights (UnpicklingError)" in err
+    assert "weights_only" not in err

@@ -657,7 +657,11 @@ def _export(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             torch.load(folder / "model.pt", map_location="cpu", weights_only=True)
         )
     except (OSError, RuntimeError, ValueError, pickle.UnpicklingError) as err:
-        parser.error(f"{folder / 'model.pt'} cannot be read as this run's weights: {err}")
+        # torch's own message would suggest loading it unsafely: name the kind of failure only
+        parser.error(
+            f"{folder / 'model.pt'} cannot be read as this run's weights ({type(err).__name__}): "
+            "it is damaged, or not the model.pt bender train wrote"
+        )
     try:
         export.save(model, out)
     except ValueError as err:  # no binary layer: nothing to pack
