@@ -271,3 +271,14 @@ def test_any_failed_write_is_one_oserror_and_the_old_file_stays(tmp_path, failur
     assert isinstance(err.value, OSError)
     assert torch.equal(torch.load(path, weights_only=True)["w"], torch.ones(2))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]  # no partial left
+
+
+def test_a_link_in_the_locks_place_is_not_followed(tmp_path):
+    precious = tmp_path / "precious.txt"
+    precious.write_text("a user's file")
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / LOCK).symlink_to(precious)
+    with pytest.raises(FolderUnusable, match=f"cannot write in {folder}"), locked(folder):
+        pass
+    assert precious.read_text() == "a user's file"

@@ -41,6 +41,8 @@ except ImportError:  # pragma: no cover - Windows: an exclusively created file
     fcntl = None
 
 LOCK = ".bender.lock"  # in a run's folder while a bender process writes there
+# never follow a link put in the lock's place: the lock file is truncated and written
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 RESULT_FILES = (
     "metrics.csv",
     "metrics.json",
@@ -122,7 +124,7 @@ def _take_flock(lock: Path) -> int:
     process holds it. Loops until the locked file is the one at the path (a process that
     released and removed it in between leaves a lock on a file nobody else can see)."""
     while True:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | _NOFOLLOW, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -141,7 +143,7 @@ def _take_exclusive(lock: Path) -> int:
     """Without ``flock``: create ``lock`` exclusively, taking over one whose process ended."""
     while True:
         try:
-            return os.open(lock, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+            return os.open(lock, os.O_RDWR | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o644)
         except FileExistsError:
             holder = lock_holder(lock)
             if holder is not None:
