@@ -25,6 +25,16 @@ def binary_layers(model: nn.Module) -> dict[str, nn.Module]:
     }
 
 
+def kernel_quantized_binary_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """The binary layers (see :func:`binary_layers`) whose 1-bit weights come from a kernel
+    quantizer: their latent weight is ``layer.latent_weight()``."""
+    return {
+        name: layer
+        for name, layer in binary_layers(model).items()
+        if getattr(layer, "kernel_quantizer", None) is not None
+    }
+
+
 class ClipBinaryWeights:
     """Clamp the latent weights of every binary layer to ``[−bound, bound]``.
 

@@ -24,18 +24,9 @@ import torch
 from torch import nn
 
 from bender.checkpoint import write_atomically
-from bender.constraints import binary_layers
+from bender.constraints import kernel_quantized_binary_layers
 
 FORMAT = 1
-
-
-def _quantized_layers(model: nn.Module) -> dict[str, nn.Module]:
-    """The layers whose weight is stored as bits: those with a 1-bit kernel quantizer."""
-    return {
-        name: layer
-        for name, layer in binary_layers(model).items()
-        if getattr(layer, "kernel_quantizer", None) is not None
-    }
 
 
 def export(model: nn.Module) -> dict[str, Any]:
@@ -44,7 +35,7 @@ def export(model: nn.Module) -> dict[str, Any]:
     weight, packed 8 to a byte; ``tensors`` every other entry of the ``state_dict`` except
     feedback matrices. Raises ``ValueError`` when ``model`` has no layer with a 1-bit kernel
     quantizer (nothing to pack)."""
-    layers = _quantized_layers(model)
+    layers = kernel_quantized_binary_layers(model)
     if not layers:
         raise ValueError(
             f"this {type(model).__name__} has no layer with a 1-bit kernel quantizer "
@@ -84,7 +75,7 @@ def load_exported(model: nn.Module, exported: dict[str, Any] | str | os.PathLike
             ) from None
     if not isinstance(exported, dict) or exported.get("format") != FORMAT:
         raise ValueError(f"not a bender export of format {FORMAT}")
-    layers = _quantized_layers(model)
+    layers = kernel_quantized_binary_layers(model)
     if sorted(layers) != sorted(exported["bits"]):
         raise ValueError(
             f"the export holds the binary layers {sorted(exported['bits'])}, this model has "

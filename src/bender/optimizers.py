@@ -19,17 +19,13 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import Tensor, nn
 
-from bender.constraints import binary_layers
+from bender.constraints import binary_layers, kernel_quantized_binary_layers
 from bender.functional._checks import check_positive_number
 
 
 def binary_weights(model: nn.Module) -> list[Tensor]:
     """The latent weights of ``model``'s layers with a 1-bit kernel quantizer, in module order."""
-    return [
-        layer.latent_weight()
-        for layer in binary_layers(model).values()
-        if getattr(layer, "kernel_quantizer", None) is not None
-    ]
+    return [layer.latent_weight() for layer in kernel_quantized_binary_layers(model).values()]
 
 
 @torch.no_grad()

@@ -27,7 +27,7 @@ class SteSign(Quantizer):
 
     def __init__(self, clip_value: float | None = 1.0) -> None:
         super().__init__()
-        q._check_clip(clip_value)
+        q.check_clip(clip_value)
         self.clip_value = clip_value
 
     def forward(self, x: Tensor) -> Tensor:
@@ -51,8 +51,8 @@ class SwishSign(Quantizer):
 
     def __init__(self, beta: float = 5.0) -> None:
         super().__init__()
+        q.check_beta(beta)
         self.beta = beta
-        q.swish_sign(Tensor([0.0]), beta)  # checks beta now, not at the first step
 
     def forward(self, x: Tensor) -> Tensor:
         return q.swish_sign(x, self.beta)
@@ -88,7 +88,8 @@ class SteTern(Quantizer):
             ternary_weight_networks,
         )
         self.clip_value, self.scale = clip_value, scale
-        q.ste_tern(Tensor([0.0]), threshold_value, ternary_weight_networks, clip_value)  # checks
+        q.check_threshold(threshold_value)
+        q.check_clip(clip_value)
 
     def forward(self, x: Tensor) -> Tensor:
         return q.ste_tern(
@@ -115,8 +116,7 @@ class DoReFa(Quantizer):
     def __init__(self, k_bit: int = 2, mode: str = "activations") -> None:
         super().__init__()
         self.bits = q.check_bits(k_bit)
-        if mode not in ("activations", "weights"):
-            raise ValueError(f"mode must be 'activations' or 'weights', got {mode!r}")
+        q.check_mode(mode)
         self.k_bit, self.mode = k_bit, mode
 
     def forward(self, x: Tensor) -> Tensor:

@@ -78,13 +78,34 @@ def _inside(bound: float | None) -> Elementwise:
     return lambda x: _at_most(x.abs(), bound)
 
 
-def _check_clip(clip_value: float | None) -> None:
+def check_clip(clip_value: float | None) -> None:
+    """Raise ``ValueError`` unless ``clip_value`` is a positive number or ``None``."""
     if clip_value is not None and (
         isinstance(clip_value, bool)
         or not isinstance(clip_value, (int, float))
         or not clip_value > 0
     ):
         raise ValueError(f"clip_value must be a positive number or None, got {clip_value!r}")
+
+
+def check_beta(beta: object) -> None:
+    """Raise ``ValueError`` unless ``beta`` is a positive number."""
+    if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not beta > 0:
+        raise ValueError(f"beta must be a positive number, got {beta!r}")
+
+
+def check_threshold(threshold_value: object) -> None:
+    """Raise ``ValueError`` unless ``threshold_value`` is a number ≥ 0."""
+    if isinstance(threshold_value, bool) or not (
+        isinstance(threshold_value, (int, float)) and threshold_value >= 0
+    ):
+        raise ValueError(f"threshold_value must be a number ≥ 0, got {threshold_value!r}")
+
+
+def check_mode(mode: object) -> None:
+    """Raise ``ValueError`` unless ``mode`` is DoReFa's ``"activations"`` or ``"weights"``."""
+    if mode not in ("activations", "weights"):
+        raise ValueError(f"mode must be 'activations' or 'weights', got {mode!r}")
 
 
 def ste_sign(x: Tensor, clip_value: float | None = 1.0) -> Tensor:
@@ -95,7 +116,7 @@ def ste_sign(x: Tensor, clip_value: float | None = 1.0) -> Tensor:
     the unclipped estimator of :func:`~bender.functional.sign_ste`). Reference: Hubara,
     Courbariaux, Soudry, El-Yaniv, Bengio, "Binarized Neural Networks", arXiv:1602.02830.
     """
-    _check_clip(clip_value)
+    check_clip(clip_value)
     return _quantize(x, _sign, _inside(clip_value))
 
 
@@ -121,8 +142,7 @@ def swish_sign(x: Tensor, beta: float = 5.0) -> Tensor:
     sign as ``β`` grows. Reference: Darabi, Belbahri, Courbariaux, Nia, "BNN+: Improved binary
     network training", arXiv:1812.11800.
     """
-    if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not beta > 0:
-        raise ValueError(f"beta must be a positive number, got {beta!r}")
+    check_beta(beta)
 
     def pseudo_gradient(v: Tensor) -> Tensor:
         bx = beta * v
@@ -147,7 +167,7 @@ def magnitude_aware_sign(x: Tensor, clip_value: float | None = 1.0) -> Tensor:
     ``|x| ≤ clip_value``, else ``0``. Reference: Liu et al., "Bi-Real Net", arXiv:1808.00278;
     the per-channel scale as in XNOR-Net (Rastegari et al. 2016, arXiv:1603.05279).
     """
-    _check_clip(clip_value)
+    check_clip(clip_value)
     scale = channel_mean_abs(x.detach())
     inside = _inside(clip_value)
     return _quantize(x, lambda v: scale * _sign(v), lambda v: scale * inside(v))
@@ -177,11 +197,8 @@ def ste_tern(
     ``|x| ≤ clip_value``, else ``0``. Reference: Li, Zhang, Liu, "Ternary weight networks",
     arXiv:1605.04711.
     """
-    _check_clip(clip_value)
-    if isinstance(threshold_value, bool) or not (
-        isinstance(threshold_value, (int, float)) and threshold_value >= 0
-    ):
-        raise ValueError(f"threshold_value must be a number ≥ 0, got {threshold_value!r}")
+    check_clip(clip_value)
+    check_threshold(threshold_value)
     delta = ternary_threshold(x, threshold_value, ternary_weight_networks)
     inside = _inside(clip_value)
 
@@ -208,7 +225,7 @@ def ste_heaviside(x: Tensor, clip_value: float | None = 1.0) -> Tensor:
     Forward: ``q(x) = 1`` for ``x > 0``, else ``0``. Pseudo-gradient: ``∂q/∂x = 1`` where
     ``|x| ≤ clip_value``, else ``0``. (Larq's ``ste_heaviside``.)
     """
-    _check_clip(clip_value)
+    check_clip(clip_value)
     return _quantize(x, _heaviside, _inside(clip_value))
 
 
@@ -233,10 +250,9 @@ def dorefa(x: Tensor, k_bit: int = 2, mode: str = "activations") -> Tensor:
     included). Reference: Zhou, Wu, Ni, Zhou, Wen, Zou, "DoReFa-Net", arXiv:1606.06160.
     """
     n = 2 ** check_bits(k_bit) - 1
+    check_mode(mode)
     if mode == "activations":
         return _quantize(x, lambda v: torch.round(v.clamp(0, 1) * n) / n, _in_unit_interval)
-    if mode == "weights":
-        t = torch.tanh(x)
-        unit = t / (2 * t.abs().max()) + 0.5
-        return 2 * _quantize(unit, lambda v: torch.round(v * n) / n, torch.ones_like) - 1
-    raise ValueError(f"mode must be 'activations' or 'weights', got {mode!r}")
+    t = torch.tanh(x)
+    unit = t / (2 * t.abs().max()) + 0.5
+    return 2 * _quantize(unit, lambda v: torch.round(v * n) / n, torch.ones_like) - 1
