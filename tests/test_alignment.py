@@ -360,7 +360,7 @@ def test_a_bent_layer_the_forward_pass_skips_is_named():
 def test_gradient_alignment_inside_dfa_blocks_of_plain_layers():
     torch.manual_seed(0)
     block = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 5))
-    model = DFA(nn.Sequential(block, nn.ReLU(), nn.Linear(5, 3)), 3).double()
+    model = DFA(nn.Sequential(block, nn.ReLU(), nn.Linear(5, 3)), 3, blocks=["1"]).double()
     x, y = torch.randn(10, 6, dtype=torch.float64), torch.randint(0, 3, (10,))
     angles = gradient_alignment(model, x, y)
     assert angles.keys() == {"model.0.0", "model.0.2", "model.2"}
@@ -380,7 +380,7 @@ def test_dfa_over_transformer_layers_trains_and_is_measured_layer_by_layer():
     torch.manual_seed(0)
     layer = nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True)
     net = nn.Sequential(nn.Embedding(50, 16), layer, nn.Flatten(), nn.Linear(16 * 6, 4))
-    model = DFA(net, 4, input_shape=(6,), input_dtype=torch.long)
+    model = DFA(net, 4, blocks=["0", "1"], input_shape=(6,), input_dtype=torch.long)
     assert model.sizes == [96, 96]  # the embedding's and the transformer layer's outputs
     tokens, y = torch.randint(0, 50, (8, 6)), torch.randint(0, 4, (8,))
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)

@@ -20,6 +20,7 @@ from torch.nn.utils import parametrize, prune
 from torch.nn.utils.spectral_norm import SpectralNorm
 from torch.nn.utils.weight_norm import WeightNorm
 
+from bender.attention import GenAttention
 from bender.layers import GenConv, GenDense, Init
 from bender.mappings import Mapping, mapping_name, resolve_mapping
 
@@ -175,10 +176,11 @@ def convert(
     state, under the same names. A pruned layer (``torch.nn.utils.prune``) keeps its masks.
     Other hooks on a replaced layer are not carried over (a warning names them).
 
-    Other subclasses of ``nn.Linear`` (such as the output projection inside
-    ``nn.MultiheadAttention``, which the attention reads as a weight, not as a layer), and
-    transposed, lazy or subclassed convolutions, are left as they are, with a warning that
-    names them.
+    Every ``nn.MultiheadAttention`` (those inside ``nn.TransformerEncoderLayer`` and
+    ``nn.TransformerDecoderLayer`` too) becomes a :class:`~bender.attention.GenAttention` whose
+    query, key, value and output projections are ``GenDense(forward=dense)`` layers with the
+    same weights. Other subclasses of ``nn.Linear``, and transposed, lazy or subclassed
+    convolutions, are left as they are, with a warning that names them.
 
     Example: feedback alignment or, wrapped in :class:`~bender.dfa.DFA`, direct feedback
     alignment for a plain MLP::
@@ -196,12 +198,17 @@ def convert(
     dense_map = resolve_mapping(dense) if dense is not None else None
     conv_map = resolve_mapping(conv) if conv is not None else None
     converted = _copy(model)
-    replaced: dict[int, GenDense | GenConv] = {}  # a layer used twice stays one layer
-    skipped = []
+    replaced: dict[int, nn.Module] = {}  # a layer used twice stays one layer
+    skipped, rebuilt_whole = [], []  # attention rebuilt as a whole: its parts are done
     for name, module in list(converted.named_modules(remove_duplicate=False)):
+        if any(name.startswith(f"{whole}.") for whole in rebuilt_whole):
+            continue
         try:
             if id(module) in replaced:
                 new = replaced[id(module)]
+            elif type(module) is nn.MultiheadAttention and dense_map is not None:
+                new = GenAttention.from_module(module, dense_map, init)
+                rebuilt_whole.append(name)
             elif _layer_class(module) is nn.Linear and dense_map is not None:
                 new = _rebuilt(module, lambda m: _dense(m, dense_map, init))
             elif _layer_class(module) in CONVS and conv_map is not None:
@@ -218,6 +225,9 @@ def convert(
         replaced[id(module)] = new
         parent_name, _, child = name.rpartition(".")
         setattr(converted.get_submodule(parent_name), child, new)
+    for module in converted.modules():  # its nested-tensor path assumes torch's attention
+        if isinstance(module, nn.TransformerEncoder):
+            module.use_nested_tensor = False
     if skipped:
         warnings.warn(
             "convert left these layers as they are, since it rebuilds only exact nn.Linear and "

@@ -33,7 +33,8 @@ Signal = Callable[[Tensor], Tensor]  # what hidden layers receive, from the outp
 
 class DirectFeedback(torch.autograd.Function):
     """Identity on ``output``; backward: ``e`` to ``output``, ``s B_iᵀ`` to each ``hidden[i]``,
-    with ``s = e``, or ``signal(e)`` for a ``signal`` function.
+    with ``s = e``, or ``signal(e)`` for a ``signal`` function. When ``delivered`` is a list, the
+    backward also puts the parts ``s B_iᵀ`` in it.
 
     ``feedback`` is all ``B_i`` stacked row-wise (``Σ d_i × C``), so every projection comes from
     one matrix product ``s · feedbackᵀ``, split afterwards. ``feedback`` gets no gradient.
@@ -43,16 +44,22 @@ class DirectFeedback(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        output: Tensor, feedback: Tensor, sizes: Sequence[int], signal: Signal | None, *hidden
+        output: Tensor,
+        feedback: Tensor,
+        sizes: Sequence[int],
+        signal: Signal | None,
+        delivered: list | None,
+        *hidden,
     ) -> Tensor:
         return output.view_as(output)
 
     @staticmethod
     def setup_context(ctx, inputs: tuple, result: Tensor) -> None:
-        output, feedback, sizes, signal, *hidden = inputs
+        output, feedback, sizes, signal, delivered, *hidden = inputs
         ctx.save_for_backward(feedback)
         ctx.sizes = sizes
         ctx.signal = signal
+        ctx.delivered = delivered
         # projections come out N×d_i; remember the shapes of feature maps and sequences
         flat = output.dim() == 2 and all(h.dim() == 2 for h in hidden)
         ctx.shapes = None if flat else [h.shape for h in hidden]
@@ -71,7 +78,9 @@ class DirectFeedback(torch.autograd.Function):
         parts = source.mm(feedback.t()).split(ctx.sizes, dim=1)
         if ctx.shapes is not None:
             parts = [p.reshape(shape) for p, shape in zip(parts, ctx.shapes, strict=True)]
-        return (error, None, None, None, *parts)
+        if ctx.delivered is not None:  # for hooks that put the parts in place of other gradients
+            ctx.delivered[:] = parts
+        return (error, None, None, None, None, *parts)
 
 
 def _signal_of(signal: Signal, error: Tensor) -> Tensor:
@@ -140,9 +149,10 @@ def inject_direct_feedback(
     feedback: Tensor,
     sizes: Sequence[int],
     signal: Signal | None = None,
+    delivered: list | None = None,
 ) -> Tensor:
     """``output`` unchanged, wired so that backward sends ``e B_iᵀ`` (``signal(e) B_iᵀ``) to
-    ``hidden[i]``.
+    ``hidden[i]``, and puts those parts in the list ``delivered`` when one is given.
 
     ``sizes[i]`` is the number of rows of ``B_i`` in the stacked ``feedback``; each hidden output
     must have that many features per row of ``output`` (checked here, before any backward).
@@ -156,7 +166,7 @@ def inject_direct_feedback(
                 f"{size} rows, one per feature of a row of the output {tuple(output.shape)}; "
                 "was the input of another size than the one the feedback was made for?"
             )
-    return _direct_feedback_apply(output, feedback, sizes, signal, *hidden)
+    return _direct_feedback_apply(output, feedback, sizes, signal, delivered, *hidden)
 
 
 def _check_target(target: Tensor, output: Tensor) -> None:
