@@ -493,3 +493,124 @@ def test_feedback_that_is_not_a_list_of_finite_matrices_is_refused(feedback, err
     net = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
     with pytest.raises(error, match=says):
         DFA(net, 2, feedback=feedback)
+
+
+class _Residual(nn.Module):
+    """A ResNet basic block: relu(bn2(conv2(relu(bn1(conv1 x)))) + x)."""
+
+    def __init__(self, channels, dtype):
+        super().__init__()
+        conv = {"padding": 1, "forward": "conv_linear_blocked_dx", "dtype": dtype}
+        self.conv1, self.conv2 = (
+            GenConv(channels, channels, 3, **conv),
+            GenConv(channels, channels, 3, **conv),
+        )
+        self.bn1, self.bn2 = (
+            nn.BatchNorm2d(channels, dtype=dtype),
+            nn.BatchNorm2d(channels, dtype=dtype),
+        )
+
+    def forward(self, x):
+        return torch.relu(self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x))))) + x)
+
+
+def _batch_norm(z, gamma, beta, eps):
+    mean = z.mean((0, 2, 3), keepdim=True)
+    var = z.var((0, 2, 3), unbiased=False, keepdim=True)
+    return (z - mean) / torch.sqrt(var + eps) * gamma.view(1, -1, 1, 1) + beta.view(1, -1, 1, 1)
+
+
+def _leaves(*tensors):
+    return [t.detach().clone().requires_grad_() for t in tensors]
+
+
+def test_residual_net_with_batch_norm_gets_the_projection_at_what_each_layer_reads(batch, dtype):
+    torch.manual_seed(0)
+    stem = GenConv(1, 4, 3, padding=1, forward="conv_linear_blocked_dx", dtype=dtype)
+    block = _Residual(4, dtype)
+    head = GenDense(16, 3, forward="linear_blocked_dx", dtype=dtype)
+    norm = nn.BatchNorm2d(4, dtype=dtype)
+    net = nn.Sequential(stem, norm, nn.ReLU(), block, nn.AvgPool2d(2), nn.Flatten(), head)
+    for m in net.modules():  # non-trivial scales and shifts
+        if isinstance(m, nn.BatchNorm2d):
+            nn.init.uniform_(m.weight, 0.5, 1.5), nn.init.uniform_(m.bias, -0.5, 0.5)
+    model = DFA(net, 3, input_shape=(1, 4, 4))
+    assert model.targets == ["3.conv1 input", "3.conv2 input", "6 input"]
+    assert model.sizes == [64, 64, 16]
+    x, target = torch.randn(batch, 1, 4, 4, dtype=dtype), torch.randint(0, 3, (batch,))
+    F.cross_entropy(model(x), target).backward()
+
+    # independent reference: plain tensor operations on copies of the weights
+    b_h, b_r, b_p = model.feedback_matrices
+    w0, c0, g0, s0 = _leaves(stem.weight, stem.bias, norm.weight, norm.bias)
+    h = torch.relu(_batch_norm(F.conv2d(x, w0, c0, padding=1), g0, s0, norm.eps))
+    w1, c1, g1, s1 = _leaves(block.conv1.weight, block.conv1.bias, block.bn1.weight, block.bn1.bias)
+    r = torch.relu(_batch_norm(F.conv2d(h.detach(), w1, c1, padding=1), g1, s1, norm.eps))
+    w2, c2, g2, s2 = _leaves(block.conv2.weight, block.conv2.bias, block.bn2.weight, block.bn2.bias)
+    z2 = _batch_norm(F.conv2d(r.detach(), w2, c2, padding=1), g2, s2, norm.eps)
+    p = F.avg_pool2d(torch.relu(z2 + h.detach()), 2).flatten(1)  # the skip carries nothing back
+    with torch.no_grad():
+        y = p @ head.weight.T + head.bias
+        e = (torch.softmax(y, -1) - F.one_hot(target, 3).to(dtype)) / batch
+    close(head.weight.grad, e.T @ p.detach())  # the classifier: backprop's gradient
+    close(head.bias.grad, e.sum(0))
+    for out, b, params, layers in (
+        (p, b_p, (w2, c2, g2, s2), (block.conv2, block.bn2)),
+        (r, b_r, (w1, c1, g1, s1), (block.conv1, block.bn1)),
+        (h, b_h, (w0, c0, g0, s0), (stem, norm)),
+    ):
+        projection = (e @ b.T).reshape(out.shape)  # (e Bᵢᵀ) arrives at what the layer reads
+        expected = torch.autograd.grad(out, params, grad_outputs=projection)
+        actual = [p.grad for layer in layers for p in layer.parameters()]
+        for got, want in zip(actual, expected, strict=True):
+            close(got, want)
+
+
+def test_torchvision_resnet18_unchanged_gets_a_gradient_for_every_parameter():
+    torchvision = pytest.importorskip("torchvision")
+    from bender import convert
+
+    torch.manual_seed(0)
+    net = torchvision.models.resnet18(num_classes=10)
+    bent = convert(net, dense="linear_blocked_dx", conv="conv_linear_blocked_dx")
+    model = DFA(bent, 10, input_shape=(3, 32, 32))
+    assert len(model.targets) == 17  # every conv but the stem's, and the classifier
+    x, target = torch.randn(2, 3, 32, 32), torch.tensor([3, 7])
+    F.cross_entropy(model(x), target).backward()
+    assert len(list(model.parameters())) == 62
+    assert all(p.grad is not None for p in model.parameters())
+    # the classifier's gradient equals backprop's
+    with torch.no_grad():
+        features = torch.flatten(
+            bent.avgpool(
+                bent.layer4(
+                    bent.layer3(
+                        bent.layer2(bent.layer1(bent.maxpool(bent.relu(bent.bn1(bent.conv1(x))))))
+                    )
+                )
+            ),
+            1,
+        )
+    e = (torch.softmax(features @ bent.fc.weight.T + bent.fc.bias, -1) - F.one_hot(target, 10)) / 2
+    close(bent.fc.weight.grad, e.T @ features)
+
+
+def test_block_names_that_do_not_exist_are_listed():
+    net = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+    with pytest.raises(ValueError, match=r"blocks names 'layer1', not a submodule .* are 0, 1, 2"):
+        DFA(net, 2, blocks=["layer1"])
+    with pytest.raises(TypeError, match="blocks must be a list of module names"):
+        DFA(net, 2, blocks="1")
+
+
+def test_a_model_that_returns_no_tensor_is_refused():
+    class Pair(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = nn.Linear(4, 2)
+
+        def forward(self, x):
+            return {"logits": self.linear(x)}
+
+    with pytest.raises(TypeError, match="returns one tensor of class scores, got dict"):
+        DFA(Pair(), 2, input_shape=(4,))
