@@ -123,11 +123,18 @@ class _GenLayer(nn.Module):
                     )
                 getattr(self, name).copy_(torch.as_tensor(value))
 
-    def _set_quantizers(self, input_quantizer: QuantizerLike, kernel_quantizer: QuantizerLike):
+    def set_quantizers(self, input_quantizer: QuantizerLike, kernel_quantizer: QuantizerLike):
         """Hold the quantizers: the input one is applied to every input before the mapping; the
         kernel one becomes a parametrization of ``weight`` (``torch.nn.utils.parametrize``), so
         that every mapping, your own included, reads the quantized weight as ``layer.weight``
-        while the optimizer trains the latent ``layer.parametrizations.weight.original``."""
+        while the optimizer trains the latent ``layer.parametrizations.weight.original``. The
+        weight's current value becomes the latent weight. A layer quantizes its kernel once:
+        a second kernel quantizer is refused."""
+        if getattr(self, "kernel_quantizer", None) is not None:
+            raise ValueError(
+                f"this layer's kernel is already quantized by {self.kernel_quantizer!r}; build "
+                "the layer anew to quantize it otherwise"
+            )
         self.input_quantizer = resolve_quantizer(input_quantizer, "input_quantizer")
         self.kernel_quantizer = resolve_quantizer(kernel_quantizer, "kernel_quantizer")
         if self.kernel_quantizer is not None:
@@ -272,7 +279,7 @@ class GenDense(_GenLayer):
             generator,
             {"device": device, "dtype": dtype},
         )
-        self._set_quantizers(input_quantizer, kernel_quantizer)
+        self.set_quantizers(input_quantizer, kernel_quantizer)
 
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() == 0 or x.shape[-1] != self.in_features:
@@ -398,7 +405,7 @@ class GenConv(_GenLayer):
             generator,
             {"device": device, "dtype": dtype},
         )
-        self._set_quantizers(input_quantizer, kernel_quantizer)
+        self.set_quantizers(input_quantizer, kernel_quantizer)
 
     def _resolve_padding(
         self, padding: str | int | Sequence[int], dims: int

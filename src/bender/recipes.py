@@ -47,6 +47,7 @@ from bender.mappings import (
 )
 from bender.mirrors import WeightMirror
 from bender.nonlinearities import SignSTE
+from bender.rules import KP_TRAINING, TUTORIAL_TRAINING
 from bender.training import StepFn, check_seed, step_functions, train
 
 
@@ -55,7 +56,11 @@ class Recipe:
     """A named network with the number the Bender.jl tutorial reached on MNIST (``reference``),
     where its rule needs other ones than the tutorials', its own ``train`` settings
     (``optimizer``, ``lr``, ``optimizer_options``), and what its rule does after every
-    optimizer step besides (``after_step``, functions ``fn(model)``: a weight mirror)."""
+    optimizer step besides (``after_step``, functions ``fn(model)``: a weight mirror).
+    ``model`` and ``rule`` name the zoo model and the rule that give the same network
+    (``bender train --model M --rule R``), built here with Bender.jl's Glorot-uniform
+    initialisation and taking flattened images; empty for the binary recipes, which have
+    networks of their own."""
 
     name: str
     summary: str
@@ -63,17 +68,8 @@ class Recipe:
     reference: str = ""
     training: dict[str, Any] = field(default_factory=dict)
     after_step: tuple[StepFn, ...] = ()
-
-
-# the tutorials' optimizer: every recipe trains with it unless it has its own ``training``
-TUTORIAL_TRAINING = {"optimizer": "adam", "lr": 3e-4, "optimizer_options": {}}
-# Kolen–Pollack needs weight decay, and W and B to get the same update: SGD with momentum, as in
-# Akrout et al. 2019 (with Adam at the tutorials' 3e-4 it falls behind feedback alignment).
-KP_TRAINING = {
-    "optimizer": "sgd",
-    "lr": 0.05,
-    "optimizer_options": {"momentum": 0.9, "weight_decay": 1e-3},
-}
+    model: str = ""  # the zoo model and the rule it equals, for `bender recipes`
+    rule: str = ""
 
 
 def mlp(
@@ -156,12 +152,16 @@ RECIPES: dict[str, Recipe] = {
             "feedback alignment, MLP 784-128-64-10, relu (Bender.jl FA tutorial)",
             lambda: mlp(SMALL, linear_asym_dx, feedback=True),
             "Bender.jl tutorial on MNIST: acc_test 0.959 after 10 epochs",
+            model="mlp",
+            rule="fa",
         ),
         Recipe(
             "fa-mlp-large",
             "feedback alignment, MLP 784-512-256-10, relu (Bender.jl DFA notebook's net)",
             lambda: mlp(LARGE, linear_asym_dx, feedback=True),
             "Bender.jl notebook on MNIST: acc_test 0.973 after 10 epochs",
+            model="mlp-large",
+            rule="fa",
         ),
         Recipe(
             "binary-mlp",
@@ -187,52 +187,72 @@ RECIPES: dict[str, Recipe] = {
             "dfa-mlp",
             "direct feedback alignment, MLP 784-128-64-10, relu (Nøkland 2016)",
             lambda: DFA(mlp(SMALL, linear_blocked_dx), 10),
+            model="mlp",
+            rule="dfa",
         ),
         Recipe(
             "dfa-mlp-large",
             "direct feedback alignment, MLP 784-512-256-10, relu (Nøkland 2016)",
             lambda: DFA(mlp(LARGE, linear_blocked_dx), 10),
+            model="mlp-large",
+            rule="dfa",
         ),
         Recipe(
             "fa-cnn",
             "feedback alignment, CNN conv16-conv32-dense (5×5 kernels, max-pooling), relu",
             lambda: cnn(conv_linear_asym_dx, linear_asym_dx, feedback=True),
+            model="cnn",
+            rule="fa",
         ),
         Recipe(
             "dfa-cnn",
             "direct feedback alignment, CNN conv16-conv32-dense, relu",
             lambda: DFA(cnn(conv_linear_blocked_dx, linear_blocked_dx), 10, input_shape=(784,)),
+            model="cnn",
+            rule="dfa",
         ),
         Recipe(
             "usf-mlp",
             "sign-concordant feedback sign(W) (uSF, Liao et al. 2016), MLP 784-128-64-10, relu",
             lambda: mlp(SMALL, linear_usf_dx),
+            model="mlp",
+            rule="usf",
         ),
         Recipe(
             "frsf-mlp",
             "sign-concordant feedback |V|⊙sign(W), V fixed (frSF), MLP 784-128-64-10, relu",
             lambda: mlp(SMALL, linear_frsf_dx, feedback=True),
+            model="mlp",
+            rule="frsf",
         ),
         Recipe(
             "brsf-mlp",
             "sign-concordant feedback |M|⊙sign(W), M per batch (brSF), MLP 784-128-64-10, relu",
             lambda: mlp(SMALL, linear_brsf_dx),
+            model="mlp",
+            rule="brsf",
         ),
         Recipe(
             "usf-cnn",
             "sign-concordant feedback sign(W) (uSF), CNN conv16-conv32-dense, relu",
             lambda: cnn(conv_linear_usf_dx, linear_usf_dx),
+            model="cnn",
+            rule="usf",
         ),
         Recipe(
             "frsf-cnn",
             "sign-concordant feedback |V|⊙sign(W), V fixed (frSF), CNN conv16-conv32-dense, relu",
             lambda: cnn(conv_linear_frsf_dx, linear_frsf_dx, feedback=True),
+            model="cnn",
+            rule="frsf",
         ),
         Recipe(
             "brsf-cnn",
             "sign-concordant feedback |M|⊙sign(W), M per batch (brSF), "
             "CNN conv16-conv32-dense, relu",
             lambda: cnn(conv_linear_brsf_dx, linear_brsf_dx),
+            model="cnn",
+            rule="brsf",
         ),
         Recipe(
             "kp-mlp",
@@ -240,12 +260,16 @@ RECIPES: dict[str, Recipe] = {
             "784-128-64-10, relu",
             lambda: mlp(SMALL, linear_kp_dx, feedback=True),
             training=KP_TRAINING,
+            model="mlp",
+            rule="kp",
         ),
         Recipe(
             "kp-cnn",
             "Kolen-Pollack, CNN conv16-conv32-dense, relu",
             lambda: cnn(conv_linear_kp_dx, linear_kp_dx, feedback=True),
             training=KP_TRAINING,
+            model="cnn",
+            rule="kp",
         ),
         Recipe(
             "wm-mlp",
@@ -253,27 +277,37 @@ RECIPES: dict[str, Recipe] = {
             "MLP 784-128-64-10, relu",
             lambda: mlp(SMALL, linear_asym_dx, feedback=True),
             after_step=(WeightMirror(),),
+            model="mlp",
+            rule="wm",
         ),
         Recipe(
             "wm-cnn",
             "feedback alignment with weight mirrors, CNN conv16-conv32-dense, relu",
             lambda: cnn(conv_linear_asym_dx, linear_asym_dx, feedback=True),
             after_step=(WeightMirror(),),
+            model="cnn",
+            rule="wm",
         ),
         Recipe(
             "bp-mlp",
             "backprop baseline, MLP 784-128-64-10, relu",
             lambda: mlp(SMALL, linear),
+            model="mlp",
+            rule="bp",
         ),
         Recipe(
             "bp-mlp-large",
             "backprop baseline, MLP 784-512-256-10, relu",
             lambda: mlp(LARGE, linear),
+            model="mlp-large",
+            rule="bp",
         ),
         Recipe(
             "bp-cnn",
             "backprop baseline, CNN conv16-conv32-dense, relu",
             lambda: cnn(conv_linear, linear),
+            model="cnn",
+            rule="bp",
         ),
     ]
 }

@@ -141,6 +141,13 @@ def step_functions(after_step: Sequence[StepFn] | StepFn | None) -> tuple[StepFn
     raise TypeError(f"after_step must be a list of functions fn(model), got {after_step!r}")
 
 
+def rule_steps(model: nn.Module) -> tuple[StepFn, ...]:
+    """The functions a learning rule put on ``model`` to run after every optimizer step
+    (``model.after_step``, set by :func:`bender.rules.apply_rule`); none for other models."""
+    steps = getattr(model, "after_step", None)
+    return () if steps is None else step_functions(steps)
+
+
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """``"auto"`` is CUDA when available, else the CPU; any other device must hold a tensor here.
 
@@ -252,11 +259,12 @@ def train(
     ``optimizer_options`` go to its constructor (``{"momentum": 0.9, "weight_decay": 1e-3}``).
     Each of ``after_step`` is called as ``fn(model)`` under ``torch.no_grad()`` after every
     optimizer step, e.g. a weight constraint such as
-    :class:`bender.constraints.ClipBinaryWeights`. A non-finite
-    training loss stops training with a warning. Either way the rows of the completed epochs
-    are returned, and the reason is in ``df.attrs["stopped"]``. Inputs holding NaN or ±inf are
-    refused with a ``ValueError`` before the first step; trainable parameters that the first
-    backward pass gives no gradient are named in a warning.
+    :class:`bender.constraints.ClipBinaryWeights`, after those of the model's learning rule
+    (``model.after_step``, which :func:`bender.rules.apply_rule` sets: a weight mirror). A non-
+    finite training loss stops training with a warning. Either way the rows of the completed
+    epochs are returned, and the reason is in ``df.attrs["stopped"]``. Inputs holding NaN or
+    ±inf are refused with a ``ValueError`` before the first step; trainable parameters that the
+    first backward pass gives no gradient are named in a warning.
 
     ``checkpoint`` names a file written after every completed epoch, after the callbacks (see
     :mod:`bender.checkpoint`). ``resume`` takes such a file (or its contents, from
@@ -287,7 +295,7 @@ def train(
         )
     loss_fn = _choose("loss", loss, LOSSES)
     options = check_optimizer_options(optimizer, optimizer_options)
-    after = step_functions(after_step)
+    after = (*rule_steps(model), *step_functions(after_step))
     device = resolve_device(device)
     settings = {
         "batch_size": batch_size,
