@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from bender import __version__, checkpoint, data, export, recipes, run_folder
+from bender import __version__, checkpoint, data, export, models, recipes, rules, run_folder
 from bender.alignment import AlignmentRecorder, bent_layers
 from bender.checkpoint import write_atomically
 from bender.constraints import ClipBinaryWeights, binary_layers
@@ -32,7 +32,7 @@ from bender.run_folder import (
     write_table,
 )
 from bender.summary import summary
-from bender.training import COLUMNS, OPTIMIZERS, check_seed, resolve_device, train
+from bender.training import COLUMNS, OPTIMIZERS, check_seed, resolve_device, rule_steps, train
 
 __all__ = ["LOCK", "lock_holder", "main"]
 
@@ -71,6 +71,13 @@ def _momentum(text: str) -> float:
     return value
 
 
+def _names(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",")]
+    if not all(names):
+        raise argparse.ArgumentTypeError(f"expected comma-separated module names, got {text!r}")
+    return names
+
+
 def _out(text: str) -> Path:
     """An argparse type: a folder path, not empty (``--out ""`` would be the current folder)."""
     if not text.strip():
@@ -95,14 +102,37 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"bender {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("recipes", help="list the named experiments")
+    sub.add_parser("recipes", help="list the named experiments and the model and rule of each")
+    sub.add_parser("models", help="list the model zoo (for train --model)")
+    sub.add_parser("rules", help="list the learning rules (for train --rule)")
     m = sub.add_parser(
         "summary",
         help="a recipe's layers: 1-bit and float parameters, feedback, MACs per sample, memory",
     )
     m.add_argument("recipe", help="recipe name (see `bender recipes`)")
-    t = sub.add_parser("train", help="train a recipe and write metrics, curves and weights")
-    t.add_argument("recipe", help="recipe name (see `bender recipes`)")
+    t = sub.add_parser(
+        "train",
+        help="train a recipe, or any model by any rule, and write metrics, curves and weights",
+    )
+    t.add_argument(
+        "recipe", nargs="?", help="recipe name (see `bender recipes`), or --model and --rule"
+    )
+    t.add_argument(
+        "--model",
+        help="a model of the zoo (see `bender models`), torchvision:NAME, or "
+        "package.module:function (your builder); trains on images, padded to 32×32 where the "
+        "model needs it",
+    )
+    t.add_argument(
+        "--rule", help="the learning rule (see `bender rules`; default with --model: bp)"
+    )
+    t.add_argument(
+        "--blocks",
+        type=_names,
+        help="with --rule dfa: comma-separated names of the modules whose outputs receive the "
+        "direct feedback (e.g. layer1.0,layer1.1), backprop inside them (default: the input of "
+        "every layer)",
+    )
     for flag, kind, default, text in (
         ("--epochs", _positive(int), 10, "passes over the training set"),
         (
@@ -162,8 +192,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--out",
         type=_out,
-        help="output folder (default: runs/RECIPE-DATASET-seedN, or the first free "
-        "runs/RECIPE-DATASET-seedN-K when that one holds an earlier run's results)",
+        help="output folder (default: runs/RECIPE-DATASET-seedN, or runs/MODEL+RULE-...; the "
+        "first free runs/...-seedN-K when that one holds an earlier run's results)",
     )
     t.add_argument(
         "--overwrite",
@@ -221,7 +251,7 @@ def _claim(args: argparse.Namespace) -> AbstractContextManager[Path]:
     with ``--overwrite``), else the first free ``runs/RECIPE-DATASET-seedN[-K]``."""
     if args.out is not None:
         return run_folder.claim(args.out, overwrite=args.overwrite)
-    base = Path("runs") / f"{args.recipe}-{args.dataset}-seed{args.seed}"
+    base = Path("runs") / f"{_experiment(args)}-{args.dataset}-seed{args.seed}"
     return run_folder.claim_first_free(base)
 
 
@@ -236,7 +266,54 @@ def _own_training(name: str) -> str:
     recipe = recipes.get(name)
     own = f"; trains with {_describe_optimizer(recipes.train_settings(name))}"
     steps = f"; after every step {', '.join(map(repr, recipe.after_step))}"
-    return (own if recipe.training else "") + (steps if recipe.after_step else "")
+    same = f" [= --model {recipe.model} --rule {recipe.rule}]" if recipe.model else ""
+    return same + (own if recipe.training else "") + (steps if recipe.after_step else "")
+
+
+def _experiment(args: argparse.Namespace) -> str:
+    """The recipe's name, or ``MODEL+RULE``."""
+    return args.recipe or f"{args.model}+{args.rule}"
+
+
+def _check_experiment(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """A usage error unless the arguments name one recipe, or a model and a rule that exist
+    (``--rule`` defaults to bp with ``--model``)."""
+    if args.recipe is not None:
+        if args.model or args.rule or args.blocks:
+            parser.error("name a recipe or give --model and --rule, not both")
+        _known_recipe(args.recipe, parser)
+        return
+    if args.model is None:
+        parser.error(
+            "name a recipe (see `bender recipes`) or a model with --model (see `bender models`) "
+            "and a rule with --rule (see `bender rules`)"
+        )
+    args.rule = args.rule or "bp"
+    if args.rule not in rules.RULES:
+        parser.error(f"unknown rule {args.rule!r}; choose one of {', '.join(rules.RULES)}")
+    zoo = args.model in models.MODELS
+    if not (zoo or args.model.startswith("torchvision:") or ":" in args.model):
+        parser.error(
+            f"unknown model {args.model!r}; choose one of {', '.join(models.MODELS)}, "
+            "torchvision:NAME or package.module:function"
+        )
+    if args.blocks and not rules.get_rule(args.rule).direct_feedback:
+        parser.error(f"--blocks is for --rule dfa, not {args.rule}")
+
+
+def _image_shape(args: argparse.Namespace) -> tuple[int, int, int]:
+    """The images the run's model gets: MNIST-family 1×28×28, padded to the size the zoo
+    model needs (LeNet-5: 32×32)."""
+    return (1, *(models.model_image_size(args.model) or (28, 28)))
+
+
+def _build(args: argparse.Namespace) -> torch.nn.Module:
+    """The run's network, initialised from its seed: the recipe's, or the model by the rule."""
+    if args.recipe is not None:
+        return recipes.build(args.recipe, args.seed)
+    return recipes.build_network(
+        args.model, args.rule, _image_shape(args), 10, seed=args.seed, blocks=args.blocks
+    )
 
 
 def _known_recipe(name: str, parser: argparse.ArgumentParser, where: str = "") -> None:
@@ -275,7 +352,7 @@ def _summary(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 def _optimizer_settings(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
     """Fill in ``args.optimizer``, ``args.lr`` and ``args.optimizer_options``: the recipe's
     settings, with those the flags give in their place."""
-    settings = recipes.train_settings(args.recipe, args.optimizer)
+    settings = recipes.train_settings(args.recipe, args.optimizer, rule=args.rule)
     args.optimizer = settings["optimizer"]
     args.lr = settings["lr"] if args.lr is None else args.lr
     options = settings["optimizer_options"]
@@ -290,21 +367,24 @@ def _optimizer_settings(args: argparse.Namespace, parser: argparse.ArgumentParse
 
 def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """``bender train``: a new run, in a folder that holds no earlier results."""
-    _known_recipe(args.recipe, parser)
+    _check_experiment(args, parser)
     _optimizer_settings(args, parser)
-    model = recipes.build(args.recipe, args.seed)
+    try:
+        model = _build(args)
+    except (ValueError, TypeError) as err:  # a model that cannot be built or bent
+        parser.error(f"{_experiment(args)}: {err}")
     if args.alignment:
         try:
             bent_layers(model)
         except ValueError:
             parser.error(
-                f"--alignment compares a bent rule with backprop, but {args.recipe} has no bent "
-                "layer; use a feedback-alignment or DFA recipe"
+                f"--alignment compares a bent rule with backprop, but {_experiment(args)} has no "
+                "bent layer; use a feedback-alignment or DFA recipe or rule"
             )
     if args.clip_weights and not binary_layers(model):
         parser.error(
-            f"--clip-weights clamps the latent weights of binary layers, but {args.recipe} has "
-            "none; use a binary recipe such as binary-mlp"
+            f"--clip-weights clamps the latent weights of binary layers, but {_experiment(args)} "
+            "has none; use a binary recipe such as binary-mlp, or --rule binary"
         )
     if args.out is not None:  # refused before the data is loaded; decided under the lock
         try:
@@ -334,7 +414,9 @@ def _load(args: argparse.Namespace, parser: argparse.ArgumentParser):
         torch.set_num_threads(args.threads)
     try:
         device = resolve_device(args.device)
-        dataset = data.load(args.dataset, args.data_dir)
+        dataset = data.load(args.dataset, args.data_dir, flatten=args.recipe is not None)
+        if args.recipe is None:
+            dataset = data.pad_images(dataset, _image_shape(args)[1:])
     except (OSError, RuntimeError, ValueError) as err:
         print(f"bender: error: {err}", file=sys.stderr)
         return 1
@@ -370,7 +452,12 @@ def _resume(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 def _train_command(record: dict, folder: Path) -> str:
     """The ``bender train`` command that starts the run of ``record`` again in ``folder``."""
-    words = ["bender", "train", record["recipe"], "--dataset", record["dataset"]]
+    if record["recipe"] is not None:
+        words = ["bender", "train", record["recipe"]]
+    else:
+        words = ["bender", "train", "--model", record["network"], "--rule", record["rule"]]
+        words += ["--blocks", ",".join(record["blocks"])] if record.get("blocks") else []
+    words += ["--dataset", record["dataset"]]
     words += ["--epochs", record["epochs_requested"], "--seed", record["seed"]]
     words += ["--batch-size", record["batch_size"]]
     words += ["--optimizer", record.get("optimizer", recipes.TUTORIAL_TRAINING["optimizer"])]
@@ -394,7 +481,7 @@ def _resume_locked(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
         record = run_folder.read_record(folder)
     except RecordError as err:
         parser.error(str(err))
-    _known_recipe(record["recipe"], parser, where=f"{folder / 'metrics.json'}: ")
+    _check_recorded(record, folder, parser)
     if not (folder / "checkpoint.pt").exists():
         parser.error(
             f"{folder} holds no checkpoint.pt: the run stopped before its first epoch was "
@@ -414,6 +501,8 @@ def _resume_locked(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
             f"pass --epochs N with N > {state['epoch']} to train on"
         )
     settings = {key: record[key] for key in ("recipe", "dataset", "lr", "batch_size", "seed")}
+    settings |= {"model": record.get("network"), "rule": record.get("rule")}
+    settings |= {"blocks": record.get("blocks")}
     run = argparse.Namespace(
         **vars(args)
         | settings
@@ -428,11 +517,30 @@ def _resume_locked(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
             "alignment": "alignment_probe" in record,
         }
     )
-    model = recipes.build(run.recipe, run.seed)
+    model = _rebuilt(run, folder, parser)
     loaded = _load(run, parser)
     if isinstance(loaded, int):
         return loaded
     return _fit(run, model, *loaded, folder, (record, state))
+
+
+def _check_recorded(record: dict, folder: Path, parser: argparse.ArgumentParser) -> None:
+    """A usage error unless the record's recipe, or model and rule, exist here."""
+    where = f"{folder / 'metrics.json'}: "
+    if record["recipe"] is not None:
+        _known_recipe(record["recipe"], parser, where=where)
+    elif record["rule"] not in rules.RULES:
+        parser.error(
+            f"{where}unknown rule {record['rule']!r}; this bender has {', '.join(rules.RULES)}"
+        )
+
+
+def _rebuilt(run: argparse.Namespace, folder: Path, parser: argparse.ArgumentParser):
+    """The recorded run's network as it was built at its start."""
+    try:
+        return _build(run)
+    except (ValueError, TypeError) as err:
+        parser.error(f"{folder}: the run's network cannot be built again: {err}")
 
 
 def _repair(folder: Path, record: dict, epochs: int) -> int:
@@ -512,13 +620,18 @@ def _fit(
 ) -> int:
     """Train, writing the results to ``out`` after every epoch; the exit code."""
     state = None
-    after_step = list(recipes.get(args.recipe).after_step)  # the rule's own: a weight mirror
+    # the rule's own steps (a weight mirror): a recipe's are given to train, a model's ride on it
+    after_step = list(recipes.get(args.recipe).after_step) if args.recipe else []
     if args.clip_weights:
         after_step.append(ClipBinaryWeights(args.clip_weights))
-    steps = "".join(f", then {fn!r}" for fn in after_step)  # for the first line printed
+    every_step = [*rule_steps(model), *after_step]
+    steps = "".join(f", then {fn!r}" for fn in every_step)  # for the first line printed
     if resumed is None:
         record = {
             "recipe": args.recipe,
+            "network": args.model,
+            "rule": args.rule,
+            "blocks": args.blocks,
             "dataset": args.dataset,
             "epochs_requested": args.epochs,
             "optimizer": args.optimizer,
@@ -531,21 +644,21 @@ def _fit(
             "threads": torch.get_num_threads(),  # CPU results depend on it (summation order)
             "limit": args.limit,
             "clip_weights": args.clip_weights,
-            "after_step": [repr(fn) for fn in after_step],
+            "after_step": [repr(fn) for fn in every_step],
             "bender": __version__,
             "torch": torch.__version__,
             "python": platform.python_version(),
             "model": repr(model),
         }
         print(
-            f"{args.recipe} on {args.dataset} ({device}), seed {args.seed}, "
+            f"{_experiment(args)} on {args.dataset} ({device}), seed {args.seed}, "
             f"{_describe_optimizer(vars(args))}{steps}, writing to {out}:"
         )
     else:
         record, state = resumed
         record = _resumed_record(record, state, args, device)
         print(
-            f"resuming {args.recipe} on {args.dataset} ({device}), seed {args.seed}, "
+            f"resuming {_experiment(args)} on {args.dataset} ({device}), seed {args.seed}, "
             f"{_describe_optimizer(vars(args))}{steps}, after epoch {state['epoch']} of "
             f"{args.epochs}, writing to {out}:"
         )
@@ -633,7 +746,7 @@ def _fit(
         then = _resumable_hint(out, args.data_dir) if interrupted else ""
         print(f"bender: error: {stopped}; results so far are in {out}{then}", file=sys.stderr)
         return 130 if interrupted else 1  # 130: the shell's code for a run stopped by Ctrl-C
-    reference = recipes.get(args.recipe).reference
+    reference = recipes.get(args.recipe).reference if args.recipe else ""
     if reference and args.dataset == "mnist":  # the tutorials' numbers are MNIST's
         print(f"for comparison, {reference}")
     print(f"wrote {', '.join(results_in(out))} to {out}")
@@ -650,8 +763,15 @@ def _export(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         record = run_folder.read_record(folder)
     except RecordError as err:
         parser.error(str(err))
-    _known_recipe(record["recipe"], parser, where=f"{folder / 'metrics.json'}: ")
-    model = recipes.build(record["recipe"], record["seed"])
+    _check_recorded(record, folder, parser)
+    run = argparse.Namespace(
+        recipe=record["recipe"],
+        model=record.get("network"),
+        rule=record.get("rule"),
+        blocks=record.get("blocks"),
+        seed=record["seed"],
+    )
+    model = _rebuilt(run, folder, parser)
     try:
         model.load_state_dict(
             torch.load(folder / "model.pt", map_location="cpu", weights_only=True)
@@ -665,7 +785,10 @@ def _export(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     try:
         export.save(model, out)
     except ValueError as err:  # no binary layer: nothing to pack
-        parser.error(f"{record['recipe']}: {err}; export a run of a recipe such as binary-mlp-bn")
+        parser.error(
+            f"{run_folder.experiment_name(record)}: {err}; export a run of a recipe such as "
+            "binary-mlp-bn, or of --rule binary"
+        )
     except OSError as err:
         print(f"bender: error: {err}", file=sys.stderr)
         return 1
@@ -681,6 +804,30 @@ def main(argv: list[str] | None = None) -> int:
         width = max(map(len, recipes.RECIPES))
         for recipe in recipes.RECIPES.values():
             print(f"{recipe.name:<{width}}  {recipe.summary}{_own_training(recipe.name)}")
+        return 0
+    if args.command == "models":
+        width = max(map(len, models.MODELS))
+        for spec in models.MODELS.values():
+            size = (
+                ""
+                if spec.image_size is None
+                else f" (needs {spec.image_size[0]}×{spec.image_size[1]})"
+            )
+            print(f"{spec.name:<{width}}  {spec.summary}{size}")
+        print(
+            "also: torchvision:NAME (any torchvision classification model), "
+            "package.module:function (your builder)"
+        )
+        return 0
+    if args.command == "rules":
+        width = max(map(len, rules.RULES))
+        for rule in rules.RULES.values():
+            own = (
+                ""
+                if rule.training == rules.TUTORIAL_TRAINING
+                else f"; trains with {_describe_optimizer(rule.training)}"
+            )
+            print(f"{rule.name:<{width}}  {rule.summary} ({rule.reference}){own}")
         return 0
     if args.command == "summary":
         return _summary(args, parser)

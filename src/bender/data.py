@@ -261,6 +261,37 @@ def load(
     return Dataset(name, splits["train"], splits["test"])
 
 
+def image_shape(dataset: Dataset) -> tuple[int, int, int]:
+    """``(channels, height, width)`` of the dataset's images (``N×C×H×W`` inputs)."""
+    x = dataset.train.x
+    if x.dim() != 4:
+        raise ValueError(
+            f"{dataset.name}: expected images of shape (N, C, H, W), got inputs of shape "
+            f"{tuple(x.shape)}; load it with flatten=False"
+        )
+    return tuple(x.shape[1:])
+
+
+def pad_images(dataset: Dataset, size: tuple[int, int]) -> Dataset:
+    """The dataset with its images padded with zeros, evenly on each side, to ``size``
+    (MNIST's 28×28 to LeNet-5's 32×32). Images already that size are returned as they are."""
+    _, height, width = image_shape(dataset)
+    target_h, target_w = size
+    if (height, width) == (target_h, target_w):
+        return dataset
+    if height > target_h or width > target_w:
+        raise ValueError(
+            f"{dataset.name}'s {height}×{width} images cannot be padded to {target_h}×{target_w}"
+        )
+    top, left = (target_h - height) // 2, (target_w - width) // 2
+    pad = (left, target_w - width - left, top, target_h - height - top)
+
+    def padded(split: Split) -> Split:
+        return Split(torch.nn.functional.pad(split.x, pad), split.y)
+
+    return Dataset(dataset.name, padded(dataset.train), padded(dataset.test), dataset.num_classes)
+
+
 class Batches:
     """Mini-batches of a :class:`Split` on its own device, reshuffled every epoch.
 

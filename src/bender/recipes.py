@@ -46,8 +46,9 @@ from bender.mappings import (
     linear_usf_dx,
 )
 from bender.mirrors import WeightMirror
+from bender.models import build_model
 from bender.nonlinearities import SignSTE
-from bender.rules import KP_TRAINING, TUTORIAL_TRAINING
+from bender.rules import KP_TRAINING, TUTORIAL_TRAINING, apply_rule, get_rule
 from bender.training import StepFn, check_seed, step_functions, train
 
 
@@ -313,6 +314,28 @@ RECIPES: dict[str, Recipe] = {
 }
 
 
+def build_network(
+    model: str,
+    rule: str,
+    image_shape: tuple[int, int, int],
+    num_classes: int,
+    *,
+    seed: int = 0,
+    blocks: list[str] | None = None,
+) -> nn.Module:
+    """The zoo's ``model`` for images of ``image_shape = (C, H, W)``, learning by ``rule``
+    (:func:`bender.rules.apply_rule`), its weights and feedback drawn after
+    ``torch.manual_seed(seed)``."""
+    torch.manual_seed(check_seed(seed))
+    channels, height, width = image_shape
+    network = build_model(
+        model, in_channels=channels, image_size=(height, width), num_classes=num_classes
+    )
+    return apply_rule(
+        network, rule, num_outputs=num_classes, input_shape=image_shape, blocks=blocks
+    )
+
+
 def get(name: str) -> Recipe:
     """The recipe called ``name``; an error listing the valid names otherwise."""
     if name not in RECIPES:
@@ -327,11 +350,14 @@ def build(name: str, seed: int = 0) -> nn.Module:
     return recipe.build()
 
 
-def train_settings(name: str, optimizer: str | None = None) -> dict[str, Any]:
-    """The ``train`` settings recipe ``name`` runs with: its own (``kp-mlp``: SGD, lr 0.05,
-    momentum 0.9, weight decay 1e-3), else the tutorials' (Adam, lr 3e-4). Naming another
-    ``optimizer`` than the recipe's drops the recipe's learning rate and options with it."""
-    own = get(name).training or TUTORIAL_TRAINING
+def train_settings(
+    name: str | None, optimizer: str | None = None, *, rule: str | None = None
+) -> dict[str, Any]:
+    """The ``train`` settings recipe ``name`` (or, with ``name=None``, ``rule``) runs with: its
+    own (``kp-mlp`` and rule ``kp``: SGD, lr 0.05, momentum 0.9, weight decay 1e-3), else the
+    tutorials' (Adam, lr 3e-4). Naming another ``optimizer`` than the recipe's drops the
+    recipe's learning rate and options with it."""
+    own = (get(name).training if name is not None else get_rule(rule).training) or TUTORIAL_TRAINING
     if optimizer not in (None, own["optimizer"]):
         own = TUTORIAL_TRAINING | {"optimizer": optimizer}
     return own | {"optimizer_options": dict(own["optimizer_options"])}

@@ -269,13 +269,20 @@ def _options(v: Any) -> bool:
     )
 
 
+def _names(v: Any) -> bool:
+    return isinstance(v, list) and all(isinstance(name, str) for name in v)
+
+
 def _resumptions(v: Any) -> bool:
     return isinstance(v, list) and all(isinstance(r, dict) for r in v)
 
 
 # field: (required, check, what it must be)
 RECORD_FIELDS: dict[str, tuple[bool, Callable[[Any], bool], str]] = {
-    "recipe": (True, lambda v: isinstance(v, str), "a recipe name (a string)"),
+    "recipe": (True, _optional(lambda v: isinstance(v, str)), "null or a recipe name (a string)"),
+    "network": (False, _optional(lambda v: isinstance(v, str)), "null or a model name (a string)"),
+    "rule": (False, _optional(lambda v: isinstance(v, str)), "null or a rule name (a string)"),
+    "blocks": (False, _optional(_names), "null or a list of module names"),
     "dataset": (True, lambda v: v in DATASETS, f"one of {', '.join(DATASETS)}"),
     "epochs_requested": (True, _int(1), "a positive int"),
     "lr": (True, _positive_number, "a positive finite number"),
@@ -312,6 +319,11 @@ def read_record(folder: Path) -> dict[str, Any]:
             continue
         if not check(record[field]):
             raise RecordError(f"{path}: field {field!r} must be {wanted}, got {record[field]!r}")
+    if record["recipe"] is None and not (record.get("network") and record.get("rule")):
+        raise RecordError(
+            f"{path} names no recipe, so it must say the run's network and rule (model and "
+            "rule names)"
+        )
     return record
 
 
@@ -346,8 +358,13 @@ def plot_curves(table: pd.DataFrame, path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def experiment_name(record: dict[str, Any]) -> str:
+    """The recipe's name, or ``network+rule`` for a run of a model and a rule."""
+    return record["recipe"] or f"{record['network']}+{record['rule']}"
+
+
 def curves_title(record: dict[str, Any]) -> str:
-    return f"{record['recipe']} on {record['dataset']}, seed {record['seed']}"
+    return f"{experiment_name(record)} on {record['dataset']}, seed {record['seed']}"
 
 
 def write_curves(folder: Path, table: pd.DataFrame, record: dict[str, Any]) -> None:
