@@ -121,8 +121,8 @@ def backprop(model: nn.Module) -> Iterator[nn.Module]:
     """Within the block, ``model`` computes backprop's gradients with its current weights.
 
     Every bent layer runs its mapping's exact counterpart (``∂x = δ W`` instead of ``δ B``, or
-    instead of nothing), and every ``DFA`` inside runs its network without detaching the layers'
-    inputs or sending direct feedback. Everything is put back when the block ends, also after
+    instead of nothing), and every ``DFA`` inside runs its network without direct feedback.
+    Everything is put back when the block ends, also after
     an error. Layers without an exact counterpart (binary weights) keep their rule.
     """
     layers = {name: m for name, m in bent_layers(model).items() if hasattr(m, "mapping")}

@@ -205,7 +205,8 @@ def direct_feedback_loss(
     like that output (Bender.jl's ``direct_feedback_loss``). That is DFA
     when each layer passes nothing to its input (``linear_blocked_dx``); a layer that does pass
     a gradient adds it to the ``e B_iᵀ`` of the output below it (the :class:`~bender.DFA`
-    wrapper detaches the inputs instead, so there any mapping gives DFA).
+    wrapper replaces every other gradient at its targets instead, so there any mapping gives
+    DFA).
     """
     if not outputs:
         raise ValueError("outputs must hold at least the network's output")
