@@ -35,8 +35,8 @@ def test_recipes_lists_one_line_each(capsys):
     assert kp.endswith("; trains with sgd lr 0.05, momentum 0.9, weight_decay 0.001")
     wm = next(line for line in lines if line.startswith("wm-mlp "))
     assert wm.endswith(
-        "relu; after every step WeightMirror(lr=0.01, weight_decay=0.01, noise_std=1, "
-        "batch_size=64)"
+        "relu [= --model mlp --rule wm]; after every step WeightMirror(lr=0.01, "
+        "weight_decay=0.01, noise_std=1, batch_size=64)"
     )
 
 
@@ -168,6 +168,14 @@ def test_shuffle_once_is_recorded_and_changes_the_run(tmp_path, data_root):
         ["train", "fa-mlp", "--seed", str(2**64)],
         ["train", "fa-mlp", "--threads", "0"],
         ["resume", "somewhere", "--threads", "two"],
+        ["train"],
+        ["train", "--rule", "fa"],
+        ["train", "fa-mlp", "--model", "mlp"],
+        ["train", "--model", "resnet18", "--rule", "fa"],
+        ["train", "--model", "mlp", "--rule", "feedback"],
+        ["train", "--model", "mlp", "--rule", "fa", "--blocks", "1"],
+        ["train", "--model", "mlp", "--rule", "dfa", "--blocks", "1,,2"],
+        ["train", "--model", "no_such_package.nets:build", "--rule", "fa"],
     ],
 )
 def test_usage_errors_exit_2(args, capsys):
@@ -888,3 +896,70 @@ def test_export_writes_the_binary_weights_as_bits(tmp_path, data_root, capsys):
     err = capsys.readouterr().err
     assert "model.pt cannot be read as this run's weights (UnpicklingError)" in err
     assert "weights_only" not in err
+
+
+def _train_model(tmp_path, data_root, model, rule, *extra, epochs=1, folder="run"):
+    out = tmp_path / folder
+    args = ["train", "--model", model, "--rule", rule, "--epochs", str(epochs)]
+    args += ["--limit", "600", "--data-dir", str(data_root), "--out", str(out), "--no-progress"]
+    return cli.main([*args, *extra]), out
+
+
+def test_models_and_rules_are_listed(capsys):
+    assert cli.main(["models"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[3].startswith("lenet5 ") and lines[3].endswith("(needs 32×32)")
+    assert "torchvision:NAME" in lines[-1]
+    assert cli.main(["rules"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == list(__import__("bender").rules.RULES)
+    assert next(line for line in lines if line.startswith("kp ")).endswith(
+        "trains with sgd lr 0.05, momentum 0.9, weight_decay 0.001"
+    )
+
+
+def test_any_model_by_any_rule_trains_records_and_resumes(tmp_path, data_root, capsys):
+    code, longer = _train_model(tmp_path, data_root, "lenet5", "dfa", epochs=2, folder="longer")
+    assert code == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.startswith("lenet5+dfa on mnist (cpu), seed 0, adam lr 0.0003, writing to")
+    record = json.loads((longer / "metrics.json").read_text())
+    assert (record["recipe"], record["network"], record["rule"]) == (None, "lenet5", "dfa")
+    assert "DFA(feedback 1780×10" in record["model"]  # 6·14·14 + 16·5·5 + 120 + 84 rows
+    code, out = _train_model(tmp_path, data_root, "lenet5", "dfa", epochs=1)
+    assert code == 0 and _resume(out, data_root, "--epochs", "2") == 0
+    _same_results(out, longer)  # resumed as if it never stopped
+
+
+def test_a_models_rule_steps_and_settings_are_used(tmp_path, data_root, capsys):
+    code, out = _train_model(tmp_path, data_root, "mlp", "wm")
+    assert code == 0
+    record = json.loads((out / "metrics.json").read_text())
+    assert record["after_step"] == [
+        "WeightMirror(lr=0.01, weight_decay=0.01, noise_std=1, batch_size=64)"
+    ]
+    code, out = _train_model(tmp_path, data_root, "cnn", "kp", folder="kp")
+    assert code == 0
+    record = json.loads((out / "metrics.json").read_text())
+    assert (record["optimizer"], record["lr"]) == ("sgd", 0.05)
+    assert record["optimizer_options"] == {"momentum": 0.9, "weight_decay": 0.001}
+
+
+def test_dfa_blocks_from_the_command_line(tmp_path, data_root, capsys):
+    code, out = _train_model(tmp_path, data_root, "resnet20", "dfa", "--blocks", "layer1,layer2")
+    assert code == 0
+    record = json.loads((out / "metrics.json").read_text())
+    assert (
+        record["blocks"] == ["layer1", "layer2"]
+        and "blocks=['layer1', 'layer2']" in record["model"]
+    )
+    with pytest.raises(SystemExit):
+        _train_model(tmp_path, data_root, "resnet20", "dfa", "--blocks", "layer9", folder="x")
+    assert "blocks names 'layer9', not a submodule" in capsys.readouterr().err
+
+
+def test_a_binary_model_run_is_exported(tmp_path, data_root, capsys):
+    code, out = _train_model(tmp_path, data_root, "mlp", "binary")
+    assert code == 0
+    assert cli.main(["export", str(out)]) == 0
+    assert "wrote" in capsys.readouterr().out
