@@ -300,3 +300,20 @@ def test_bytes_are_scaled_to_the_unit_interval(tmp_path):
     x = load("mnist", tmp_path, download=False).train.x
     assert x[0, 0] == 1.0 and x[1, 0] == pytest.approx(0.2) and x[2].abs().sum() == 0
     assert x.dtype == torch.float32
+
+
+def test_images_are_padded_evenly_to_the_size_a_model_needs():
+    from bender.data import Dataset, Split, image_shape, pad_images
+
+    x = torch.rand(3, 1, 28, 28)
+    data = Dataset("mnist", Split(x, torch.tensor([0, 1, 2])), Split(x[:1], torch.tensor([0])))
+    padded = pad_images(data, (32, 32))
+    assert image_shape(padded) == (1, 32, 32)
+    assert torch.equal(padded.train.x[:, :, 2:30, 2:30], x)
+    assert padded.train.x.sum() == x.sum()  # zeros around
+    assert pad_images(data, (28, 28)) is data
+    with pytest.raises(ValueError, match="28×28 images cannot be padded to 20×32"):
+        pad_images(data, (20, 32))
+    flat = Dataset("mnist", Split(x.flatten(1), torch.tensor([0, 1, 2])), data.test)
+    with pytest.raises(ValueError, match=r"expected images of shape \(N, C, H, W\)"):
+        image_shape(flat)

@@ -168,3 +168,22 @@ def test_run_adds_the_callers_after_step_functions_to_the_recipes(small_mnist):
     assert all(not torch.equal(a, b) for a, b in pairwise(seen))
     with pytest.raises(TypeError, match="after_step must be a list of functions fn"):
         recipes.run("wm-mlp", data, epochs=1, after_step=5)
+
+
+@pytest.mark.parametrize("name", [n for n, r in recipes.RECIPES.items() if r.model])
+def test_a_recipe_is_the_zoo_model_it_names_by_its_rule(name):
+    """What `bender recipes` says a recipe equals: the same layers, weights and feedback
+    shapes, the same kind of DFA wrapper (the initialisation differs: Bender.jl's Glorot)."""
+    recipe = recipes.get(name)
+    built = recipes.build(name)
+    network = recipes.build_network(recipe.model, recipe.rule, (1, 28, 28), 10)
+    for a, b in ((built.parameters(), network.parameters()), (built.buffers(), network.buffers())):
+        assert [t.shape for t in a] == [t.shape for t in b]
+    assert isinstance(built, DFA) == isinstance(network, DFA)
+    if isinstance(built, DFA):
+        assert built.sizes == network.sizes
+    mappings = [m.mapping for m in built.modules() if hasattr(m, "mapping")]
+    if recipe.rule == "bp":  # exact bender layers there, PyTorch's own layers here
+        assert {m.__name__ for m in mappings} <= {"linear", "conv_linear"}
+    else:
+        assert mappings == [m.mapping for m in network.modules() if hasattr(m, "mapping")]
