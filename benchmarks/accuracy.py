@@ -1,14 +1,15 @@
 """Test accuracy of recipes over several seeds, each run by the ``bender train`` command.
 
 For every recipe and seed this runs ``bender train RECIPE --seed S --out OUT/RECIPE-sS
---overwrite`` (in a fresh process, exactly as a user would type it, with any further flags passed
+--overwrite``, or for ``MODEL+RULE`` ``bender train --model MODEL --rule RULE ...`` (in a fresh
+process, exactly as a user would type it, with any further flags passed
 through; without ``--reuse`` every run is made afresh, replacing an earlier one there), then
 prints each run's test accuracy after its last epoch, their mean, sd and range, and whether the
-project's acceptance target for that recipe (``TARGETS`` below, the one place that holds them)
-is met on the seeds given. The targets are MNIST's: runs on another ``--dataset`` get none.
+project's acceptance target for that recipe and dataset (``TARGETS`` below, the one place that
+holds them) is met on the seeds given.
 
 Usage:
-  python benchmarks/accuracy.py [RECIPE ...] [--seeds 0 1 2 | 0-29] [--data-dir DIR]
+  python benchmarks/accuracy.py [RECIPE | MODEL+RULE ...] [--seeds 0 1 2 | 0-29] [--data-dir DIR]
                                 [--out DIR] [--reuse] [-- MORE BENDER TRAIN FLAGS]
 Default: fa-mlp, fa-mlp-large and binary-mlp on seeds 0, 1, 2. Example, the notebook's
 procedure for thirty seeds:
@@ -27,7 +28,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from bender import recipes
+from bender import recipes, rules
 
 
 @dataclass(frozen=True)
@@ -45,11 +46,35 @@ class Target:
         return min(accs) >= self.each and (self.mean is None or statistics.mean(accs) >= self.mean)
 
 
+# (experiment, dataset) -> target
 TARGETS = {
-    "fa-mlp": Target(each=0.950),
-    "fa-mlp-large": Target(each=0.965),
-    "binary-mlp": Target(each=0.83, mean=0.85),
+    ("fa-mlp", "mnist"): Target(each=0.950),
+    ("fa-mlp-large", "mnist"): Target(each=0.965),
+    ("binary-mlp", "mnist"): Target(each=0.83, mean=0.85),
+    # LeNet-5 on Fashion-MNIST, 20 epochs (any model, any rule)
+    ("lenet5+bp", "fashion-mnist"): Target(each=0.89),
+    ("lenet5+usf", "fashion-mnist"): Target(each=0.88),
+    ("lenet5+brsf", "fashion-mnist"): Target(each=0.88),
+    ("lenet5+frsf", "fashion-mnist"): Target(each=0.88),
+    ("lenet5+fa", "fashion-mnist"): Target(each=0.83),
+    ("lenet5+dfa", "fashion-mnist"): Target(each=0.83),
 }
+
+
+def train_words(name: str) -> list[str]:
+    """What ``bender train`` is given to run the recipe ``name``, or ``MODEL+RULE``."""
+    if "+" in name:
+        model, rule = name.split("+", 1)
+        return ["--model", model, "--rule", rule]
+    return [name]
+
+
+def check_name(name: str) -> None:
+    """A ``KeyError`` or ``ValueError`` unless ``name`` is a recipe or ``MODEL+RULE``."""
+    if "+" in name:
+        rules.get_rule(name.split("+", 1)[1])
+    else:
+        recipes.get(name)
 
 
 def seed_list(tokens: list[str]) -> list[int]:
@@ -80,7 +105,8 @@ def finished(out: Path, command: list[str]) -> bool:
 def run(recipe: str, seed: int, out: Path, train_flags: list[str], reuse: bool) -> float:
     """Final acc_test of one ``bender train`` run; its console output goes to ``out/log.txt``
     and its record (dataset included) stays in ``out/metrics.json``."""
-    command = ["train", recipe, "--seed", str(seed), "--no-progress", "--out", str(out)]
+    command = ["train", *train_words(recipe), "--seed", str(seed), "--no-progress"]
+    command += ["--out", str(out)]
     command += train_flags
     if not (reuse and finished(out, command)):
         out.mkdir(parents=True, exist_ok=True)
@@ -106,7 +132,8 @@ def main() -> None:
     cut = argv.index("--") if "--" in argv else len(argv)
     argv, train_flags = argv[:cut], argv[cut + 1 :]
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("recipes", nargs="*", default=list(TARGETS), metavar="RECIPE")
+    default = [name for name, dataset in TARGETS if dataset == "mnist"]
+    parser.add_argument("recipes", nargs="*", default=default, metavar="RECIPE")
     parser.add_argument("--seeds", nargs="+", default=["0", "1", "2"])
     parser.add_argument("--data-dir", help="data root, passed to bender train")
     parser.add_argument("--out", type=Path, default=Path("runs/accuracy"))
@@ -114,8 +141,8 @@ def main() -> None:
     args = parser.parse_args(argv)
     try:
         for name in args.recipes:
-            recipes.get(name)
-    except KeyError as err:
+            check_name(name)
+    except (KeyError, ValueError) as err:
         parser.error(err.args[0])
     try:
         seeds = seed_list(args.seeds)
@@ -140,8 +167,8 @@ def main() -> None:
             f"range {min(accs):.4f}-{max(accs):.4f}"
         )
         datasets = {dataset_of(args.out / f"{recipe}-s{seed}") for seed in seeds}
-        if recipe in TARGETS and datasets == {"mnist"}:  # the targets are MNIST numbers
-            target = TARGETS[recipe]
+        target = TARGETS.get((recipe, datasets.pop())) if len(datasets) == 1 else None
+        if target is not None:
             line += f"   target {target.describe()}: {'met' if target.met(accs) else 'NOT met'}"
         print(line, flush=True)
     print(f"# per-run folders and accuracy.csv in {args.out}")

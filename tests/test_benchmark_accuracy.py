@@ -49,6 +49,7 @@ def test_sweep_reports_each_seed_and_resumes(tmp_path, data_root, monkeypatch, c
     [
         (["nope"], "unknown recipe 'nope'; valid recipes: fa-mlp"),
         (["fa-mlp", "--seeds", "5-3"], "expected integers or ranges like 0-29, got '5-3'"),
+        (["lenet5+nope"], "unknown rule 'nope'; choose one of bp, fa"),
     ],
 )
 def test_bad_arguments_fail_before_training(tmp_path, monkeypatch, capsys, args, message):
@@ -82,3 +83,15 @@ def test_runs_on_another_dataset_are_not_judged_by_mnist_targets(
     assert accuracy.dataset_of(tmp_path / "fa-mlp-s0") == "fashion-mnist"
     summary = capsys.readouterr().out.splitlines()[-2]
     assert summary.startswith("fa-mlp") and "mean" in summary and "target" not in summary
+
+
+def test_a_model_by_a_rule_is_run_and_checked_against_its_datasets_target(
+    tmp_path, data_root, monkeypatch, capsys
+):
+    flags = ["--", "--epochs", "1", "--limit", "600", "--dataset", "fashion-mnist"]
+    sweep = ["lenet5+fa", "--seeds", "0", "--out", str(tmp_path), "--data-dir", str(data_root)]
+    _main(monkeypatch, *sweep, *flags)
+    command = json.loads((tmp_path / "lenet5+fa-s0" / "command.json").read_text())
+    assert command[:5] == ["train", "--model", "lenet5", "--rule", "fa"]
+    summary = capsys.readouterr().out.splitlines()[-2]
+    assert "target each >= 0.830: NOT met" in summary  # one epoch on 600 images

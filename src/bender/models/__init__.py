@@ -108,6 +108,8 @@ def _torchvision(name: str, in_channels: int, num_classes: int) -> nn.Module:
         raise ValueError(
             f"torchvision:{name} needs torchvision: pip install 'bender-torch[vision]'"
         ) from None
+    except RuntimeError as err:  # a torchvision built for another torch
+        raise ValueError(f"torchvision:{name}: torchvision does not load here ({err})") from None
     classification = models.list_models(module=models)
     if name not in classification:
         raise ValueError(
