@@ -282,6 +282,11 @@ def _check_experiment(args: argparse.Namespace, parser: argparse.ArgumentParser)
         if args.model or args.rule or args.blocks:
             parser.error("name a recipe or give --model and --rule, not both")
         _known_recipe(args.recipe, parser)
+        if data.IMAGE_SHAPES[args.dataset] != (1, 28, 28):
+            parser.error(
+                f"the recipes are MNIST-family networks (784 inputs); for {args.dataset} give a "
+                "model and a rule, e.g. --model resnet20 --rule fa"
+            )
         return
     if args.model is None:
         parser.error(
@@ -302,17 +307,19 @@ def _check_experiment(args: argparse.Namespace, parser: argparse.ArgumentParser)
 
 
 def _image_shape(args: argparse.Namespace) -> tuple[int, int, int]:
-    """The images the run's model gets: MNIST-family 1×28×28, padded to the size the zoo
-    model needs (LeNet-5: 32×32)."""
-    return (1, *(models.model_image_size(args.model) or (28, 28)))
+    """The images the run's model gets: the dataset's (MNIST-family 1×28×28, CIFAR 3×32×32),
+    padded to the size the zoo model needs (LeNet-5: 32×32)."""
+    channels, height, width = data.IMAGE_SHAPES[args.dataset]
+    return (channels, *(models.model_image_size(args.model) or (height, width)))
 
 
 def _build(args: argparse.Namespace) -> torch.nn.Module:
     """The run's network, initialised from its seed: the recipe's, or the model by the rule."""
     if args.recipe is not None:
         return recipes.build(args.recipe, args.seed)
+    classes = data.NUM_CLASSES[args.dataset]
     return recipes.build_network(
-        args.model, args.rule, _image_shape(args), 10, seed=args.seed, blocks=args.blocks
+        args.model, args.rule, _image_shape(args), classes, seed=args.seed, blocks=args.blocks
     )
 
 
@@ -770,6 +777,7 @@ def _export(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         rule=record.get("rule"),
         blocks=record.get("blocks"),
         seed=record["seed"],
+        dataset=record["dataset"],
     )
     model = _rebuilt(run, folder, parser)
     try:

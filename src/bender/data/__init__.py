@@ -1,6 +1,7 @@
-"""MNIST and Fashion-MNIST as in-memory tensors, batched on the target device.
+"""MNIST, Fashion-MNIST, CIFAR-10 and CIFAR-100 as in-memory tensors, batched on the device.
 
-Files are read from torchvision's layout, ``<root>/MNIST/raw/train-images-idx3-ubyte`` etc. The
+Files are read from torchvision's layout, ``<root>/MNIST/raw/train-images-idx3-ubyte``,
+``<root>/cifar-10-batches-py/data_batch_1`` etc. (CIFAR: see :mod:`bender.data.cifar`). The
 root is the ``root`` argument, else the ``BENDER_DATA`` environment variable, else a per-user
 cache (``$XDG_CACHE_HOME/bender`` or ``~/.cache/bender``) where torchvision, when installed
 (``pip install bender-torch[download]``) and online, may download the files.
@@ -20,9 +21,23 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from bender.data import cifar
 from bender.functional._checks import check_positive_int
 
-DATASETS = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}
+# name: torchvision's dataset class, which also names the MNIST family's folder
+DATASETS = {
+    "mnist": "MNIST",
+    "fashion-mnist": "FashionMNIST",
+    "cifar10": "CIFAR10",
+    "cifar100": "CIFAR100",
+}
+IMAGE_SHAPES = {
+    "mnist": (1, 28, 28),
+    "fashion-mnist": (1, 28, 28),
+    "cifar10": (3, 32, 32),
+    "cifar100": (3, 32, 32),
+}
+NUM_CLASSES = {"mnist": 10, "fashion-mnist": 10, "cifar10": 10, "cifar100": 100}
 FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
@@ -225,16 +240,19 @@ def load(
     download: bool = True,
     dtype: torch.dtype = torch.float32,
 ) -> Dataset:
-    """Load MNIST or Fashion-MNIST into memory.
+    """Load MNIST, Fashion-MNIST, CIFAR-10 or CIFAR-100 into memory.
 
     ``x`` is ``N×784`` (``flatten=True``, for dense nets) or ``N×1×28×28`` (for conv nets),
-    scaled to [0, 1]; ``y`` holds int64 labels 0–9. Raises ``FileNotFoundError`` naming the folder
-    and the four expected files when they are missing and cannot be downloaded, and
-    ``ValueError`` naming the file when one is damaged or not of MNIST's kind (see
-    :func:`read_images`, :func:`read_labels`).
+    CIFAR's ``N×3072`` or ``N×3×32×32``, scaled to [0, 1]; ``y`` holds int64 class labels.
+    Raises ``FileNotFoundError`` naming the folder and the expected files when they are missing
+    and cannot be downloaded, and ``ValueError`` naming the file when one is damaged or not of
+    the dataset's kind (see :func:`read_images`, :func:`read_labels`,
+    :func:`bender.data.cifar.read_batch`).
     """
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    if name in cifar.LAYOUTS:
+        return _load_cifar(name, data_root(root), flatten, download, dtype)
     base = data_root(root)
     folder = base / DATASETS[name] / "raw"
     needed = [f for pair in FILES.values() for f in pair]
@@ -290,6 +308,30 @@ def pad_images(dataset: Dataset, size: tuple[int, int]) -> Dataset:
         return Split(torch.nn.functional.pad(split.x, pad), split.y)
 
     return Dataset(dataset.name, padded(dataset.train), padded(dataset.test), dataset.num_classes)
+
+
+def _load_cifar(
+    name: str, base: Path, flatten: bool, download: bool, dtype: torch.dtype
+) -> Dataset:
+    folder_name, train_files, test_files, label_key, classes = cifar.LAYOUTS[name]
+    folder = base / folder_name
+    needed = [*train_files, *test_files]
+    missing = [f for f in needed if not (folder / f).is_file()]
+    if missing and download and _download(name, base):
+        missing = [f for f in needed if not (folder / f).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"{name} not found: expected the files {', '.join(needed)} in {folder} "
+            f"(missing: {', '.join(missing)}). Put them there (torchvision's layout: the "
+            "python version of CIFAR), or point bender at another data root with --data-dir / "
+            "load(root=...) / BENDER_DATA."
+        )
+    splits = {}
+    for split, files in (("train", train_files), ("test", test_files)):
+        x, y = cifar.read_split(folder, files, label_key, classes)
+        x = x.to(dtype).div_(255)
+        splits[split] = Split(x.reshape(len(x), -1) if flatten else x, y)
+    return Dataset(name, splits["train"], splits["test"], classes)
 
 
 class Batches:
