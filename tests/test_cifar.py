@@ -92,3 +92,31 @@ def test_resnet20_trains_on_cifar_from_the_command_line(tmp_path, capsys):
     with pytest.raises(SystemExit):
         cli.main(["train", "fa-mlp", "--dataset", "cifar10", "--data-dir", str(tmp_path)])
     assert "the recipes are MNIST-family networks" in capsys.readouterr().err
+
+
+def test_augmented_scheduled_cifar_run_is_recorded_and_resumes_as_if_never_stopped(tmp_path):
+    import json
+
+    from tests.test_cli import _same_results
+
+    write_cifar(tmp_path, per_file=64)
+    base = ["train", "--model", "cnn", "--rule", "fa", "--dataset", "cifar10", "--no-progress"]
+    base += ["--data-dir", str(tmp_path), "--schedule", "step:1", "--batch-size", "32"]
+    assert cli.main([*base, "--epochs", "2", "--out", str(tmp_path / "whole")]) == 0
+    record = json.loads((tmp_path / "whole" / "metrics.json").read_text())
+    assert (record["augment"], record["schedule"]) == ("crop-flip", "step:1")  # CIFAR's default
+    assert len(record["normalize"]["mean"]) == 3
+    assert cli.main([*base, "--epochs", "1", "--out", str(tmp_path / "half")]) == 0
+    resume = ["resume", str(tmp_path / "half"), "--epochs", "2", "--no-progress"]
+    assert cli.main([*resume, "--data-dir", str(tmp_path)]) == 0
+    _same_results(tmp_path / "half", tmp_path / "whole")
+    plain = [*base, "--epochs", "1", "--augment", "none", "--out", str(tmp_path / "plain")]
+    assert cli.main(plain) == 0
+    assert json.loads((tmp_path / "plain" / "metrics.json").read_text())["augment"] == "none"
+
+
+def test_a_schedule_that_does_not_parse_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["train", "fa-mlp", "--schedule", "step:5,3"])
+    assert exit_info.value.code == 2
+    assert "--schedule: expected step:E1,E2[:GAMMA]" in capsys.readouterr().err

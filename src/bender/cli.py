@@ -20,6 +20,7 @@ from bender import __version__, checkpoint, data, export, models, recipes, rules
 from bender.alignment import AlignmentRecorder, bent_layers
 from bender.checkpoint import write_atomically
 from bender.constraints import ClipBinaryWeights, binary_layers
+from bender.data.augment import CropFlip
 from bender.run_folder import (
     LOCK,
     FolderBusy,
@@ -31,6 +32,7 @@ from bender.run_folder import (
     write_curves,
     write_table,
 )
+from bender.schedules import parse_schedule, scheduler_factory
 from bender.summary import summary
 from bender.training import COLUMNS, OPTIMIZERS, check_seed, resolve_device, rule_steps, train
 
@@ -177,6 +179,18 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="shuffle the training set once and keep that batch order every epoch, as "
         "Bender.jl's tutorials do (default: reshuffle every epoch)",
+    )
+    t.add_argument(
+        "--augment",
+        choices=["none", "crop-flip"],
+        help="augmentation of the training batches on the device: crop-flip pads by 4 pixels, "
+        "crops at random and flips half the images left to right (default: crop-flip for "
+        "CIFAR, none for the MNIST family)",
+    )
+    t.add_argument(
+        "--schedule",
+        help="learning-rate schedule, stepped after every epoch: step:E1,E2[:GAMMA] (×0.1 after "
+        "those epochs), cosine, warmup:K, or step/cosine +warmup:K (default: none)",
     )
     t.add_argument(
         "--clip-weights",
@@ -376,6 +390,13 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """``bender train``: a new run, in a folder that holds no earlier results."""
     _check_experiment(args, parser)
     _optimizer_settings(args, parser)
+    if args.augment is None:
+        args.augment = "crop-flip" if args.dataset in data.CIFAR else "none"
+    if args.schedule is not None:
+        try:
+            parse_schedule(args.schedule, args.epochs)
+        except ValueError as err:
+            parser.error(str(err))
     try:
         model = _build(args)
     except (ValueError, TypeError) as err:  # a model that cannot be built or bent
@@ -429,6 +450,8 @@ def _load(args: argparse.Namespace, parser: argparse.ArgumentParser):
         return 1
     if args.limit:
         dataset = dataset.subset(args.limit, args.limit)
+    if args.dataset in data.CIFAR:  # per channel, by the training images the run uses
+        dataset = data.normalize(dataset)
     if len(dataset.train) < args.batch_size:  # no complete batch: an epoch would do nothing
         limited = f" with --limit {args.limit}" if args.limit else ""
         parser.error(
@@ -472,6 +495,8 @@ def _train_command(record: dict, folder: Path) -> str:
     for key, value in record.get("optimizer_options", {}).items():
         words += [f"--{key.replace('_', '-')}", value]
     words += [] if record["reshuffle"] else ["--shuffle-once"]
+    words += ["--augment", record["augment"]] if record.get("augment") else []
+    words += ["--schedule", record["schedule"]] if record.get("schedule") else []
     for key in ("limit", "clip_weights"):
         if record.get(key) is not None:
             words += [f"--{key.replace('_', '-')}", record[key]]
@@ -518,6 +543,8 @@ def _resume_locked(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
             "shuffle_once": not record["reshuffle"],
             "limit": record.get("limit"),
             "clip_weights": record.get("clip_weights"),
+            "augment": record.get("augment", "none"),
+            "schedule": record.get("schedule"),
             # runs recorded before the optimizer flags trained with the tutorials' settings
             "optimizer": record.get("optimizer", recipes.TUTORIAL_TRAINING["optimizer"]),
             "optimizer_options": record.get("optimizer_options", {}),
@@ -651,6 +678,9 @@ def _fit(
             "threads": torch.get_num_threads(),  # CPU results depend on it (summation order)
             "limit": args.limit,
             "clip_weights": args.clip_weights,
+            "augment": args.augment,
+            "schedule": args.schedule,
+            "normalize": getattr(dataset, "stats", None),
             "after_step": [repr(fn) for fn in every_step],
             "bender": __version__,
             "torch": torch.__version__,
@@ -710,6 +740,10 @@ def _fit(
             checkpoint=out / "checkpoint.pt",
             resume=state,
             after_step=after_step,
+            augment=CropFlip() if args.augment == "crop-flip" else None,
+            scheduler=None
+            if args.schedule is None
+            else scheduler_factory(args.schedule, args.epochs),
         )
     except KeyboardInterrupt:  # Ctrl-C: finish the record of the epochs completed so far
         interrupted = True

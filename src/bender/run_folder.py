@@ -33,6 +33,7 @@ import pandas as pd
 
 from bender.checkpoint import write_atomically
 from bender.data import DATASETS
+from bender.schedules import parse_schedule
 from bender.training import COLUMNS, OPTIMIZERS, SEED_RANGE
 
 try:  # POSIX: a lock the system releases with its process
@@ -269,6 +270,16 @@ def _options(v: Any) -> bool:
     )
 
 
+def _schedule(v: Any) -> bool:
+    if not isinstance(v, str):
+        return False
+    try:
+        parse_schedule(v, 1_000_000)
+    except ValueError:
+        return False
+    return True
+
+
 def _names(v: Any) -> bool:
     return isinstance(v, list) and all(isinstance(name, str) for name in v)
 
@@ -283,6 +294,8 @@ RECORD_FIELDS: dict[str, tuple[bool, Callable[[Any], bool], str]] = {
     "network": (False, _optional(lambda v: isinstance(v, str)), "null or a model name (a string)"),
     "rule": (False, _optional(lambda v: isinstance(v, str)), "null or a rule name (a string)"),
     "blocks": (False, _optional(_names), "null or a list of module names"),
+    "augment": (False, lambda v: v in ("none", "crop-flip"), "none or crop-flip"),
+    "schedule": (False, _optional(_schedule), "null or a schedule such as step:50,75"),
     "dataset": (True, lambda v: v in DATASETS, f"one of {', '.join(DATASETS)}"),
     "epochs_requested": (True, _int(1), "a positive int"),
     "lr": (True, _positive_number, "a positive finite number"),

@@ -240,6 +240,7 @@ def train(
     checkpoint: str | os.PathLike | None = None,
     resume: str | os.PathLike | dict | None = None,
     after_step: Sequence[StepFn] | StepFn | None = None,
+    augment: Callable[[Tensor], Tensor] | None = None,
 ) -> pd.DataFrame:
     """Train ``model`` on ``data.train``; after every epoch evaluate on train and test.
 
@@ -265,6 +266,10 @@ def train(
     epochs are returned, and the reason is in ``df.attrs["stopped"]``. Inputs holding NaN or
     ±inf are refused with a ``ValueError`` before the first step; trainable parameters that the
     first backward pass gives no gradient are named in a warning.
+
+    ``augment`` is applied to every training batch before the model sees it (e.g.
+    :class:`bender.data.augment.CropFlip`, which draws from the global CPU generator that
+    ``train`` seeds and checkpoints keep); evaluation sees the images as they are.
 
     ``checkpoint`` names a file written after every completed epoch, after the callbacks (see
     :mod:`bender.checkpoint`). ``resume`` takes such a file (or its contents, from
@@ -293,6 +298,8 @@ def train(
             f"batch_size {batch_size} is larger than the training set ({len(data.train)} "
             "examples): the last partial batch is dropped, so an epoch would have no batch"
         )
+    if augment is not None and not callable(augment):
+        raise TypeError(f"augment must be a function of a batch of inputs, got {augment!r}")
     loss_fn = _choose("loss", loss, LOSSES)
     options = check_optimizer_options(optimizer, optimizer_options)
     after = (*rule_steps(model), *step_functions(after_step))
@@ -340,6 +347,8 @@ def train(
             for step, (x, y) in enumerate(steps, 1):
                 first = epoch == start_epoch and step == 1  # checks that need a real step
                 opt.zero_grad(set_to_none=True)
+                if augment is not None:
+                    x = augment(x)
                 output = model(x)
                 if first:
                     _check_output(output, len(x), data.num_classes)

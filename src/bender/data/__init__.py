@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from bender.data import cifar
+from bender.data.augment import channel_stats, normalized
 from bender.functional._checks import check_positive_int
 
 # name: torchvision's dataset class, which also names the MNIST family's folder
@@ -38,6 +39,7 @@ IMAGE_SHAPES = {
     "cifar100": (3, 32, 32),
 }
 NUM_CLASSES = {"mnist": 10, "fashion-mnist": 10, "cifar10": 10, "cifar100": 100}
+CIFAR = tuple(cifar.LAYOUTS)
 FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
@@ -288,6 +290,16 @@ def image_shape(dataset: Dataset) -> tuple[int, int, int]:
             f"{tuple(x.shape)}; load it with flatten=False"
         )
     return tuple(x.shape[1:])
+
+
+def normalize(dataset: Dataset) -> Dataset:
+    """The dataset with each channel of its images shifted and scaled by the training split's
+    mean and standard deviation (``dataset.stats`` holds them), for CIFAR's protocol."""
+    mean, std = channel_stats(dataset.train.x)
+    splits = [Split(normalized(s.x, mean, std), s.y) for s in (dataset.train, dataset.test)]
+    result = Dataset(dataset.name, *splits, dataset.num_classes)
+    result.stats = {"mean": mean, "std": std}
+    return result
 
 
 def pad_images(dataset: Dataset, size: tuple[int, int]) -> Dataset:
