@@ -446,3 +446,24 @@ def test_train_builds_its_optimizer_with_the_options_given(small_mnist, tmp_path
     assert not with_options[numbers].equals(plain[numbers])
     with pytest.raises(ValueError, match="sgd takes no option 'betas'"):
         train(recipes.build("fa-mlp"), data, **kwargs, optimizer_options={"betas": (0.9, 0.99)})
+
+
+@pytest.mark.parametrize(
+    ("precision", "dtype"), [("bf16", torch.bfloat16), ("fp16", torch.float16)]
+)
+def test_low_precision_runs_the_forward_pass_under_autocast(small_mnist, precision, dtype):
+    from bender.models import build_model
+    from bender.rules import apply_rule
+
+    torch.manual_seed(0)
+    model = apply_rule(build_model("mlp"), "fa")
+    seen = []
+    model[-1].register_forward_hook(lambda m, i, out: seen.append(out.dtype))
+    images = small_mnist.subset(512, 256)
+    table = train(model, images, epochs=2, precision=precision, lr=1e-3)
+    assert seen[0] == dtype  # training steps under autocast
+    assert seen[-1] == torch.float32  # evaluation in the parameters' dtype
+    assert table["loss_train"].iloc[-1] < table["loss_train"].iloc[0]
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    with pytest.raises(ValueError, match="precision must be one of fp32, bf16, fp16, got 'fp8'"):
+        train(model, images, precision="fp8")

@@ -34,7 +34,15 @@ from bender.run_folder import (
 )
 from bender.schedules import parse_schedule, scheduler_factory
 from bender.summary import summary
-from bender.training import COLUMNS, OPTIMIZERS, check_seed, resolve_device, rule_steps, train
+from bender.training import (
+    COLUMNS,
+    OPTIMIZERS,
+    PRECISIONS,
+    check_seed,
+    resolve_device,
+    rule_steps,
+    train,
+)
 
 __all__ = ["LOCK", "lock_holder", "main"]
 
@@ -191,6 +199,13 @@ def _parser() -> argparse.ArgumentParser:
         "--schedule",
         help="learning-rate schedule, stepped after every epoch: step:E1,E2[:GAMMA] (×0.1 after "
         "those epochs), cosine, warmup:K, or step/cosine +warmup:K (default: none)",
+    )
+    t.add_argument(
+        "--precision",
+        choices=list(PRECISIONS),
+        default="fp32",
+        help="bf16 or fp16 runs each training step's forward pass under torch.autocast "
+        "(fp16 with a gradient scaler); weights and evaluation stay fp32 (default: %(default)s)",
     )
     t.add_argument(
         "--clip-weights",
@@ -497,6 +512,7 @@ def _train_command(record: dict, folder: Path) -> str:
     words += [] if record["reshuffle"] else ["--shuffle-once"]
     words += ["--augment", record["augment"]] if record.get("augment") else []
     words += ["--schedule", record["schedule"]] if record.get("schedule") else []
+    words += ["--precision", record["precision"]] if record.get("precision") else []
     for key in ("limit", "clip_weights"):
         if record.get(key) is not None:
             words += [f"--{key.replace('_', '-')}", record[key]]
@@ -545,6 +561,7 @@ def _resume_locked(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
             "clip_weights": record.get("clip_weights"),
             "augment": record.get("augment", "none"),
             "schedule": record.get("schedule"),
+            "precision": record.get("precision", "fp32"),
             # runs recorded before the optimizer flags trained with the tutorials' settings
             "optimizer": record.get("optimizer", recipes.TUTORIAL_TRAINING["optimizer"]),
             "optimizer_options": record.get("optimizer_options", {}),
@@ -680,6 +697,7 @@ def _fit(
             "clip_weights": args.clip_weights,
             "augment": args.augment,
             "schedule": args.schedule,
+            "precision": args.precision,
             "normalize": getattr(dataset, "stats", None),
             "after_step": [repr(fn) for fn in every_step],
             "bender": __version__,
@@ -741,6 +759,7 @@ def _fit(
             resume=state,
             after_step=after_step,
             augment=CropFlip() if args.augment == "crop-flip" else None,
+            precision=args.precision,
             scheduler=None
             if args.schedule is None
             else scheduler_factory(args.schedule, args.epochs),

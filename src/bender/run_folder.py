@@ -34,7 +34,7 @@ import pandas as pd
 from bender.checkpoint import write_atomically
 from bender.data import DATASETS
 from bender.schedules import parse_schedule
-from bender.training import COLUMNS, OPTIMIZERS, SEED_RANGE
+from bender.training import COLUMNS, OPTIMIZERS, PRECISIONS, SEED_RANGE
 
 try:  # POSIX: a lock the system releases with its process
     import fcntl
@@ -295,6 +295,7 @@ RECORD_FIELDS: dict[str, tuple[bool, Callable[[Any], bool], str]] = {
     "rule": (False, _optional(lambda v: isinstance(v, str)), "null or a rule name (a string)"),
     "blocks": (False, _optional(_names), "null or a list of module names"),
     "augment": (False, lambda v: v in ("none", "crop-flip"), "none or crop-flip"),
+    "precision": (False, lambda v: v in PRECISIONS, f"one of {', '.join(PRECISIONS)}"),
     "schedule": (False, _optional(_schedule), "null or a schedule such as step:50,75"),
     "dataset": (True, lambda v: v in DATASETS, f"one of {', '.join(DATASETS)}"),
     "epochs_requested": (True, _int(1), "a positive int"),

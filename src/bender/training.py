@@ -36,6 +36,12 @@ def _mse_one_hot(output: Tensor, target: Tensor) -> Tensor:
     return F.mse_loss(output, F.one_hot(target, output.shape[-1]).to(output.dtype))
 
 
+# train's precision: the dtype of autocast, or none
+PRECISIONS: dict[str, torch.dtype | None] = {
+    "fp32": None,
+    "bf16": torch.bfloat16,
+    "fp16": torch.float16,
+}
 LOSSES: dict[str, LossFn] = {"cross_entropy": F.cross_entropy, "mse": _mse_one_hot}
 OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
     "adam": torch.optim.Adam,
@@ -241,6 +247,7 @@ def train(
     resume: str | os.PathLike | dict | None = None,
     after_step: Sequence[StepFn] | StepFn | None = None,
     augment: Callable[[Tensor], Tensor] | None = None,
+    precision: str = "fp32",
 ) -> pd.DataFrame:
     """Train ``model`` on ``data.train``; after every epoch evaluate on train and test.
 
@@ -271,6 +278,11 @@ def train(
     :class:`bender.data.augment.CropFlip`, which draws from the global CPU generator that
     ``train`` seeds and checkpoints keep); evaluation sees the images as they are.
 
+    ``precision`` ``"bf16"`` or ``"fp16"`` runs each training step's forward pass and loss
+    under ``torch.autocast`` in that dtype (fp16 with a ``torch.amp.GradScaler``, whose scale
+    starts afresh on resume); the weights, the optimizer and evaluation stay in the parameters'
+    dtype. Every bent backward takes the low-precision gradients it is given.
+
     ``checkpoint`` names a file written after every completed epoch, after the callbacks (see
     :mod:`bender.checkpoint`). ``resume`` takes such a file (or its contents, from
     ``bender.checkpoint.load``) and continues that run: the model, optimizer, scheduler, batch
@@ -298,6 +310,8 @@ def train(
             f"batch_size {batch_size} is larger than the training set ({len(data.train)} "
             "examples): the last partial batch is dropped, so an epoch would have no batch"
         )
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if augment is not None and not callable(augment):
         raise TypeError(f"augment must be a function of a batch of inputs, got {augment!r}")
     loss_fn = _choose("loss", loss, LOSSES)
@@ -336,6 +350,8 @@ def train(
     for name in ("train", "test"):
         _check_finite(f"data.{name}.x", getattr(data, name).x)
     batches = Batches(data.train, batch_size, reshuffle=reshuffle, seed=seed)
+    low = PRECISIONS[precision]
+    scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
     rows = [] if state is None else restore(state, model, opt, schedule, batches, device)
     start_epoch = len(rows) + 1
     with deterministic_cudnn(device):  # the same seed, the same table, also on a GPU
@@ -349,16 +365,24 @@ def train(
                 opt.zero_grad(set_to_none=True)
                 if augment is not None:
                     x = augment(x)
-                output = model(x)
-                if first:
-                    _check_output(output, len(x), data.num_classes)
-                batch_loss = loss_fn(output, y)
+                with torch.autocast(device.type, low, enabled=low is not None):
+                    output = model(x)
+                    if first:
+                        _check_output(output, len(x), data.num_classes)
+                    batch_loss = loss_fn(output, y)
                 if first:
                     _check_loss(batch_loss)
-                batch_loss.backward()
+                if scaler is None:
+                    batch_loss.backward()
+                else:
+                    scaler.scale(batch_loss).backward()
                 if first:
                     _warn_untrained(model)
-                opt.step()
+                if scaler is None:
+                    opt.step()
+                else:
+                    scaler.step(opt)
+                    scaler.update()
                 if after:
                     with torch.no_grad():
                         for fn in after:
