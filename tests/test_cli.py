@@ -963,3 +963,21 @@ def test_a_binary_model_run_is_exported(tmp_path, data_root, capsys):
     assert code == 0
     assert cli.main(["export", str(out)]) == 0
     assert "wrote" in capsys.readouterr().out
+
+
+def test_tensorboard_gets_every_epochs_numbers_the_learning_rate_and_the_angles(
+    tmp_path, data_root
+):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    code, out = _train(tmp_path, data_root, "--tensorboard", "--alignment", "--schedule", "step:1")
+    assert code == 0
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    tags = events.Tags()["scalars"]
+    assert {"loss/train", "acc/test", "lr", "weight_angle/0", "grad_angle/2"} <= set(tags)
+    assert [e.value for e in events.Scalars("lr")] == pytest.approx([3e-4, 3e-5])
+    table = pd.read_csv(out / "metrics.csv")
+    assert [e.value for e in events.Scalars("acc/test")] == pytest.approx(table["acc_test"])
+    assert [e.step for e in events.Scalars("acc/test")] == [1, 2]

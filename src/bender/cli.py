@@ -34,6 +34,7 @@ from bender.run_folder import (
 )
 from bender.schedules import parse_schedule, scheduler_factory
 from bender.summary import summary
+from bender.tensorboard import EpochScalars
 from bender.training import (
     COLUMNS,
     OPTIMIZERS,
@@ -206,6 +207,12 @@ def _parser() -> argparse.ArgumentParser:
         default="fp32",
         help="bf16 or fp16 runs each training step's forward pass under torch.autocast "
         "(fp16 with a gradient scaler); weights and evaluation stay fp32 (default: %(default)s)",
+    )
+    t.add_argument(
+        "--tensorboard",
+        action="store_true",
+        help="also write every epoch's numbers, the learning rate and (with --alignment) the "
+        "angles as TensorBoard scalars to OUT/tensorboard (needs the tensorboard package)",
     )
     t.add_argument(
         "--clip-weights",
@@ -517,6 +524,7 @@ def _train_command(record: dict, folder: Path) -> str:
         if record.get(key) is not None:
             words += [f"--{key.replace('_', '-')}", record[key]]
     words += ["--alignment"] if "alignment_probe" in record else []
+    words += ["--tensorboard"] if record.get("tensorboard") else []
     words += ["--out", folder, "--overwrite"]
     return " ".join(shlex.quote(str(word)) for word in words)
 
@@ -562,6 +570,7 @@ def _resume_locked(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
             "augment": record.get("augment", "none"),
             "schedule": record.get("schedule"),
             "precision": record.get("precision", "fp32"),
+            "tensorboard": record.get("tensorboard", False),
             # runs recorded before the optimizer flags trained with the tutorials' settings
             "optimizer": record.get("optimizer", recipes.TUTORIAL_TRAINING["optimizer"]),
             "optimizer_options": record.get("optimizer_options", {}),
@@ -698,6 +707,7 @@ def _fit(
             "augment": args.augment,
             "schedule": args.schedule,
             "precision": args.precision,
+            "tensorboard": args.tensorboard,
             "normalize": getattr(dataset, "stats", None),
             "after_step": [repr(fn) for fn in every_step],
             "bender": __version__,
@@ -728,6 +738,15 @@ def _fit(
         else:
             recorder.rows = _alignment_rows(out, state["epoch"])
 
+    scalars = None
+    if args.tensorboard:
+        try:
+            scalars = EpochScalars(out / "tensorboard", 1 if state is None else state["epoch"] + 1)
+        except ValueError as err:
+            print(f"bender: error: {err}", file=sys.stderr)
+            return 1
+    factor = parse_schedule(args.schedule, args.epochs) if args.schedule else (lambda e: 1.0)
+
     def save(row: dict, model: torch.nn.Module) -> None:  # after every epoch: nothing is lost
         saving.append(row["epoch"])
         write_atomically(out / "model.pt", lambda p: torch.save(model.state_dict(), p))
@@ -737,6 +756,9 @@ def _fit(
             recorder(row, model)
             angles = recorder.table()
             write_atomically(out / "alignment.csv", lambda p: angles.to_csv(p, index=False))
+        if scalars is not None:  # the learning rate this epoch trained with
+            lr = args.lr * factor(row["epoch"] - 1)
+            scalars(row, lr, recorder.rows[-1] if recorder is not None else None)
 
     history: list[dict] = [] if state is None else list(state["rows"])
     saving: list[int] = []  # the epochs whose results were being written
@@ -783,6 +805,9 @@ def _fit(
             raise
         print(f"bender: error: {out} cannot be resumed: {err}", file=sys.stderr)
         return 1
+    finally:
+        if scalars is not None:
+            scalars.close()
     if len(table):
         print(table.round(3).to_string(index=False))
     if recorder is not None:
