@@ -981,3 +981,46 @@ def test_tensorboard_gets_every_epochs_numbers_the_learning_rate_and_the_angles(
     table = pd.read_csv(out / "metrics.csv")
     assert [e.value for e in events.Scalars("acc/test")] == pytest.approx(table["acc_test"])
     assert [e.step for e in events.Scalars("acc/test")] == [1, 2]
+
+
+def test_a_sweep_writes_its_table_and_plot_and_trains_nothing_twice(tmp_path, data_root, capsys):
+    out = tmp_path / "sweep"
+    args = ["sweep", "--rules", "bp,fa", "--seeds", "0,1", "--out", str(out), "--jobs", "2"]
+    args += ["--epochs", "1", "--limit", "1000", "--data-dir", str(data_root)]
+    assert cli.main(args) == 0
+    assert "trained 4 run(s), 0 already finished" in capsys.readouterr().out
+    summary = pd.read_csv(out / "summary.csv")
+    assert summary["rule"].tolist() == ["bp", "fa"] and summary["seeds"].tolist() == [2, 2]
+    finals = [
+        pd.read_csv(out / f"mlp+bp-seed{s}" / "metrics.csv")["acc_test"].iloc[-1] for s in (0, 1)
+    ]
+    assert summary["final_mean"].iloc[0] == pytest.approx(sum(finals) / 2)
+    assert "| bp | 2 | " in (out / "summary.md").read_text()
+    assert (out / "curves.png").stat().st_size > 0
+    before = (out / "mlp+fa-seed1" / "metrics.json").stat().st_mtime_ns
+    assert cli.main(args) == 0
+    assert "trained 0 run(s), 4 already finished" in capsys.readouterr().out
+    assert (out / "mlp+fa-seed1" / "metrics.json").stat().st_mtime_ns == before
+    assert (
+        cli.main([*args[:-6], "--epochs", "2", "--limit", "1000", "--data-dir", str(data_root)])
+        == 0
+    )
+    assert "trained 4 run(s)" in capsys.readouterr().out  # another command: trained anew
+
+
+@pytest.mark.parametrize(
+    ("extra", "says"),
+    [
+        (["--rules", "bp,nope"], "unknown rule 'nope'"),
+        (["--rules", "bp", "--seeds", "0,x"], "expected comma-separated seeds"),
+        (["--rules", "bp", "--seed", "3"], "the sweep sets each run's --out and --seed"),
+        (["--rules", "bp", "--epochs", "0"], "--epochs"),
+        (["--rules", "bp", "--model", "nope"], "unknown model 'nope'"),
+    ],
+)
+def test_a_sweep_with_bad_flags_fails_before_training(tmp_path, extra, says, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["sweep", "--out", str(tmp_path / "s"), *extra])
+    assert exit_info.value.code == 2
+    assert says in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()

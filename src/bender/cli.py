@@ -16,7 +16,17 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from bender import __version__, checkpoint, data, export, models, recipes, rules, run_folder
+from bender import (
+    __version__,
+    checkpoint,
+    data,
+    export,
+    models,
+    recipes,
+    rules,
+    run_folder,
+    sweep,
+)
 from bender.alignment import AlignmentRecorder, bent_layers
 from bender.checkpoint import write_atomically
 from bender.constraints import ClipBinaryWeights, binary_layers
@@ -80,6 +90,16 @@ def _momentum(text: str) -> float:
     if not 0 <= value < 1:
         raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
     return value
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        seeds = [_seed(part) for part in text.split(",")]
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated seeds such as 0,1,2, got {text!r}"
+        ) from None
+    return list(dict.fromkeys(seeds))
 
 
 def _names(text: str) -> list[str]:
@@ -254,6 +274,25 @@ def _parser() -> argparse.ArgumentParser:
         help="epochs in all, those done included (default: the number the run asked for)",
     )
     _where_options(r)
+    w = sub.add_parser(
+        "sweep",
+        allow_abbrev=False,  # --seed and --out are train's, to be refused, not read as --seeds
+        help="train every rule × seed of one model (skipping finished runs) and write a table "
+        "of mean ± sd test accuracy per rule and a plot of the curves",
+    )
+    w.add_argument("--rules", type=_names, required=True, help="comma-separated, e.g. bp,fa,dfa")
+    w.add_argument(
+        "--seeds", type=_seeds, default=[0, 1, 2], help="comma-separated (default: 0,1,2)"
+    )
+    w.add_argument("--model", default="mlp", help="see `bender models` (default: %(default)s)")
+    w.add_argument(
+        "--jobs", type=_positive(int), default=1, help="runs at a time (default: %(default)s)"
+    )
+    w.add_argument(
+        "--out",
+        type=_out,
+        help="the sweep's folder (default: runs/sweep-MODEL-DATASET); each run in a subfolder",
+    )
     e = sub.add_parser(
         "export",
         help="write a trained binary run's weights as packed bits (1 bit per binary weight)",
@@ -883,9 +922,46 @@ def _export(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     return 0
 
 
+def _sweep(
+    args: argparse.Namespace, train_flags: list[str], parser: argparse.ArgumentParser
+) -> int:
+    """``bender sweep``: the flags it does not know go to every ``bender train``; they are
+    checked here, with the first rule, before anything runs."""
+    for rule in args.rules:
+        if rule not in rules.RULES:
+            parser.error(f"unknown rule {rule!r}; choose one of {', '.join(rules.RULES)}")
+    trial = parser.parse_args(
+        ["train", "--model", args.model, "--rule", args.rules[0], *train_flags]
+    )
+    if trial.out is not None or trial.seed != 0 or trial.recipe is not None:
+        parser.error(
+            "the sweep sets each run's --out and --seed; give --seeds and the sweep's --out"
+        )
+    _check_experiment(trial, parser)
+    out = args.out or Path("runs") / f"sweep-{args.model}-{trial.dataset}"
+    title = f"{args.model} on {trial.dataset}, {len(args.seeds)} seed(s)"
+    try:
+        trained = sweep.sweep(args.model, args.rules, args.seeds, out, train_flags, args.jobs)
+        table = sweep.write_results(out, args.model, args.rules, args.seeds, title)
+    except (RuntimeError, OSError) as err:
+        print(f"bender: error: {err}", file=sys.stderr)
+        return 1
+    print(
+        f"trained {len(trained)} run(s), {len(args.rules) * len(args.seeds) - len(trained)} "
+        f"already finished, in {out}"
+    )
+    print(sweep.markdown(table, title))
+    print(f"wrote summary.csv, summary.md, curves.png to {out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "sweep":
+        return _sweep(args, extra, parser)
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command == "recipes":
         width = max(map(len, recipes.RECIPES))
         for recipe in recipes.RECIPES.values():
