@@ -9,7 +9,11 @@ gives every process rank 0's mirrored feedback.
 
 from __future__ import annotations
 
+import json
 import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -99,3 +103,66 @@ def test_under_ddp_every_process_trains_with_rank_0s_mirrored_feedback(results):
     for key in ("0.feedback", "1.feedback", "2.feedback"):
         assert not torch.equal(state0[key], built[key])  # the mirror moved rank 0's B
         assert torch.equal(state1[key], state0[key])  # and rank 1 holds it
+
+
+def _torchrun(tmp_path, data_root, *args, procs=WORLD):
+    """``torchrun --nproc_per_node procs -m bender ARGS`` on the CPU (gloo); its output."""
+    env = {**os.environ, "BENDER_DATA": str(data_root), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={procs}"]
+    command += ["--master_port", str(_free_port()), "-m", "bender", *args]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _weights(folder: Path) -> dict[str, torch.Tensor]:
+    return torch.load(folder / "model.pt", weights_only=True)
+
+
+def test_bender_train_on_torchrun_equals_one_process_and_rank_0_alone_writes(tmp_path, data_root):
+    from bender import cli
+
+    flags = ["fa-mlp", "--epochs", "1", "--limit", "2000", "--device", "cpu", "--no-progress"]
+    printed = _torchrun(tmp_path, data_root, "train", *flags, "--out", str(tmp_path / "two"))
+    assert printed.count("epoch  loss_train") == 1  # rank 1 prints nothing
+    assert cli.main(["train", *flags, "--out", str(tmp_path / "one"), "--threads", "1"]) == 0
+    one, two = _weights(tmp_path / "one"), _weights(tmp_path / "two")
+    for key in one:  # the same steps: the whole batch's gradient, in two halves
+        torch.testing.assert_close(two[key], one[key], rtol=1e-5, atol=1e-6)
+    record = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    assert record["processes"] == 2
+    files = sorted(p.name for p in (tmp_path / "two").iterdir())
+    assert files == ["checkpoint.pt", "curves.png", "metrics.csv", "metrics.json", "model.pt"]
+
+
+def test_a_two_process_run_resumes_on_two_processes(tmp_path, data_root):
+    flags = ["fa-mlp", "--limit", "1000", "--device", "cpu", "--no-progress"]
+    _torchrun(
+        tmp_path, data_root, "train", *flags, "--epochs", "2", "--out", str(tmp_path / "whole")
+    )
+    _torchrun(
+        tmp_path, data_root, "train", *flags, "--epochs", "1", "--out", str(tmp_path / "half")
+    )
+    _torchrun(
+        tmp_path, data_root, "resume", str(tmp_path / "half"), "--epochs", "2", "--no-progress"
+    )
+    whole, half = _weights(tmp_path / "whole"), _weights(tmp_path / "half")
+    for key in whole:
+        torch.testing.assert_close(half[key], whole[key], rtol=1e-5, atol=1e-6)
+    assert len(json.loads((tmp_path / "half" / "metrics.json").read_text())["epochs"]) == 2
+
+
+def test_a_batch_that_does_not_split_among_the_processes_is_refused(tmp_path, data_root):
+    env = {**os.environ, "BENDER_DATA": str(data_root), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2"]
+    command += ["--master_port", str(_free_port()), "-m", "bender", "train", "fa-mlp"]
+    command += ["--batch-size", "63", "--device", "cpu", "--out", str(tmp_path / "odd")]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert done.returncode != 0
+    assert "--batch-size 63 must split evenly among the 2 processes" in done.stderr

@@ -4,8 +4,10 @@ folder, or resume a run from the checkpoint in its folder."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import math
+import os
 import pickle
 import platform
 import shlex
@@ -50,6 +52,7 @@ from bender.training import (
     OPTIMIZERS,
     PRECISIONS,
     check_seed,
+    process_group,
     resolve_device,
     rule_steps,
     train,
@@ -475,8 +478,14 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             f"--clip-weights clamps the latent weights of binary layers, but {_experiment(args)} "
             "has none; use a binary recipe such as binary-mlp, or --rule binary"
         )
-    if args.out is not None:  # refused before the data is loaded; decided under the lock
-        try:
+    world, rank = process_group()
+    if args.batch_size % world:
+        parser.error(
+            f"--batch-size {args.batch_size} must split evenly among the {world} processes "
+            f"(torchrun --nproc_per_node and --nnodes); give a multiple of {world}"
+        )
+    if args.out is not None and rank == 0:  # refused before the data is loaded; decided
+        try:  # under the lock
             run_folder.check_can_be_folder(args.out)
             run_folder.check_free(args.out, args.overwrite)
         except FolderUnusable as err:
@@ -486,6 +495,8 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     loaded = _load(args, parser)
     if isinstance(loaded, int):
         return loaded
+    if rank > 0:  # rank 0 decides the folder and writes in it; the others train beside it
+        return _fit(args, model, *loaded, args.out or Path("runs"), None)
     try:  # the folder is decided, locked and checked in one step: see run_folder.claim
         with _claim(args) as out:
             return _fit(args, model, *loaded, out, None)
@@ -531,6 +542,8 @@ def _resume(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """
     if not args.folder.is_dir():
         parser.error(f"{args.folder} is not a folder; name the folder of a bender train run")
+    if process_group()[1] > 0:  # rank 0 holds the lock and writes; the others only read
+        return _resume_locked(args, parser)
     try:
         with run_folder.locked(args.folder, create=False):
             return _resume_locked(args, parser)
@@ -571,7 +584,9 @@ def _train_command(record: dict, folder: Path) -> str:
 def _resume_locked(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """``bender resume``'s work, with the folder's lock held."""
     folder = args.folder
-    run_folder.remove_partials(folder)  # left by a write that a kill cut short
+    leader = process_group()[1] == 0
+    if leader:
+        run_folder.remove_partials(folder)  # left by a write that a kill cut short
     try:
         record = run_folder.read_record(folder)
     except RecordError as err:
@@ -589,7 +604,7 @@ def _resume_locked(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
         parser.error(f"{folder} cannot be resumed: {err}")
     epochs = args.epochs or record["epochs_requested"]
     if epochs == state["epoch"]:  # a finished run: rewrite what a kill may have left missing
-        return _repair(folder, record, state["epoch"])
+        return _repair(folder, record, state["epoch"]) if leader else 0
     if epochs < state["epoch"]:
         parser.error(
             f"{folder} holds {state['epoch']} trained epoch(s) and the run asks for {epochs}; "
@@ -741,6 +756,7 @@ def _fit(
             "reshuffle": not args.shuffle_once,
             "device": str(device),
             "threads": torch.get_num_threads(),  # CPU results depend on it (summation order)
+            "processes": process_group()[0],
             "limit": args.limit,
             "clip_weights": args.clip_weights,
             "augment": args.augment,
@@ -777,8 +793,9 @@ def _fit(
         else:
             recorder.rows = _alignment_rows(out, state["epoch"])
 
+    leader = process_group()[1] == 0  # the process that writes: rank 0, or the only one
     scalars = None
-    if args.tensorboard:
+    if args.tensorboard and leader:
         try:
             scalars = EpochScalars(out / "tensorboard", 1 if state is None else state["epoch"] + 1)
         except ValueError as err:
@@ -816,7 +833,7 @@ def _fit(
             reshuffle=not args.shuffle_once,
             callbacks=[save],
             progress=not args.no_progress,
-            checkpoint=out / "checkpoint.pt",
+            checkpoint=out / "checkpoint.pt" if leader else None,
             resume=state,
             after_step=after_step,
             augment=CropFlip() if args.augment == "crop-flip" else None,
@@ -853,6 +870,8 @@ def _fit(
         print("angles in degrees (weight_angle: W vs B; grad_angle: bent vs backprop ∂W):")
         print(recorder.table().round(1).to_string(index=False))
     stopped = table.attrs.get("stopped")
+    if not leader:
+        return 1 if stopped else 0
     try:
         if stopped:
             record["stopped"] = stopped
@@ -955,6 +974,22 @@ def _sweep(
     return 0
 
 
+def _in_process_group(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """``train`` or ``resume`` as one process of a ``torchrun`` group: the group is joined
+    (NCCL on CUDA, gloo on the CPU), rank 0 prints and writes, and the group is left after."""
+    dist = torch.distributed
+    cuda = args.device != "cpu" and torch.cuda.is_available()
+    dist.init_process_group("nccl" if cuda else "gloo")
+    quiet = open(os.devnull, "w") if dist.get_rank() > 0 else None  # noqa: SIM115
+    try:
+        with contextlib.redirect_stdout(quiet) if quiet else contextlib.nullcontext():
+            return _train(args, parser) if args.command == "train" else _resume(args, parser)
+    finally:
+        if quiet:
+            quiet.close()
+        dist.destroy_process_group()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
@@ -962,6 +997,8 @@ def main(argv: list[str] | None = None) -> int:
         return _sweep(args, extra, parser)
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if args.command in ("train", "resume") and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return _in_process_group(args, parser)
     if args.command == "recipes":
         width = max(map(len, recipes.RECIPES))
         for recipe in recipes.RECIPES.values():

@@ -309,6 +309,7 @@ RECORD_FIELDS: dict[str, tuple[bool, Callable[[Any], bool], str]] = {
     "optimizer": (False, lambda v: v in OPTIMIZERS, f"one of {', '.join(OPTIMIZERS)}"),
     "optimizer_options": (False, _options, "an object of names to numbers"),
     "threads": (False, _int(1), "a positive int"),
+    "processes": (False, _int(1), "a positive int"),
     "resumed": (False, _resumptions, "a list of objects"),
     "alignment_probe": (False, lambda v: isinstance(v, str), "a string"),
     "epochs": (False, lambda v: isinstance(v, list), "a list of rows"),

@@ -147,6 +147,22 @@ def step_functions(after_step: Sequence[StepFn] | StepFn | None) -> tuple[StepFn
     raise TypeError(f"after_step must be a list of functions fn(model), got {after_step!r}")
 
 
+def process_group() -> tuple[int, int]:
+    """``(world size, rank)`` of the initialized ``torch.distributed`` process group, else
+    ``(1, 0)``."""
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size(), dist.get_rank()
+    return 1, 0
+
+
+def _collective_device(model: nn.Module) -> torch.device:
+    """Where tensors for a collective must be: the GPU for NCCL, the CPU for gloo."""
+    if torch.distributed.get_backend() == "nccl":
+        return next(model.parameters()).device
+    return torch.device("cpu")
+
+
 def rule_steps(model: nn.Module) -> tuple[StepFn, ...]:
     """The functions a learning rule put on ``model`` to run after every optimizer step
     (``model.after_step``, set by :func:`bender.rules.apply_rule`); none for other models."""
@@ -209,21 +225,34 @@ def evaluate(
 
     Each batch of inputs goes to the device of the model's parameters and, if floating-point,
     is cast to their dtype (each where the parameters share one), as in :func:`train`, so a
-    model trained on a GPU is evaluated on a split kept on the CPU.
+    model trained on a GPU is evaluated on a split kept on the CPU. In a process group (torchrun)
+    every process evaluates every ``world``-th example and the sums are all-reduced, so each
+    gets the numbers of the whole split.
     """
     loss_fn = _choose("loss", loss, LOSSES)
     if len(split) == 0:
         raise ValueError("cannot evaluate on an empty split")
     check_positive_int("batch_size", batch_size)
+    world, rank = process_group()
+    xs, ys = split.x, split.y
+    if world > 1:  # each process its share; the sums are added up below
+        xs, ys = xs[rank::world], ys[rank::world]
     total_loss = correct = 0  # become tensors on the outputs' device: no sync per batch
     with eval_mode(model):
-        for x, y in zip(split.x.split(batch_size), split.y.split(batch_size), strict=True):
+        for x, y in zip(xs.split(batch_size), ys.split(batch_size), strict=True):
             out = model(inputs_for(model, x))
             y = y.to(out.device)
             batch_loss = loss_fn(out, y)
             _check_loss(batch_loss)
             total_loss = total_loss + batch_loss.double() * len(y)
             correct = correct + (out.argmax(-1) == y).sum()
+    if world > 1:
+        sums = torch.stack(
+            [torch.as_tensor(total_loss).double(), torch.as_tensor(correct).double()]
+        )
+        sums = sums.to(_collective_device(model))
+        torch.distributed.all_reduce(sums)
+        total_loss, correct = sums[0], sums[1]
     return float(total_loss) / len(split), int(correct) / len(split)
 
 
@@ -283,6 +312,13 @@ def train(
     starts afresh on resume); the weights, the optimizer and evaluation stay in the parameters'
     dtype. Every bent backward takes the low-precision gradients it is given.
 
+    In a ``torch.distributed`` process group (``torchrun``), every process takes the same
+    seeded batches and trains on its ``batch_size / world`` part of each, the model wrapped in
+    ``DistributedDataParallel`` (gradients averaged: the whole batch's gradient; buffers such
+    as feedback matrices broadcast from rank 0), evaluates its share of each split (sums
+    all-reduced); callbacks run and the checkpoint is written in rank 0 only, and a callback's
+    stop reaches every process. With CUDA each process takes the GPU ``LOCAL_RANK``.
+
     ``checkpoint`` names a file written after every completed epoch, after the callbacks (see
     :mod:`bender.checkpoint`). ``resume`` takes such a file (or its contents, from
     ``bender.checkpoint.load``) and continues that run: the model, optimizer, scheduler, batch
@@ -314,10 +350,18 @@ def train(
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if augment is not None and not callable(augment):
         raise TypeError(f"augment must be a function of a batch of inputs, got {augment!r}")
+    world, rank = process_group()
+    if batch_size % world:
+        raise ValueError(
+            f"batch_size {batch_size} must split evenly among the {world} processes, each taking "
+            f"batch_size / {world} examples of every batch; choose a multiple of {world}"
+        )
     loss_fn = _choose("loss", loss, LOSSES)
     options = check_optimizer_options(optimizer, optimizer_options)
     after = (*rule_steps(model), *step_functions(after_step))
     device = resolve_device(device)
+    if world > 1 and device.type == "cuda" and device.index is None:  # torchrun: one GPU each
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
     settings = {
         "batch_size": batch_size,
         "seed": seed,
@@ -350,6 +394,11 @@ def train(
     for name in ("train", "test"):
         _check_finite(f"data.{name}.x", getattr(data, name).x)
     batches = Batches(data.train, batch_size, reshuffle=reshuffle, seed=seed)
+    share = batch_size // world  # this process's part of every batch
+    net = model
+    if world > 1:  # gradients averaged over the processes' parts: the whole batch's gradient
+        ids = [device.index] if device.type == "cuda" else None
+        net = nn.parallel.DistributedDataParallel(model, device_ids=ids)
     low = PRECISIONS[precision]
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
     rows = [] if state is None else restore(state, model, opt, schedule, batches, device)
@@ -359,14 +408,19 @@ def train(
             model.train()
             start = time.perf_counter()
             running = torch.zeros((), device=device)
-            steps = _progress(batches, epoch, epochs) if progress else batches
+            steps = _progress(batches, epoch, epochs) if progress and rank == 0 else batches
             for step, (x, y) in enumerate(steps, 1):
                 first = epoch == start_epoch and step == 1  # checks that need a real step
                 opt.zero_grad(set_to_none=True)
                 if augment is not None:
-                    x = augment(x)
+                    x = augment(x)  # the whole batch, drawn alike in every process
+                if world > 1:
+                    x, y = (
+                        x[rank * share : (rank + 1) * share],
+                        y[rank * share : (rank + 1) * share],
+                    )
                 with torch.autocast(device.type, low, enabled=low is not None):
-                    output = model(x)
+                    output = net(x)
                     if first:
                         _check_output(output, len(x), data.num_classes)
                     batch_loss = loss_fn(output, y)
@@ -413,8 +467,14 @@ def train(
                 schedule.step(loss_train)  # the training loss: the test split stays unseen
             elif schedule is not None:
                 schedule.step()
-            stoppers = [cb for cb in callbacks or () if cb(row, model) is True]
-            if checkpoint is not None:  # the table's columns: a callback may have added to a row
+            stoppers = [cb for cb in callbacks or () if rank == 0 and cb(row, model) is True]
+            if world > 1:  # rank 0's callbacks decide for all
+                stop = torch.tensor([float(bool(stoppers))], device=_collective_device(model))
+                torch.distributed.broadcast(stop, 0)
+                stoppers = stoppers or ([_rank_zero] if stop.item() else [])
+            if (
+                checkpoint is not None and rank == 0
+            ):  # the table's columns: a callback may have added to a row
                 table = [{column: r[column] for column in COLUMNS} for r in rows]
                 save_checkpoint(
                     checkpoint,
@@ -424,6 +484,11 @@ def train(
                 names = ", ".join(getattr(cb, "__name__", type(cb).__name__) for cb in stoppers)
                 return _table(rows, stopped=f"stopped after epoch {epoch} of {epochs} by {names}")
         return _table(rows)
+
+
+def _rank_zero(row: dict, model: nn.Module) -> bool:
+    """Stands for rank 0's callbacks in the other processes, when they stop the run."""
+    return True
 
 
 def _table(rows: list[dict], stopped: str | None = None) -> pd.DataFrame:
