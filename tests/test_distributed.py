@@ -166,3 +166,13 @@ def test_a_batch_that_does_not_split_among_the_processes_is_refused(tmp_path, da
     done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path)
     assert done.returncode != 0
     assert "--batch-size 63 must split evenly among the 2 processes" in done.stderr
+
+
+def test_a_world_size_without_torchrun_is_an_error_not_a_hang(tmp_path, monkeypatch, capsys):
+    from bender import cli
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for name in ("MASTER_ADDR", "MASTER_PORT", "RANK"):
+        monkeypatch.delenv(name, raising=False)
+    assert cli.main(["train", "fa-mlp", "--device", "cpu", "--out", str(tmp_path / "r")]) == 1
+    assert "WORLD_SIZE=2 asks for a process group" in capsys.readouterr().err

@@ -979,7 +979,15 @@ def _in_process_group(args: argparse.Namespace, parser: argparse.ArgumentParser)
     (NCCL on CUDA, gloo on the CPU), rank 0 prints and writes, and the group is left after."""
     dist = torch.distributed
     cuda = args.device != "cpu" and torch.cuda.is_available()
-    dist.init_process_group("nccl" if cuda else "gloo")
+    try:
+        dist.init_process_group("nccl" if cuda else "gloo")
+    except (ValueError, RuntimeError) as err:  # WORLD_SIZE set, but not by torchrun
+        print(
+            f"bender: error: WORLD_SIZE={os.environ['WORLD_SIZE']} asks for a process group, "
+            f"which could not be joined ({err}); start bender with torchrun, or unset WORLD_SIZE",
+            file=sys.stderr,
+        )
+        return 1
     quiet = open(os.devnull, "w") if dist.get_rank() > 0 else None  # noqa: SIM115
     try:
         with contextlib.redirect_stdout(quiet) if quiet else contextlib.nullcontext():
