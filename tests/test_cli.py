@@ -1024,3 +1024,34 @@ def test_a_sweep_with_bad_flags_fails_before_training(tmp_path, extra, says, cap
     assert exit_info.value.code == 2
     assert says in capsys.readouterr().err
     assert not (tmp_path / "s").exists()
+
+
+def test_a_validation_split_is_evaluated_and_its_best_weights_kept(tmp_path, data_root, capsys):
+    code, out = _train(tmp_path, data_root, "--val", "300", epochs=2)
+    assert code == 0
+    table = pd.read_csv(out / "metrics.csv")
+    assert table.columns.tolist() == [
+        "epoch",
+        "loss_train",
+        "loss_test",
+        "acc_train",
+        "acc_test",
+        "loss_val",
+        "acc_val",
+    ]
+    record = json.loads((out / "metrics.json").read_text())
+    best = table.loc[table["acc_val"].idxmax()]
+    assert record["best"] == {
+        "epoch": int(best["epoch"]),
+        "acc_val": best["acc_val"],
+        "acc_test": best["acc_test"],
+    }
+    assert record["val"] == 300 and (out / "model-best.pt").exists()
+    code, half = _train(tmp_path, data_root, "--val", "300", epochs=1, folder="half")
+    assert code == 0 and _resume(half, data_root, "--epochs", "2") == 0
+    _same_results(half, out)
+    with pytest.raises(SystemExit):
+        _train(tmp_path, data_root, "--val", "1500", folder="none")
+    assert (
+        "--val: a validation split of 1500 leaves no training examples" in capsys.readouterr().err
+    )

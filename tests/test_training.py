@@ -467,3 +467,38 @@ def test_low_precision_runs_the_forward_pass_under_autocast(small_mnist, precisi
     assert all(p.dtype == torch.float32 for p in model.parameters())
     with pytest.raises(ValueError, match="precision must be one of fp32, bf16, fp16, got 'fp8'"):
         train(model, images, precision="fp8")
+
+
+def test_many_classes_get_top5_accuracy_and_a_validation_split_its_columns():
+    from bender.data import Dataset, Split
+    from bender.training import evaluate, table_columns
+
+    torch.manual_seed(0)
+    x, y = torch.randn(400, 8), torch.randint(0, 30, (400,))
+    data = Dataset("toy", Split(x, y), Split(x[:100], y[:100]), num_classes=30)
+    data = data.with_validation(50)
+    assert len(data.train) == 350 and len(data.val) == 50
+    model = nn.Linear(8, 30)
+    table = train(model, data, epochs=1, batch_size=50)
+    assert (
+        table.columns.tolist()
+        == table_columns(True, 30)
+        == [
+            "epoch",
+            "loss_train",
+            "loss_test",
+            "acc_train",
+            "acc_test",
+            "loss_val",
+            "acc_val",
+            "acc5_train",
+            "acc5_test",
+            "acc5_val",
+            "seconds",
+        ]
+    )
+    with torch.no_grad():
+        scores = model(x[:100])
+    top5 = (scores.topk(5).indices == y[:100, None]).any(1).float().mean().item()
+    assert table["acc5_test"].iloc[0] == pytest.approx(top5)
+    assert evaluate(model, data.test, top5=True)[2] == pytest.approx(top5)

@@ -15,7 +15,6 @@ import sys
 from contextlib import AbstractContextManager
 from pathlib import Path
 
-import pandas as pd
 import torch
 
 from bender import (
@@ -48,7 +47,6 @@ from bender.schedules import parse_schedule, scheduler_factory
 from bender.summary import summary
 from bender.tensorboard import EpochScalars
 from bender.training import (
-    COLUMNS,
     OPTIMIZERS,
     PRECISIONS,
     check_seed,
@@ -260,6 +258,14 @@ def _parser() -> argparse.ArgumentParser:
         help="let --out replace the results of an earlier run in that folder",
     )
     t.add_argument("--limit", type=_positive(int), help="use only the first N train/test examples")
+    t.add_argument(
+        "--val",
+        type=_positive(int),
+        metavar="N",
+        help="set N training examples apart (a permutation seeded with 0) as a validation split: "
+        "evaluated every epoch, and the weights of its best epoch kept in model-best.pt "
+        "(default: none)",
+    )
     t.add_argument(
         "--alignment",
         action="store_true",
@@ -522,6 +528,11 @@ def _load(args: argparse.Namespace, parser: argparse.ArgumentParser):
         return 1
     if args.limit:
         dataset = dataset.subset(args.limit, args.limit)
+    if args.val:
+        try:
+            dataset = dataset.with_validation(args.val)
+        except ValueError as err:
+            parser.error(f"--val: {err}")
     if args.dataset in data.CIFAR:  # per channel, by the training images the run uses
         dataset = data.normalize(dataset)
     if len(dataset.train) < args.batch_size:  # no complete batch: an epoch would do nothing
@@ -572,7 +583,7 @@ def _train_command(record: dict, folder: Path) -> str:
     words += ["--augment", record["augment"]] if record.get("augment") else []
     words += ["--schedule", record["schedule"]] if record.get("schedule") else []
     words += ["--precision", record["precision"]] if record.get("precision") else []
-    for key in ("limit", "clip_weights"):
+    for key in ("limit", "clip_weights", "val"):
         if record.get(key) is not None:
             words += [f"--{key.replace('_', '-')}", record[key]]
     words += ["--alignment"] if "alignment_probe" in record else []
@@ -625,6 +636,7 @@ def _resume_locked(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
             "schedule": record.get("schedule"),
             "precision": record.get("precision", "fp32"),
             "tensorboard": record.get("tensorboard", False),
+            "val": record.get("val"),
             # runs recorded before the optimizer flags trained with the tutorials' settings
             "optimizer": record.get("optimizer", recipes.TUTORIAL_TRAINING["optimizer"]),
             "optimizer_options": record.get("optimizer_options", {}),
@@ -763,6 +775,7 @@ def _fit(
             "schedule": args.schedule,
             "precision": args.precision,
             "tensorboard": args.tensorboard,
+            "val": args.val,
             "normalize": getattr(dataset, "stats", None),
             "after_step": [repr(fn) for fn in every_step],
             "bender": __version__,
@@ -807,11 +820,15 @@ def _fit(
         saving.append(row["epoch"])
         write_atomically(out / "model.pt", lambda p: torch.save(model.state_dict(), p))
         history.append(row)  # after the weights: the table never runs ahead of model.pt
-        write_table(out, pd.DataFrame(history), record)
+        write_table(out, run_folder.table_of(history), record)
         if recorder is not None:
             recorder(row, model)
             angles = recorder.table()
             write_atomically(out / "alignment.csv", lambda p: angles.to_csv(p, index=False))
+        if "acc_val" in row and row["acc_val"] > record.get("best", {}).get("acc_val", -1.0):
+            write_atomically(out / "model-best.pt", lambda p: torch.save(model.state_dict(), p))
+            record["best"] = {k: row[k] for k in ("epoch", "acc_val", "acc_test")}
+            write_table(out, run_folder.table_of(history), record)
         if scalars is not None:  # the learning rate this epoch trained with
             lr = args.lr * factor(row["epoch"] - 1)
             scalars(row, lr, recorder.rows[-1] if recorder is not None else None)
@@ -844,11 +861,11 @@ def _fit(
         )
     except KeyboardInterrupt:  # Ctrl-C: finish the record of the epochs completed so far
         interrupted = True
-        table = pd.DataFrame(history, columns=COLUMNS)
+        table = run_folder.table_of(history)
         table.attrs["stopped"] = f"interrupted (Ctrl-C) in epoch {len(history) + 1}"
     except OSError as err:  # a result file could not be written: disk full, folder gone
         if history:  # the numbers are in memory: show them, as they may be nowhere else
-            print(pd.DataFrame(history, columns=COLUMNS).round(3).to_string(index=False))
+            print(run_folder.table_of(history).round(3).to_string(index=False))
         where = f"writing the results of epoch {saving[-1]}" if saving else "training"
         print(
             f"bender: error: {where} failed: {err}. The run stopped; {out} keeps the files "

@@ -50,9 +50,22 @@ RESULT_FILES = (
     "curves.png",
     "model.pt",
     "checkpoint.pt",
+    "model-best.pt",
     "alignment.csv",
 )
-TABLE_COLUMNS = [c for c in COLUMNS if c != "seconds"]  # seed-determined: reproducible
+
+
+def table_of(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """The per-epoch table of ``rows``: their columns (validation and top-5 ones included),
+    or :data:`COLUMNS` when there is no row yet."""
+    if not rows:
+        return pd.DataFrame(columns=COLUMNS)
+    return pd.DataFrame(rows, columns=[c for c in rows[0] if isinstance(c, str)])
+
+
+def _csv_columns(table: pd.DataFrame) -> list[str]:
+    """The columns metrics.csv keeps: all but ``seconds``, which varies between runs."""
+    return [c for c in table.columns if c != "seconds"]
 
 
 class FolderBusy(Exception):
@@ -310,6 +323,7 @@ RECORD_FIELDS: dict[str, tuple[bool, Callable[[Any], bool], str]] = {
     "optimizer_options": (False, _options, "an object of names to numbers"),
     "threads": (False, _int(1), "a positive int"),
     "processes": (False, _int(1), "a positive int"),
+    "val": (False, _optional(_int(1)), "null or a positive int"),
     "resumed": (False, _resumptions, "a list of objects"),
     "alignment_probe": (False, lambda v: isinstance(v, str), "a string"),
     "epochs": (False, lambda v: isinstance(v, list), "a list of rows"),
@@ -349,13 +363,15 @@ def read_record(folder: Path) -> dict[str, Any]:
 def write_table(folder: Path, table: pd.DataFrame, record: dict[str, Any]) -> None:
     """metrics.csv holds the numbers that depend only on the seed; metrics.json adds timings
     and the record of the run (``record["epochs"]`` becomes the table's rows)."""
-    write_atomically(folder / "metrics.csv", lambda p: table[TABLE_COLUMNS].to_csv(p, index=False))
+    write_atomically(
+        folder / "metrics.csv", lambda p: table[_csv_columns(table)].to_csv(p, index=False)
+    )
     record["epochs"] = table.to_dict(orient="records")
     write_atomically(folder / "metrics.json", lambda p: p.write_text(json.dumps(record, indent=2)))
 
 
 def plot_curves(table: pd.DataFrame, path: Path, title: str) -> None:
-    """Loss and accuracy per epoch, train vs test, side by side."""
+    """Loss and accuracy per epoch, train vs test (and validation), side by side."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -363,8 +379,9 @@ def plot_curves(table: pd.DataFrame, path: Path, title: str) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
     for ax, metric in zip(axes, ("loss", "acc"), strict=True):
-        for split in ("train", "test"):
-            ax.plot(table["epoch"], table[f"{metric}_{split}"], marker="o", label=split)
+        for split in ("train", "test", "val"):
+            if f"{metric}_{split}" in table:
+                ax.plot(table["epoch"], table[f"{metric}_{split}"], marker="o", label=split)
         ax.set_xlabel("epoch")
         ax.set_ylabel("accuracy" if metric == "acc" else "cross-entropy loss")
         ax.grid(alpha=0.3)
@@ -395,7 +412,15 @@ def repair(folder: Path, record: dict[str, Any], epochs: int) -> list[str]:
     ``*.partial.*`` files. Returns what it did, one phrase per file."""
     done = [f"removed {name}" for name in remove_partials(folder)]
     rows = record.get("epochs") or []
-    table = pd.DataFrame(rows, columns=COLUMNS)
+    try:
+        table = table_of(rows)
+        missing = [c for c in COLUMNS if c not in table.columns]
+    except (TypeError, ValueError, AttributeError):
+        missing = COLUMNS
+    if missing:
+        raise RecordError(
+            f"{folder / 'metrics.json'}: its rows lack the columns {', '.join(missing)}"
+        )
     if len(table) != epochs or table["epoch"].tolist() != list(range(1, epochs + 1)):
         raise RecordError(
             f"{folder / 'metrics.json'} holds the rows of epochs {table['epoch'].tolist()}, "
@@ -409,7 +434,7 @@ def repair(folder: Path, record: dict[str, Any], epochs: int) -> list[str]:
         except (OSError, ValueError, KeyError):
             whole = False
     if not whole:
-        write_atomically(csv_path, lambda p: table[TABLE_COLUMNS].to_csv(p, index=False))
+        write_atomically(csv_path, lambda p: table[_csv_columns(table)].to_csv(p, index=False))
         done.append("rewrote metrics.csv")
     if not (folder / "curves.png").exists():
         write_curves(folder, table, record)

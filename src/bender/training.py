@@ -30,6 +30,17 @@ LossFn = Callable[[Tensor, Tensor], Tensor]
 Callback = Callable[[dict, nn.Module], bool | None]  # True: stop after this epoch
 StepFn = Callable[[nn.Module], object]  # after every optimizer step, e.g. a weight constraint
 COLUMNS = ["epoch", "loss_train", "loss_test", "acc_train", "acc_test", "seconds"]
+TOP5_FROM = 20  # classes from which the table also holds top-5 accuracy
+
+
+def table_columns(validation: bool = False, num_classes: int = 10) -> list[str]:
+    """The per-epoch table's columns: :data:`COLUMNS`, with ``loss_val, acc_val`` for a
+    dataset with a validation split and top-5 accuracies (``acc5_train``, ``acc5_test``,
+    ``acc5_val``) from :data:`TOP5_FROM` classes on, before ``seconds``."""
+    columns = COLUMNS[:-1] + (["loss_val", "acc_val"] if validation else [])
+    if num_classes >= TOP5_FROM:
+        columns += ["acc5_train", "acc5_test"] + (["acc5_val"] if validation else [])
+    return [*columns, "seconds"]
 
 
 def _mse_one_hot(output: Tensor, target: Tensor) -> Tensor:
@@ -220,14 +231,17 @@ def evaluate(
     split: Split,
     loss: str | LossFn = "cross_entropy",
     batch_size: int = 10_000,
-) -> tuple[float, float]:
+    *,
+    top5: bool = False,
+) -> tuple[float, ...]:
     """Mean loss and accuracy of ``model`` over a whole split, in eval mode and without grad.
 
     Each batch of inputs goes to the device of the model's parameters and, if floating-point,
     is cast to their dtype (each where the parameters share one), as in :func:`train`, so a
     model trained on a GPU is evaluated on a split kept on the CPU. In a process group (torchrun)
     every process evaluates every ``world``-th example and the sums are all-reduced, so each
-    gets the numbers of the whole split.
+    gets the numbers of the whole split. With ``top5`` the share of examples whose class is
+    among the five highest scores comes third.
     """
     loss_fn = _choose("loss", loss, LOSSES)
     if len(split) == 0:
@@ -237,7 +251,7 @@ def evaluate(
     xs, ys = split.x, split.y
     if world > 1:  # each process its share; the sums are added up below
         xs, ys = xs[rank::world], ys[rank::world]
-    total_loss = correct = 0  # become tensors on the outputs' device: no sync per batch
+    total_loss = correct = correct5 = 0  # tensors on the outputs' device: no sync per batch
     with eval_mode(model):
         for x, y in zip(xs.split(batch_size), ys.split(batch_size), strict=True):
             out = model(inputs_for(model, x))
@@ -246,14 +260,18 @@ def evaluate(
             _check_loss(batch_loss)
             total_loss = total_loss + batch_loss.double() * len(y)
             correct = correct + (out.argmax(-1) == y).sum()
+            if top5:
+                best = out.topk(min(5, out.shape[-1]), dim=-1).indices
+                correct5 = correct5 + (best == y.unsqueeze(-1)).any(-1).sum()
     if world > 1:
         sums = torch.stack(
-            [torch.as_tensor(total_loss).double(), torch.as_tensor(correct).double()]
+            [torch.as_tensor(v, dtype=torch.float64) for v in (total_loss, correct, correct5)]
         )
         sums = sums.to(_collective_device(model))
         torch.distributed.all_reduce(sums)
-        total_loss, correct = sums[0], sums[1]
-    return float(total_loss) / len(split), int(correct) / len(split)
+        total_loss, correct, correct5 = sums[0], sums[1], sums[2]
+    result = (float(total_loss) / len(split), int(correct) / len(split))
+    return (*result, int(correct5) / len(split)) if top5 else result
 
 
 def train(
@@ -373,6 +391,8 @@ def train(
         "train_size": len(data.train),
         "test_size": len(data.test),
     }
+    if data.val is not None:
+        settings["val_size"] = len(data.val)
     if checkpoint is not None and not Path(checkpoint).parent.is_dir():
         raise FileNotFoundError(
             f"the folder of checkpoint={str(checkpoint)!r} does not exist; create it first"
@@ -391,10 +411,13 @@ def train(
             f"it returned {type(schedule).__name__}, which has no step()"
         )
     data = data.to(device, parameter_dtype(model))  # float32 data for a float64 model: cast
-    for name in ("train", "test"):
-        _check_finite(f"data.{name}.x", getattr(data, name).x)
+    for name in ("train", "test", "val"):
+        if getattr(data, name) is not None:
+            _check_finite(f"data.{name}.x", getattr(data, name).x)
     batches = Batches(data.train, batch_size, reshuffle=reshuffle, seed=seed)
     share = batch_size // world  # this process's part of every batch
+    columns = table_columns(data.val is not None, data.num_classes)
+    top5 = data.num_classes >= TOP5_FROM
     net = model
     if world > 1:  # gradients averaged over the processes' parts: the whole batch's gradient
         ids = [device.index] if device.type == "cuda" else None
@@ -452,19 +475,20 @@ def train(
                     f"{epoch - 1} complete epoch(s). Try a smaller learning rate (lr={lr})."
                 )
                 warnings.warn(message, RuntimeWarning, stacklevel=2)
-                return _table(rows, stopped=message)
-            loss_train, acc_train = evaluate(model, data.train, loss_fn)
-            loss_test, acc_test = evaluate(model, data.test, loss_fn)
-            row = dict(
-                zip(
-                    COLUMNS,
-                    (epoch, loss_train, loss_test, acc_train, acc_test, seconds),
-                    strict=True,
-                )
-            )
+                return _table(rows, stopped=message, columns=columns)
+            row = {"epoch": epoch, "seconds": seconds}
+            splits = [("train", data.train), ("test", data.test)]
+            splits += [] if data.val is None else [("val", data.val)]
+            for name, split in splits:
+                numbers = evaluate(model, split, loss_fn, top5=top5)
+                row[f"loss_{name}"], row[f"acc_{name}"] = numbers[:2]
+                if top5:
+                    row[f"acc5_{name}"] = numbers[2]
+            row = {column: row[column] for column in columns}
             rows.append(row)
             if isinstance(schedule, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                schedule.step(loss_train)  # the training loss: the test split stays unseen
+                # the validation loss, else the training loss: the test split stays unseen
+                schedule.step(row["loss_val"] if data.val is not None else row["loss_train"])
             elif schedule is not None:
                 schedule.step()
             stoppers = [cb for cb in callbacks or () if rank == 0 and cb(row, model) is True]
@@ -475,15 +499,16 @@ def train(
             if (
                 checkpoint is not None and rank == 0
             ):  # the table's columns: a callback may have added to a row
-                table = [{column: r[column] for column in COLUMNS} for r in rows]
+                table = [{column: r[column] for column in columns} for r in rows]
                 save_checkpoint(
                     checkpoint,
                     capture(epoch, table, settings, model, opt, schedule, batches, device),
                 )
             if stoppers:
                 names = ", ".join(getattr(cb, "__name__", type(cb).__name__) for cb in stoppers)
-                return _table(rows, stopped=f"stopped after epoch {epoch} of {epochs} by {names}")
-        return _table(rows)
+                stopped = f"stopped after epoch {epoch} of {epochs} by {names}"
+                return _table(rows, stopped=stopped, columns=columns)
+        return _table(rows, columns=columns)
 
 
 def _rank_zero(row: dict, model: nn.Module) -> bool:
@@ -491,9 +516,11 @@ def _rank_zero(row: dict, model: nn.Module) -> bool:
     return True
 
 
-def _table(rows: list[dict], stopped: str | None = None) -> pd.DataFrame:
+def _table(
+    rows: list[dict], stopped: str | None = None, columns: list[str] = COLUMNS
+) -> pd.DataFrame:
     """The per-epoch table; when training ended early, the reason in ``attrs["stopped"]``."""
-    table = pd.DataFrame(rows, columns=COLUMNS)
+    table = pd.DataFrame(rows, columns=columns)
     if stopped is not None:
         table.attrs["stopped"] = stopped
     return table

@@ -180,21 +180,27 @@ class Split:
 
 @dataclass
 class Dataset:
-    """A train and a test split with the dataset's name and number of classes."""
+    """A train and a test split with the dataset's name and number of classes, and optionally
+    a validation split (see :meth:`with_validation`)."""
 
     name: str
     train: Split
     test: Split
     num_classes: int = 10
+    val: Split | None = None
 
     def __post_init__(self) -> None:
-        for split in ("train", "test"):
+        for split in ("train", "test", "val"):
+            if split == "val" and self.val is None:
+                continue
             if not isinstance(getattr(self, split), Split):
                 got = type(getattr(self, split)).__name__
                 raise TypeError(f"Dataset.{split} must be a bender.data.Split, got {got}")
         check_positive_int("num_classes", self.num_classes)
         k = self.num_classes
-        for split in ("train", "test"):
+        for split in ("train", "test", "val"):
+            if getattr(self, split) is None:
+                continue
             y = getattr(self, split).y
             if len(y) and not (int(y.min()) >= 0 and int(y.max()) < k):
                 raise ValueError(
@@ -204,12 +210,33 @@ class Dataset:
 
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> Dataset:
         train, test = self.train.to(device, dtype), self.test.to(device, dtype)
-        return Dataset(self.name, train, test, self.num_classes)
+        val = None if self.val is None else self.val.to(device, dtype)
+        return Dataset(self.name, train, test, self.num_classes, val)
 
     def subset(self, n_train: int, n_test: int) -> Dataset:
         return Dataset(
-            self.name, self.train.subset(n_train), self.test.subset(n_test), self.num_classes
+            self.name,
+            self.train.subset(n_train),
+            self.test.subset(n_test),
+            self.num_classes,
+            self.val,
         )
+
+    def with_validation(self, n: int, seed: int = 0) -> Dataset:
+        """``n`` training examples, chosen by a permutation seeded with ``seed``, set apart as
+        the validation split (BioTorch's 45k/5k of CIFAR); the rest, in their order, train."""
+        check_positive_int("validation size", n)
+        if n >= len(self.train):
+            raise ValueError(
+                f"a validation split of {n} leaves no training examples of {len(self.train)}"
+            )
+        order = torch.randperm(len(self.train), generator=torch.Generator().manual_seed(seed))
+        held = torch.zeros(len(self.train), dtype=torch.bool)
+        held[order[:n]] = True
+        held = held.to(self.train.x.device)
+        train = Split(self.train.x[~held], self.train.y[~held])
+        val = Split(self.train.x[held], self.train.y[held])
+        return Dataset(self.name, train, self.test, self.num_classes, val)
 
 
 def _find(folder: Path, name: str) -> Path | None:
@@ -297,7 +324,10 @@ def normalize(dataset: Dataset) -> Dataset:
     mean and standard deviation (``dataset.stats`` holds them), for CIFAR's protocol."""
     mean, std = channel_stats(dataset.train.x)
     splits = [Split(normalized(s.x, mean, std), s.y) for s in (dataset.train, dataset.test)]
-    result = Dataset(dataset.name, *splits, dataset.num_classes)
+    val = (
+        None if dataset.val is None else Split(normalized(dataset.val.x, mean, std), dataset.val.y)
+    )
+    result = Dataset(dataset.name, *splits, dataset.num_classes, val)
     result.stats = {"mean": mean, "std": std}
     return result
 
@@ -319,7 +349,10 @@ def pad_images(dataset: Dataset, size: tuple[int, int]) -> Dataset:
     def padded(split: Split) -> Split:
         return Split(torch.nn.functional.pad(split.x, pad), split.y)
 
-    return Dataset(dataset.name, padded(dataset.train), padded(dataset.test), dataset.num_classes)
+    val = None if dataset.val is None else padded(dataset.val)
+    return Dataset(
+        dataset.name, padded(dataset.train), padded(dataset.test), dataset.num_classes, val
+    )
 
 
 def _load_cifar(
