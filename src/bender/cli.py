@@ -580,9 +580,12 @@ def _train_command(record: dict, folder: Path) -> str:
     for key, value in record.get("optimizer_options", {}).items():
         words += [f"--{key.replace('_', '-')}", value]
     words += [] if record["reshuffle"] else ["--shuffle-once"]
-    words += ["--augment", record["augment"]] if record.get("augment") else []
+    default_augment = "crop-flip" if record["dataset"] in data.CIFAR else "none"
+    augment = record.get("augment", default_augment)
+    words += ["--augment", augment] if augment != default_augment else []
     words += ["--schedule", record["schedule"]] if record.get("schedule") else []
-    words += ["--precision", record["precision"]] if record.get("precision") else []
+    precision = record.get("precision", "fp32")
+    words += ["--precision", precision] if precision != "fp32" else []
     for key in ("limit", "clip_weights", "val"):
         if record.get(key) is not None:
             words += [f"--{key.replace('_', '-')}", record[key]]
