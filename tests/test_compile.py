@@ -1,4 +1,5 @@
-"""torch.compile: every mapping, activation and DFA traces into one graph and keeps its rule.
+"""torch.compile: every mapping, activation and DFA over a chain traces into one graph and keeps
+its rule (DFA's hooks on other models run eagerly).
 
 ``backend="aot_eager"`` runs Dynamo and AOTAutograd, which trace the custom backwards into the
 joint graph (where an incompatibility would show), without needing a C++ compiler; Inductor only
@@ -63,12 +64,14 @@ def _dfa() -> nn.Module:
     return DFA(net, num_outputs=4)
 
 
-def _assert_compiled_matches_eager(make, shape: tuple[int, ...], dtype: torch.dtype) -> None:
+def _assert_compiled_matches_eager(
+    make, shape: tuple[int, ...], dtype: torch.dtype, fullgraph: bool = True
+) -> None:
     torch.manual_seed(0)
     eager = make().to(dtype)
     compiled_model = make().to(dtype)
     compiled_model.load_state_dict(eager.state_dict())
-    compiled = torch.compile(compiled_model, backend="aot_eager", fullgraph=True)
+    compiled = torch.compile(compiled_model, backend="aot_eager", fullgraph=fullgraph)
     x = torch.randn(*shape, dtype=dtype)
     torch.manual_seed(1)  # the same draws for the stochastic rules
     out_eager = eager(x)
@@ -169,3 +172,21 @@ def test_brsf_compiles_and_draws_its_magnitudes_from_the_global_generator(make, 
         out.backward(torch.linspace(-1, 1, out.numel()).reshape(out.shape))  # no draw here
         grads.append(xr.grad)
     close(grads[1], grads[0])
+
+
+class _Residual(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(6, 6), nn.Linear(6, 4)
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x)) + x)
+
+
+def test_dfa_on_any_model_runs_its_hooks_eagerly_under_compile_with_the_same_result():
+    """Outside an nn.Sequential chain, DFA's per-pass hooks run eagerly (a graph break); the
+    gradients equal the eager ones."""
+    torch._dynamo.reset()
+    _assert_compiled_matches_eager(
+        lambda: DFA(_Residual(), 4, input_shape=(6,)), (3, 6), torch.float64, fullgraph=False
+    )

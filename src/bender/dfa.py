@@ -143,6 +143,7 @@ class DFA(nn.Module):
         self.model = model
         self.blocks = _check_blocks(model, blocks)
         self._keys, hidden, output = self._set_up(input_shape, input_dtype)
+        self._chain = self._chain_targets()
         classes = output.shape[-1]
         if num_outputs is not None and classes != num_outputs:
             raise ValueError(
@@ -271,6 +272,34 @@ class DFA(nn.Module):
         """The matrices ``B_i`` (views into the stacked buffer), one per hidden target."""
         return list(self.feedback.split(self.sizes))
 
+    def _chain_targets(self) -> list[int] | None:
+        """For an ``nn.Sequential`` whose children are layers or hold none (activations,
+        norms, pooling), each called once, with the default targets: the indices of the
+        children whose inputs are targets. There each input is read by that child alone, so
+        giving the child a detached input and the projection to the input is the same
+        replacement as the hooks' (and it traces under ``torch.compile``). ``None`` otherwise."""
+        if self.blocks is not None or not isinstance(self.model, nn.Sequential):
+            return None
+        for child in self.model:
+            if not isinstance(child, LAYERS) and any(
+                isinstance(m, LAYERS) for m in child.modules()
+            ):
+                return None
+        if any(call > 0 or path not in self.model._modules for path, call in self._keys):
+            return None
+        names = list(self.model._modules)
+        return [names.index(path) for path, _ in self._keys]
+
+    def _chain_forward(self, x: Tensor) -> Tensor:
+        hidden = []
+        for i, child in enumerate(self.model):
+            if i in self._chain:
+                hidden.append(x)
+                x = x.detach()
+            x = child(x)
+        return inject_direct_feedback(x, hidden, self.feedback, self.sizes, self.signal)
+
+    @torch.compiler.disable  # hooks made per pass; under torch.compile this part runs eagerly
     def _forward(self, x: Tensor) -> Tensor:
         tensors, output = self._run(x, set(self._keys))
         missing = [f"{p} (call {c + 1})" for p, c in self._keys if (p, c) not in tensors]
@@ -291,6 +320,8 @@ class DFA(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if not torch.is_grad_enabled():
             return self.model(x)
+        if self._chain is not None:
+            return self._chain_forward(x)
         return self._forward(x)
 
     def __repr__(self) -> str:
