@@ -1055,3 +1055,12 @@ def test_a_validation_split_is_evaluated_and_its_best_weights_kept(tmp_path, dat
     assert (
         "--val: a validation split of 1500 leaves no training examples" in capsys.readouterr().err
     )
+
+
+def test_summary_of_a_model_by_a_rule(capsys):
+    assert cli.main(["summary", "--model", "lenet5", "--rule", "fa"]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1].split()
+    assert last[:4] == ["total", "0", "61706", "61470"]  # parameters; feedback entries
+    with pytest.raises(SystemExit):
+        cli.main(["summary"])
+    assert "name a recipe" in capsys.readouterr().err

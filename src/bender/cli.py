@@ -139,9 +139,15 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("rules", help="list the learning rules (for train --rule)")
     m = sub.add_parser(
         "summary",
-        help="a recipe's layers: 1-bit and float parameters, feedback, MACs per sample, memory",
+        help="a recipe's or a model's layers: 1-bit and float parameters, feedback, MACs per "
+        "sample, memory",
     )
-    m.add_argument("recipe", help="recipe name (see `bender recipes`)")
+    m.add_argument("recipe", nargs="?", help="recipe name (see `bender recipes`), or --model")
+    m.add_argument("--model", help="a model (see `bender models`), with --rule")
+    m.add_argument("--rule", help="the learning rule (default with --model: bp)")
+    m.add_argument(
+        "--dataset", choices=list(data.DATASETS), default="mnist", help="(default: %(default)s)"
+    )
     t = sub.add_parser(
         "train",
         help="train a recipe, or any model by any rule, and write metrics, curves and weights",
@@ -417,10 +423,15 @@ def _known_recipe(name: str, parser: argparse.ArgumentParser, where: str = "") -
 
 def _summary(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """``bender summary``: the table of :func:`bender.summary.summary` for one input image."""
-    _known_recipe(args.recipe, parser)
-    model = recipes.build(args.recipe)
+    args.blocks, args.seed = None, 0
+    _check_experiment(args, parser)
+    try:
+        model = _build(args)
+    except (ValueError, TypeError) as err:
+        parser.error(f"{_experiment(args)}: {err}")
+    shape = (784,) if args.recipe else _image_shape(args)
     seeded = torch.Generator(device="cpu").manual_seed(0)
-    image = torch.rand(1, 784, generator=seeded, device="cpu")  # pixels in [0, 1]
+    image = torch.rand(1, *shape, generator=seeded, device="cpu")  # pixels in [0, 1]
     table = summary(model, image)
     print(table.to_string(index=False, formatters={"memory_kib": "{:.1f}".format}))
     total = table.iloc[-1]
