@@ -176,6 +176,10 @@ def test_shuffle_once_is_recorded_and_changes_the_run(tmp_path, data_root):
         ["train", "--model", "mlp", "--rule", "fa", "--blocks", "1"],
         ["train", "--model", "mlp", "--rule", "dfa", "--blocks", "1,,2"],
         ["train", "--model", "no_such_package.nets:build", "--rule", "fa"],
+        ["train", "fa-mlp", "--augment", "crop-flip"],
+        ["train", "--model", "mlp", "--augment", "rotate"],
+        ["train", "--model", "mlp", "--precision", "fp8"],
+        ["train", "--model", "mlp", "--val", "0"],
     ],
 )
 def test_usage_errors_exit_2(args, capsys):

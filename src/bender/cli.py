@@ -473,6 +473,11 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     _optimizer_settings(args, parser)
     if args.augment is None:
         args.augment = "crop-flip" if args.dataset in data.CIFAR else "none"
+    if args.augment == "crop-flip" and args.recipe is not None:
+        parser.error(
+            "--augment crop-flip crops images, but the recipes take flattened ones; give a "
+            "model and a rule (--model cnn --rule fa) to augment"
+        )
     if args.schedule is not None:
         try:
             parse_schedule(args.schedule, args.epochs)
@@ -977,6 +982,7 @@ def _sweep(
 ) -> int:
     """``bender sweep``: the flags it does not know go to every ``bender train``; they are
     checked here, with the first rule, before anything runs."""
+    args.rules = list(dict.fromkeys(args.rules))  # each rule once
     for rule in args.rules:
         if rule not in rules.RULES:
             parser.error(f"unknown rule {rule!r}; choose one of {', '.join(rules.RULES)}")
