@@ -888,6 +888,11 @@ def test_export_writes_the_binary_weights_as_bits(tmp_path, data_root, capsys):
     said = capsys.readouterr().out
     assert f"wrote {packed}: {packed.stat().st_size} bytes, 1/" in said
     assert packed.stat().st_size * 15 < (out / "model.pt").stat().st_size
+    weights = 784 * 128 + 128 * 64 + 64 * 10
+    assert (
+        f"the 3 binary layers' {weights} weights: {weights // 8} bytes packed, 1/32.0 of their "
+        f"{weights * 4} bytes in float32" in said
+    )
     code, fa = _train(tmp_path, data_root, epochs=1, folder="fa")
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["export", str(fa)])

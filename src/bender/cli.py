@@ -30,7 +30,11 @@ from bender import (
 )
 from bender.alignment import AlignmentRecorder, bent_layers
 from bender.checkpoint import write_atomically
-from bender.constraints import ClipBinaryWeights, binary_layers
+from bender.constraints import (
+    ClipBinaryWeights,
+    binary_layers,
+    kernel_quantized_binary_layers,
+)
 from bender.data.augment import CropFlip
 from bender.run_folder import (
     LOCK,
@@ -974,6 +978,15 @@ def _export(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         return 1
     size, packed = (folder / "model.pt").stat().st_size, out.stat().st_size
     print(f"wrote {out}: {packed} bytes, 1/{size / packed:.1f} of model.pt's {size} bytes")
+    layers = kernel_quantized_binary_layers(model)
+    weights = sum(layer.latent_weight().numel() for layer in layers.values())
+    bits = -(-weights // 8)
+    print(
+        f"the {len(layers)} binary layers' {weights} weights: {bits} bytes packed, "
+        f"1/{weights * 4 / bits:.1f} of their {weights * 4} bytes in float32; the rest is "
+        "the float parameters and buffers inference reads (batch norm, biases, the first "
+        "layer's input) and the file's own structure"
+    )
     return 0
 
 
