@@ -1073,3 +1073,21 @@ def test_summary_of_a_model_by_a_rule(capsys):
     with pytest.raises(SystemExit):
         cli.main(["summary"])
     assert "name a recipe" in capsys.readouterr().err
+
+
+def test_a_binary_run_takes_another_one_bit_quantizer_and_keeps_it(tmp_path, data_root, capsys):
+    code, out = _train(tmp_path, data_root, "--quantizer", "approx_sign", recipe="binary-mlp-bn")
+    assert code == 0
+    record = json.loads((out / "metrics.json").read_text())
+    assert record["quantizer"] == "approx_sign" and "ApproxSign" in record["model"]
+    assert _resume(out, data_root, "--epochs", "3") == 0  # rebuilt with approx_sign
+    code, rule_run = _train_model(
+        tmp_path, data_root, "cnn", "binary", "--quantizer", "swish_sign", folder="rule"
+    )
+    assert code == 0 and "SwishSign" in json.loads((rule_run / "metrics.json").read_text())["model"]
+    for args in (["fa-mlp"], ["--model", "mlp", "--rule", "fa"]):
+        with pytest.raises(SystemExit):
+            cli.main(["train", *args, "--quantizer", "approx_sign"])
+    assert "quantize" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["train", "binary-mlp-bn", "--quantizer", "ste_tern"])  # 2 bits: not a choice

@@ -147,3 +147,16 @@ def test_a_model_whose_output_is_not_a_tensor_is_refused_by_dfa():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         apply_rule(Named(), "bp")  # other rules do not look at the output
+
+
+def test_the_binary_rule_takes_any_one_bit_quantizer_and_refuses_others():
+    from bender.rules import one_bit_quantizers
+
+    assert "approx_sign" in one_bit_quantizers() and "ste_tern" not in one_bit_quantizers()
+    model = apply_rule(build_model("mlp"), "binary", quantizer="approx_sign")
+    layers = [m for m in model.modules() if isinstance(m, GenDense)]
+    assert all(type(m.kernel_quantizer).__name__ == "ApproxSign" for m in layers)
+    with pytest.raises(ValueError, match="a binary rule takes a 1-bit quantizer"):
+        apply_rule(build_model("mlp"), "binary", quantizer="ste_tern")
+    with pytest.raises(ValueError, match="quantizer is for binary rules"):
+        apply_rule(build_model("mlp"), "fa", quantizer="ste_sign")

@@ -246,6 +246,12 @@ def _parser() -> argparse.ArgumentParser:
         "angles as TensorBoard scalars to OUT/tensorboard (needs the tensorboard package)",
     )
     t.add_argument(
+        "--quantizer",
+        choices=rules.one_bit_quantizers(),
+        help="the 1-bit quantizer of weights and activations, for --rule binary and the "
+        "recipes binary-mlp-bn and binary-cnn (default: ste_sign)",
+    )
+    t.add_argument(
         "--clip-weights",
         type=_positive(float),
         metavar="BOUND",
@@ -409,11 +415,18 @@ def _image_shape(args: argparse.Namespace) -> tuple[int, int, int]:
 
 def _build(args: argparse.Namespace) -> torch.nn.Module:
     """The run's network, initialised from its seed: the recipe's, or the model by the rule."""
+    quantizer = getattr(args, "quantizer", None)
     if args.recipe is not None:
-        return recipes.build(args.recipe, args.seed)
+        return recipes.build(args.recipe, args.seed, quantizer=quantizer)
     classes = data.NUM_CLASSES[args.dataset]
     return recipes.build_network(
-        args.model, args.rule, _image_shape(args), classes, seed=args.seed, blocks=args.blocks
+        args.model,
+        args.rule,
+        _image_shape(args),
+        classes,
+        seed=args.seed,
+        blocks=args.blocks,
+        quantizer=quantizer,
     )
 
 
@@ -606,7 +619,7 @@ def _train_command(record: dict, folder: Path) -> str:
     words += ["--schedule", record["schedule"]] if record.get("schedule") else []
     precision = record.get("precision", "fp32")
     words += ["--precision", precision] if precision != "fp32" else []
-    for key in ("limit", "clip_weights", "val"):
+    for key in ("limit", "clip_weights", "val", "quantizer"):
         if record.get(key) is not None:
             words += [f"--{key.replace('_', '-')}", record[key]]
     words += ["--alignment"] if "alignment_probe" in record else []
@@ -660,6 +673,7 @@ def _resume_locked(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
             "precision": record.get("precision", "fp32"),
             "tensorboard": record.get("tensorboard", False),
             "val": record.get("val"),
+            "quantizer": record.get("quantizer"),
             # runs recorded before the optimizer flags trained with the tutorials' settings
             "optimizer": record.get("optimizer", recipes.TUTORIAL_TRAINING["optimizer"]),
             "optimizer_options": record.get("optimizer_options", {}),
@@ -799,6 +813,7 @@ def _fit(
             "precision": args.precision,
             "tensorboard": args.tensorboard,
             "val": args.val,
+            "quantizer": args.quantizer,
             "normalize": getattr(dataset, "stats", None),
             "after_step": [repr(fn) for fn in every_step],
             "bender": __version__,
@@ -954,6 +969,7 @@ def _export(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         blocks=record.get("blocks"),
         seed=record["seed"],
         dataset=record["dataset"],
+        quantizer=record.get("quantizer"),
     )
     model = _rebuilt(run, folder, parser)
     try:

@@ -48,7 +48,7 @@ from bender.mappings import (
 from bender.mirrors import WeightMirror
 from bender.models import build_model
 from bender.nonlinearities import SignSTE
-from bender.rules import KP_TRAINING, TUTORIAL_TRAINING, apply_rule, get_rule
+from bender.rules import KP_TRAINING, TUTORIAL_TRAINING, apply_rule, get_rule, one_bit_quantizers
 from bender.training import StepFn, check_seed, step_functions, train
 
 
@@ -71,6 +71,7 @@ class Recipe:
     after_step: tuple[StepFn, ...] = ()
     model: str = ""  # the zoo model and the rule it equals, for `bender recipes`
     rule: str = ""
+    quantized: bool = False  # build takes quantizer=NAME
 
 
 def mlp(
@@ -101,33 +102,36 @@ def cnn(conv_forward: Mapping, dense_forward: Mapping, feedback: bool = False) -
     )
 
 
-def binary_mlp_bn(sizes: tuple[int, ...] = (784, 128, 64, 10)) -> nn.Sequential:
-    """Larq's recommended practice for a binary MLP: ``ste_sign`` (gradient clipped at 1) as
-    every layer's kernel quantizer and as the input quantizer of every layer but the first (the
-    image stays real), no bias, batch norm after every layer (its scale is learned too: it does
-    not change the sign the next layer takes, only the logits' scale). Train with the latent
-    weights clipped to ±1 (``ClipBinaryWeights``)."""
+def binary_mlp_bn(
+    sizes: tuple[int, ...] = (784, 128, 64, 10), quantizer: str = "ste_sign"
+) -> nn.Sequential:
+    """Larq's recommended practice for a binary MLP: ``ste_sign`` (gradient clipped at 1; or
+    another 1-bit ``quantizer``) as every layer's kernel quantizer and as the input quantizer of
+    every layer but the first (the image stays real), no bias, batch norm after every layer (its
+    scale is learned too: it does not change the sign the next layer takes, only the logits'
+    scale). Train with the latent weights clipped to ±1 (``ClipBinaryWeights``)."""
     layers: list[nn.Module] = []
     for i, (n_in, n_out) in enumerate(pairwise(sizes)):
-        quantize_input = "ste_sign" if i > 0 else None
+        quantize_input = quantizer if i > 0 else None
         layers.append(
             GenDense(
-                n_in, n_out, bias=False, input_quantizer=quantize_input, kernel_quantizer="ste_sign"
+                n_in, n_out, bias=False, input_quantizer=quantize_input, kernel_quantizer=quantizer
             )
         )
         layers.append(nn.BatchNorm1d(n_out))
     return nn.Sequential(*layers)
 
 
-def binary_cnn() -> nn.Sequential:
+def binary_cnn(quantizer: str = "ste_sign") -> nn.Sequential:
     """Larq's binary CNN for MNIST: 784 → 1×28×28 → [conv 3×3, 32 ch, max-pool 2, bn] →
     [conv 3×3, 64 ch, max-pool 2, bn] → [conv 3×3, 64 ch, bn] → dense 576 → 64, bn → dense
     64 → 10, bn. Every layer's kernel quantizer is ``ste_sign``, and so is the input quantizer
-    of every layer but the first; no bias (batch norm's shift takes its place)."""
-    binary = {"bias": False, "input_quantizer": "ste_sign", "kernel_quantizer": "ste_sign"}
+    of every layer but the first (or another 1-bit ``quantizer``); no bias (batch norm's shift
+    takes its place)."""
+    binary = {"bias": False, "input_quantizer": quantizer, "kernel_quantizer": quantizer}
     return nn.Sequential(
         nn.Unflatten(1, (1, 28, 28)),
-        GenConv(1, 32, 3, bias=False, kernel_quantizer="ste_sign"),
+        GenConv(1, 32, 3, bias=False, kernel_quantizer=quantizer),
         nn.MaxPool2d(2),
         nn.BatchNorm2d(32),
         GenConv(32, 64, 3, **binary),
@@ -176,6 +180,7 @@ RECIPES: dict[str, Recipe] = {
             "MLP 784-128-64-10 (Larq's practice)",
             binary_mlp_bn,
             after_step=(ClipBinaryWeights(1.0),),
+            quantized=True,
         ),
         Recipe(
             "binary-cnn",
@@ -183,6 +188,7 @@ RECIPES: dict[str, Recipe] = {
             "batch norm, no bias (Larq's MNIST tutorial)",
             binary_cnn,
             after_step=(ClipBinaryWeights(1.0),),
+            quantized=True,
         ),
         Recipe(
             "dfa-mlp",
@@ -322,6 +328,7 @@ def build_network(
     *,
     seed: int = 0,
     blocks: list[str] | None = None,
+    quantizer: str | None = None,
 ) -> nn.Module:
     """The zoo's ``model`` for images of ``image_shape = (C, H, W)``, learning by ``rule``
     (:func:`bender.rules.apply_rule`), its weights and feedback drawn after
@@ -332,7 +339,12 @@ def build_network(
         model, in_channels=channels, image_size=(height, width), num_classes=num_classes
     )
     return apply_rule(
-        network, rule, num_outputs=num_classes, input_shape=image_shape, blocks=blocks
+        network,
+        rule,
+        num_outputs=num_classes,
+        input_shape=image_shape,
+        blocks=blocks,
+        quantizer=quantizer,
     )
 
 
@@ -343,11 +355,20 @@ def get(name: str) -> Recipe:
     return RECIPES[name]
 
 
-def build(name: str, seed: int = 0) -> nn.Module:
-    """Build recipe ``name``'s network with its initialisation seeded by ``seed``."""
+def build(name: str, seed: int = 0, quantizer: str | None = None) -> nn.Module:
+    """Build recipe ``name``'s network with its initialisation seeded by ``seed``; a binary
+    recipe with Larq's quantizers takes another 1-bit ``quantizer`` than ``ste_sign``."""
     recipe = get(name)
+    if quantizer is not None:
+        if not recipe.quantized:
+            raise ValueError(f"recipe {name} takes no quantizer; binary-mlp-bn and binary-cnn do")
+        if quantizer not in one_bit_quantizers():
+            raise ValueError(
+                f"a binary recipe takes a 1-bit quantizer, one of "
+                f"{', '.join(one_bit_quantizers())}; got {quantizer!r}"
+            )
     torch.manual_seed(check_seed(seed))
-    return recipe.build()
+    return recipe.build() if quantizer is None else recipe.build(quantizer=quantizer)
 
 
 def train_settings(

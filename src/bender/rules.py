@@ -26,6 +26,7 @@ from bender.conversion import convert
 from bender.dfa import DFA
 from bender.layers import GenConv, GenDense
 from bender.mirrors import WeightMirror
+from bender.quantizers import QUANTIZERS
 
 StepFn = Callable[[nn.Module], object]
 
@@ -178,12 +179,17 @@ def _unbendable(model: nn.Module) -> list[str]:
     return found
 
 
-def _binarize(model: nn.Module) -> None:
-    """ste_sign as every bender layer's kernel quantizer, and as the input quantizer of every
-    one but the first (in module order), which reads the real-valued image."""
+def one_bit_quantizers() -> list[str]:
+    """The names in :data:`bender.quantizers.QUANTIZERS` whose output takes two values."""
+    return [name for name, make in QUANTIZERS.items() if getattr(make(), "bits", None) == 1]
+
+
+def _binarize(model: nn.Module, quantizer: str) -> None:
+    """``quantizer`` as every bender layer's kernel quantizer, and as the input quantizer of
+    every one but the first (in module order), which reads the real-valued image."""
     layers = [m for m in model.modules() if isinstance(m, (GenDense, GenConv))]
     for i, layer in enumerate(layers):
-        layer.set_quantizers("ste_sign" if i else None, "ste_sign")
+        layer.set_quantizers(quantizer if i else None, quantizer)
 
 
 def apply_rule(
@@ -194,6 +200,7 @@ def apply_rule(
     input_shape: Sequence[int] | None = None,
     input_dtype: torch.dtype | None = None,
     blocks: Sequence[str] | None = None,
+    quantizer: str | None = None,
 ) -> nn.Module:
     """A copy of ``model`` that learns by ``rule`` (a name of :data:`RULES`, or a
     :class:`Rule`); ``model`` itself is not changed.
@@ -204,15 +211,24 @@ def apply_rule(
     ``input_dtype`` and ``blocks`` go to it); with ``blocks``, the layers inside the blocks
     keep exact gradients (backprop inside a block, DFA between blocks, as Launay et al. 2020).
     The rule's steps after every optimizer step are in ``result.after_step``, which ``train``
-    runs. A layer the rule cannot take (an LSTM, a transposed convolution, a subclass of
-    ``nn.Linear``) is refused with its path; embeddings and normalization layers keep their
-    exact gradients, as in every rule's papers.
+    runs. ``quantizer`` names the 1-bit quantizer of a binary rule (default ``ste_sign``; see
+    :func:`one_bit_quantizers`). A layer the rule cannot take (an LSTM, a transposed
+    convolution, a subclass of ``nn.Linear``) is refused with its path; embeddings and
+    normalization layers keep their exact gradients, as in every rule's papers.
     """
     rule = get_rule(rule)
     if not isinstance(model, nn.Module):
         raise TypeError(f"apply_rule needs an nn.Module, got {type(model).__name__}")
     if blocks is not None and not rule.direct_feedback:
         raise ValueError(f"blocks is for direct feedback rules (dfa); {rule.name} takes none")
+    if quantizer is not None and not rule.binary:
+        raise ValueError(f"quantizer is for binary rules; {rule.name} quantizes nothing")
+    quantizer = quantizer or "ste_sign"
+    if rule.binary and quantizer not in one_bit_quantizers():
+        raise ValueError(
+            f"a binary rule takes a 1-bit quantizer, one of {', '.join(one_bit_quantizers())}; "
+            f"got {quantizer!r}"
+        )
     unbendable = [] if rule.dense is None and rule.conv is None else _unbendable(model)
     if unbendable:
         raise ValueError(
@@ -226,7 +242,7 @@ def apply_rule(
     else:
         bent = _converted(model, rule)
     if rule.binary:
-        _binarize(bent)
+        _binarize(bent, quantizer)
     if rule.direct_feedback:
         bent = DFA(
             bent, num_outputs, blocks=blocks, input_shape=input_shape, input_dtype=input_dtype

@@ -324,6 +324,7 @@ RECORD_FIELDS: dict[str, tuple[bool, Callable[[Any], bool], str]] = {
     "threads": (False, _int(1), "a positive int"),
     "processes": (False, _int(1), "a positive int"),
     "val": (False, _optional(_int(1)), "null or a positive int"),
+    "quantizer": (False, _optional(lambda v: isinstance(v, str)), "null or a quantizer's name"),
     "resumed": (False, _resumptions, "a list of objects"),
     "alignment_probe": (False, lambda v: isinstance(v, str), "a string"),
     "epochs": (False, lambda v: isinstance(v, list), "a list of rows"),
