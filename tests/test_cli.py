@@ -1091,3 +1091,19 @@ def test_a_binary_run_takes_another_one_bit_quantizer_and_keeps_it(tmp_path, dat
     assert "quantize" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         cli.main(["train", "binary-mlp-bn", "--quantizer", "ste_tern"])  # 2 bits: not a choice
+
+
+def test_flip_ratio_is_a_column_of_every_epoch_also_after_a_resume(tmp_path, data_root, capsys):
+    code, whole = _train(tmp_path, data_root, "--flip-ratio", recipe="binary-mlp-bn", folder="w")
+    assert code == 0
+    table = pd.read_csv(whole / "metrics.csv")
+    assert table.columns[-1] == "flip_ratio" and table["flip_ratio"].between(0, 1).all()
+    assert table["flip_ratio"].iloc[0] > 0  # the first epoch flips some signs
+    code, half = _train(
+        tmp_path, data_root, "--flip-ratio", recipe="binary-mlp-bn", epochs=1, folder="h"
+    )
+    assert code == 0 and _resume(half, data_root, "--epochs", "2") == 0
+    _same_results(half, whole)
+    with pytest.raises(SystemExit):
+        _train(tmp_path, data_root, "--flip-ratio", folder="fa")
+    assert "--flip-ratio counts sign flips of binary weights, but fa-mlp" in capsys.readouterr().err

@@ -36,6 +36,7 @@ from bender.constraints import (
     kernel_quantized_binary_layers,
 )
 from bender.data.augment import CropFlip
+from bender.optimizers import FlipRatio
 from bender.run_folder import (
     LOCK,
     FolderBusy,
@@ -250,6 +251,12 @@ def _parser() -> argparse.ArgumentParser:
         choices=rules.one_bit_quantizers(),
         help="the 1-bit quantizer of weights and activations, for --rule binary and the "
         "recipes binary-mlp-bn and binary-cnn (default: ste_sign)",
+    )
+    t.add_argument(
+        "--flip-ratio",
+        action="store_true",
+        help="after every epoch, record the share of binary weights whose sign changed during it "
+        "(Larq's flip ratio) as the table's flip_ratio column",
     )
     t.add_argument(
         "--clip-weights",
@@ -512,6 +519,11 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                 f"--alignment compares a bent rule with backprop, but {_experiment(args)} has no "
                 "bent layer; use a feedback-alignment or DFA recipe or rule"
             )
+    if args.flip_ratio and not binary_layers(model):
+        parser.error(
+            f"--flip-ratio counts sign flips of binary weights, but {_experiment(args)} has "
+            "none; use a binary recipe or --rule binary"
+        )
     if args.clip_weights and not binary_layers(model):
         parser.error(
             f"--clip-weights clamps the latent weights of binary layers, but {_experiment(args)} "
@@ -624,6 +636,7 @@ def _train_command(record: dict, folder: Path) -> str:
             words += [f"--{key.replace('_', '-')}", record[key]]
     words += ["--alignment"] if "alignment_probe" in record else []
     words += ["--tensorboard"] if record.get("tensorboard") else []
+    words += ["--flip-ratio"] if record.get("flip_ratio") else []
     words += ["--out", folder, "--overwrite"]
     return " ".join(shlex.quote(str(word)) for word in words)
 
@@ -674,6 +687,7 @@ def _resume_locked(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
             "tensorboard": record.get("tensorboard", False),
             "val": record.get("val"),
             "quantizer": record.get("quantizer"),
+            "flip_ratio": record.get("flip_ratio", False),
             # runs recorded before the optimizer flags trained with the tutorials' settings
             "optimizer": record.get("optimizer", recipes.TUTORIAL_TRAINING["optimizer"]),
             "optimizer_options": record.get("optimizer_options", {}),
@@ -765,6 +779,17 @@ def _alignment_rows(out: Path, epochs: int) -> list[dict]:
     return [row for row in rows if row["epoch"] <= epochs]
 
 
+def _rows_so_far(state: dict, record: dict) -> list[dict]:
+    """The checkpoint's rows, with the columns that only metrics.json keeps for the same
+    epochs (``flip_ratio``)."""
+    recorded = {row.get("epoch"): row for row in record.get("epochs", []) if isinstance(row, dict)}
+    rows = []
+    for row in state["rows"]:
+        extra = recorded.get(row["epoch"], {})
+        rows.append(row | {k: v for k, v in extra.items() if k not in row and k == "flip_ratio"})
+    return rows
+
+
 def _resumable_hint(out: Path, data_dir: str | None) -> str:
     """How to go on from ``out``'s checkpoint, if an epoch was completed and saved."""
     if not (out / "checkpoint.pt").exists():
@@ -814,6 +839,7 @@ def _fit(
             "tensorboard": args.tensorboard,
             "val": args.val,
             "quantizer": args.quantizer,
+            "flip_ratio": args.flip_ratio,
             "normalize": getattr(dataset, "stats", None),
             "after_step": [repr(fn) for fn in every_step],
             "bender": __version__,
@@ -871,7 +897,12 @@ def _fit(
             lr = args.lr * factor(row["epoch"] - 1)
             scalars(row, lr, recorder.rows[-1] if recorder is not None else None)
 
-    history: list[dict] = [] if state is None else list(state["rows"])
+    history: list[dict] = [] if state is None else _rows_so_far(state, record)
+    flips = None
+    if args.flip_ratio:
+        if state is not None:  # count from the signs the checkpoint's weights have
+            model.load_state_dict(state["model"])
+        flips = FlipRatio(model)
     saving: list[int] = []  # the epochs whose results were being written
     interrupted = False
     try:
@@ -886,7 +917,7 @@ def _fit(
             device=device,
             seed=args.seed,
             reshuffle=not args.shuffle_once,
-            callbacks=[save],
+            callbacks=[save] if flips is None else [flips, save],
             progress=not args.no_progress,
             checkpoint=out / "checkpoint.pt" if leader else None,
             resume=state,

@@ -309,6 +309,7 @@ RECORD_FIELDS: dict[str, tuple[bool, Callable[[Any], bool], str]] = {
     "blocks": (False, _optional(_names), "null or a list of module names"),
     "augment": (False, lambda v: v in ("none", "crop-flip"), "none or crop-flip"),
     "tensorboard": (False, lambda v: isinstance(v, bool), "true or false"),
+    "flip_ratio": (False, lambda v: isinstance(v, bool), "true or false"),
     "precision": (False, lambda v: v in PRECISIONS, f"one of {', '.join(PRECISIONS)}"),
     "schedule": (False, _optional(_schedule), "null or a schedule such as step:50,75"),
     "dataset": (True, lambda v: v in DATASETS, f"one of {', '.join(DATASETS)}"),
