@@ -29,6 +29,7 @@ from pathlib import Path
 import pandas as pd
 
 from bender import recipes, rules
+from bender.sweep import finished
 
 
 @dataclass(frozen=True)
@@ -90,16 +91,6 @@ def seed_list(tokens: list[str]) -> list[int]:
             raise ValueError(f"--seeds: expected integers or ranges like 0-29, got {token!r}")
         seeds.extend(span)
     return seeds
-
-
-def finished(out: Path, command: list[str]) -> bool:
-    """Whether ``out`` holds a complete run made by exactly ``command``."""
-    try:
-        record = json.loads((out / "metrics.json").read_text())
-        same = json.loads((out / "command.json").read_text()) == command
-    except (OSError, ValueError):
-        return False
-    return same and "stopped" not in record and len(record["epochs"]) == record["epochs_requested"]
 
 
 def run(recipe: str, seed: int, out: Path, train_flags: list[str], reuse: bool) -> float:
