@@ -65,6 +65,7 @@ def test_cosine_with_warm_up_follows_the_formula():
 def test_a_scheduler_steps_the_learning_rate_and_keeps_its_state():
     opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
     schedule = scheduler_factory("step:1", 3)(opt)
+    opt.step()  # an epoch's steps, then the schedule's
     schedule.step()
     assert opt.param_groups[0]["lr"] == pytest.approx(0.1)
     state = schedule.state_dict()
