@@ -1039,15 +1039,10 @@ def test_a_validation_split_is_evaluated_and_its_best_weights_kept(tmp_path, dat
     code, out = _train(tmp_path, data_root, "--val", "300", epochs=2)
     assert code == 0
     table = pd.read_csv(out / "metrics.csv")
-    assert table.columns.tolist() == [
-        "epoch",
-        "loss_train",
-        "loss_test",
-        "acc_train",
-        "acc_test",
-        "loss_val",
-        "acc_val",
-    ]
+    assert (
+        table.columns.tolist()
+        == "epoch loss_train loss_test acc_train acc_test loss_val acc_val".split()
+    )
     record = json.loads((out / "metrics.json").read_text())
     best = table.loc[table["acc_val"].idxmax()]
     assert record["best"] == {
