@@ -13,7 +13,7 @@ import gzip
 import math
 import os
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -208,10 +208,13 @@ class Dataset:
                     f"got {int(y.min())}..{int(y.max())}"
                 )
 
+    def map_splits(self, fn: Callable[[Split], Split]) -> Dataset:
+        """The dataset with ``fn`` applied to each of its splits (the validation one too)."""
+        val = None if self.val is None else fn(self.val)
+        return Dataset(self.name, fn(self.train), fn(self.test), self.num_classes, val)
+
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> Dataset:
-        train, test = self.train.to(device, dtype), self.test.to(device, dtype)
-        val = None if self.val is None else self.val.to(device, dtype)
-        return Dataset(self.name, train, test, self.num_classes, val)
+        return self.map_splits(lambda split: split.to(device, dtype))
 
     def subset(self, n_train: int, n_test: int) -> Dataset:
         return Dataset(
@@ -323,11 +326,7 @@ def normalize(dataset: Dataset) -> Dataset:
     """The dataset with each channel of its images shifted and scaled by the training split's
     mean and standard deviation (``dataset.stats`` holds them), for CIFAR's protocol."""
     mean, std = channel_stats(dataset.train.x)
-    splits = [Split(normalized(s.x, mean, std), s.y) for s in (dataset.train, dataset.test)]
-    val = (
-        None if dataset.val is None else Split(normalized(dataset.val.x, mean, std), dataset.val.y)
-    )
-    result = Dataset(dataset.name, *splits, dataset.num_classes, val)
+    result = dataset.map_splits(lambda split: Split(normalized(split.x, mean, std), split.y))
     result.stats = {"mean": mean, "std": std}
     return result
 
@@ -345,14 +344,7 @@ def pad_images(dataset: Dataset, size: tuple[int, int]) -> Dataset:
         )
     top, left = (target_h - height) // 2, (target_w - width) // 2
     pad = (left, target_w - width - left, top, target_h - height - top)
-
-    def padded(split: Split) -> Split:
-        return Split(torch.nn.functional.pad(split.x, pad), split.y)
-
-    val = None if dataset.val is None else padded(dataset.val)
-    return Dataset(
-        dataset.name, padded(dataset.train), padded(dataset.test), dataset.num_classes, val
-    )
+    return dataset.map_splits(lambda split: Split(torch.nn.functional.pad(split.x, pad), split.y))
 
 
 def _load_cifar(
