@@ -1101,3 +1101,16 @@ def test_flip_ratio_is_a_column_of_every_epoch_also_after_a_resume(tmp_path, dat
     with pytest.raises(SystemExit):
         _train(tmp_path, data_root, "--flip-ratio", folder="fa")
     assert "--flip-ratio counts sign flips of binary weights, but fa-mlp" in capsys.readouterr().err
+
+
+def test_tensorboard_shows_the_learning_rate_a_resumed_schedule_trains_with(tmp_path, data_root):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    code, out = _train(tmp_path, data_root, "--tensorboard", "--schedule", "cosine")
+    assert code == 0 and _resume(out, data_root, "--epochs", "3") == 0
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    # the cosine was laid over the run's first 2 epochs; its checkpointed factor goes on:
+    # ½(1 + cos(π·min(e, 2)/2)) for e = 0, 1, 2 epochs done
+    assert [e.value for e in events.Scalars("lr")] == pytest.approx([3e-4, 1.5e-4, 0.0])

@@ -413,6 +413,24 @@ def _check_experiment(args: argparse.Namespace, parser: argparse.ArgumentParser)
         parser.error(f"--blocks is for --rule dfa, not {args.rule}")
 
 
+def _default_augment(dataset: str) -> str:
+    """``--augment``'s default: CIFAR's crop and flip for CIFAR, none for the MNIST family."""
+    return "crop-flip" if dataset in data.CIFAR else "none"
+
+
+def _recorded_network(record: dict) -> dict:
+    """The arguments :func:`_build` takes, as the run's ``metrics.json`` records them."""
+    return {
+        "recipe": record["recipe"],
+        "model": record.get("network"),
+        "rule": record.get("rule"),
+        "blocks": record.get("blocks"),
+        "seed": record["seed"],
+        "dataset": record["dataset"],
+        "quantizer": record.get("quantizer"),
+    }
+
+
 def _image_shape(args: argparse.Namespace) -> tuple[int, int, int]:
     """The images the run's model gets: the dataset's (MNIST-family 1×28×28, CIFAR 3×32×32),
     padded to the size the zoo model needs (LeNet-5: 32×32)."""
@@ -496,7 +514,7 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     _check_experiment(args, parser)
     _optimizer_settings(args, parser)
     if args.augment is None:
-        args.augment = "crop-flip" if args.dataset in data.CIFAR else "none"
+        args.augment = _default_augment(args.dataset)
     if args.augment == "crop-flip" and args.recipe is not None:
         parser.error(
             "--augment crop-flip crops images, but the recipes take flattened ones; give a "
@@ -625,9 +643,8 @@ def _train_command(record: dict, folder: Path) -> str:
     for key, value in record.get("optimizer_options", {}).items():
         words += [f"--{key.replace('_', '-')}", value]
     words += [] if record["reshuffle"] else ["--shuffle-once"]
-    default_augment = "crop-flip" if record["dataset"] in data.CIFAR else "none"
-    augment = record.get("augment", default_augment)
-    words += ["--augment", augment] if augment != default_augment else []
+    augment = record.get("augment", _default_augment(record["dataset"]))
+    words += ["--augment", augment] if augment != _default_augment(record["dataset"]) else []
     words += ["--schedule", record["schedule"]] if record.get("schedule") else []
     precision = record.get("precision", "fp32")
     words += ["--precision", precision] if precision != "fp32" else []
@@ -670,9 +687,7 @@ def _resume_locked(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
             f"{folder} holds {state['epoch']} trained epoch(s) and the run asks for {epochs}; "
             f"pass --epochs N with N > {state['epoch']} to train on"
         )
-    settings = {key: record[key] for key in ("recipe", "dataset", "lr", "batch_size", "seed")}
-    settings |= {"model": record.get("network"), "rule": record.get("rule")}
-    settings |= {"blocks": record.get("blocks")}
+    settings = _recorded_network(record) | {key: record[key] for key in ("lr", "batch_size")}
     run = argparse.Namespace(
         **vars(args)
         | settings
@@ -681,12 +696,11 @@ def _resume_locked(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
             "shuffle_once": not record["reshuffle"],
             "limit": record.get("limit"),
             "clip_weights": record.get("clip_weights"),
-            "augment": record.get("augment", "none"),
+            "augment": record.get("augment", _default_augment(record["dataset"])),
             "schedule": record.get("schedule"),
             "precision": record.get("precision", "fp32"),
             "tensorboard": record.get("tensorboard", False),
             "val": record.get("val"),
-            "quantizer": record.get("quantizer"),
             "flip_ratio": record.get("flip_ratio", False),
             # runs recorded before the optimizer flags trained with the tutorials' settings
             "optimizer": record.get("optimizer", recipes.TUTORIAL_TRAINING["optimizer"]),
@@ -878,7 +892,11 @@ def _fit(
         except ValueError as err:
             print(f"bender: error: {err}", file=sys.stderr)
             return 1
-    factor = parse_schedule(args.schedule, args.epochs) if args.schedule else (lambda e: 1.0)
+    schedules = []  # the scheduler train builds (and restores on resume), for its factor
+
+    def make_schedule(optimizer: torch.optim.Optimizer):
+        schedules.append(scheduler_factory(args.schedule, args.epochs)(optimizer))
+        return schedules[-1]
 
     def save(row: dict, model: torch.nn.Module) -> None:  # after every epoch: nothing is lost
         saving.append(row["epoch"])
@@ -894,7 +912,8 @@ def _fit(
             record["best"] = {k: row[k] for k in ("epoch", "acc_val", "acc_test")}
             write_table(out, run_folder.table_of(history), record)
         if scalars is not None:  # the learning rate this epoch trained with
-            lr = args.lr * factor(row["epoch"] - 1)
+            factor = schedules[0].lr_lambdas[0](row["epoch"] - 1) if schedules else 1.0
+            lr = args.lr * factor
             scalars(row, lr, recorder.rows[-1] if recorder is not None else None)
 
     history: list[dict] = [] if state is None else _rows_so_far(state, record)
@@ -924,9 +943,7 @@ def _fit(
             after_step=after_step,
             augment=CropFlip() if args.augment == "crop-flip" else None,
             precision=args.precision,
-            scheduler=None
-            if args.schedule is None
-            else scheduler_factory(args.schedule, args.epochs),
+            scheduler=None if args.schedule is None else make_schedule,
         )
     except KeyboardInterrupt:  # Ctrl-C: finish the record of the epochs completed so far
         interrupted = True
@@ -993,16 +1010,7 @@ def _export(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     except RecordError as err:
         parser.error(str(err))
     _check_recorded(record, folder, parser)
-    run = argparse.Namespace(
-        recipe=record["recipe"],
-        model=record.get("network"),
-        rule=record.get("rule"),
-        blocks=record.get("blocks"),
-        seed=record["seed"],
-        dataset=record["dataset"],
-        quantizer=record.get("quantizer"),
-    )
-    model = _rebuilt(run, folder, parser)
+    model = _rebuilt(argparse.Namespace(**_recorded_network(record)), folder, parser)
     try:
         model.load_state_dict(
             torch.load(folder / "model.pt", map_location="cpu", weights_only=True)
