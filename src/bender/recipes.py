@@ -48,7 +48,13 @@ from bender.mappings import (
 from bender.mirrors import WeightMirror
 from bender.models import build_model
 from bender.nonlinearities import SignSTE
-from bender.rules import KP_TRAINING, TUTORIAL_TRAINING, apply_rule, get_rule, one_bit_quantizers
+from bender.rules import (
+    KP_TRAINING,
+    TUTORIAL_TRAINING,
+    apply_rule,
+    check_one_bit_quantizer,
+    get_rule,
+)
 from bender.training import StepFn, check_seed, step_functions, train
 
 
@@ -362,11 +368,7 @@ def build(name: str, seed: int = 0, quantizer: str | None = None) -> nn.Module:
     if quantizer is not None:
         if not recipe.quantized:
             raise ValueError(f"recipe {name} takes no quantizer; binary-mlp-bn and binary-cnn do")
-        if quantizer not in one_bit_quantizers():
-            raise ValueError(
-                f"a binary recipe takes a 1-bit quantizer, one of "
-                f"{', '.join(one_bit_quantizers())}; got {quantizer!r}"
-            )
+        check_one_bit_quantizer(quantizer, "a binary recipe")
     torch.manual_seed(check_seed(seed))
     return recipe.build() if quantizer is None else recipe.build(quantizer=quantizer)
 

@@ -184,6 +184,16 @@ def one_bit_quantizers() -> list[str]:
     return [name for name, make in QUANTIZERS.items() if getattr(make(), "bits", None) == 1]
 
 
+def check_one_bit_quantizer(quantizer: str, owner: str) -> None:
+    """Raise ``ValueError`` unless ``quantizer`` is one of :func:`one_bit_quantizers`; the
+    message says that ``owner`` (a binary rule, a binary recipe) takes one."""
+    known = one_bit_quantizers()
+    if quantizer not in known:
+        raise ValueError(
+            f"{owner} takes a 1-bit quantizer, one of {', '.join(known)}; got {quantizer!r}"
+        )
+
+
 def _binarize(model: nn.Module, quantizer: str) -> None:
     """``quantizer`` as every bender layer's kernel quantizer, and as the input quantizer of
     every one but the first (in module order), which reads the real-valued image."""
@@ -224,11 +234,8 @@ def apply_rule(
     if quantizer is not None and not rule.binary:
         raise ValueError(f"quantizer is for binary rules; {rule.name} quantizes nothing")
     quantizer = quantizer or "ste_sign"
-    if rule.binary and quantizer not in one_bit_quantizers():
-        raise ValueError(
-            f"a binary rule takes a 1-bit quantizer, one of {', '.join(one_bit_quantizers())}; "
-            f"got {quantizer!r}"
-        )
+    if rule.binary:
+        check_one_bit_quantizer(quantizer, "a binary rule")
     unbendable = [] if rule.dense is None and rule.conv is None else _unbendable(model)
     if unbendable:
         raise ValueError(
