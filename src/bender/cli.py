@@ -401,14 +401,11 @@ def _check_experiment(args: argparse.Namespace, parser: argparse.ArgumentParser)
             "and a rule with --rule (see `bender rules`)"
         )
     args.rule = args.rule or "bp"
-    if args.rule not in rules.RULES:
-        parser.error(f"unknown rule {args.rule!r}; choose one of {', '.join(rules.RULES)}")
-    zoo = args.model in models.MODELS
-    if not (zoo or args.model.startswith("torchvision:") or ":" in args.model):
-        parser.error(
-            f"unknown model {args.model!r}; choose one of {', '.join(models.MODELS)}, "
-            "torchvision:NAME or package.module:function"
-        )
+    try:
+        rules.get_rule(args.rule)
+        models.check_model_name(args.model)
+    except ValueError as err:
+        parser.error(str(err))
     if args.blocks and not rules.get_rule(args.rule).direct_feedback:
         parser.error(f"--blocks is for --rule dfa, not {args.rule}")
 
@@ -1051,9 +1048,11 @@ def _sweep(
     """``bender sweep``: the flags it does not know go to every ``bender train``; they are
     checked here, with the first rule, before anything runs."""
     args.rules = list(dict.fromkeys(args.rules))  # each rule once
-    for rule in args.rules:
-        if rule not in rules.RULES:
-            parser.error(f"unknown rule {rule!r}; choose one of {', '.join(rules.RULES)}")
+    try:
+        for rule in args.rules:
+            rules.get_rule(rule)
+    except ValueError as err:
+        parser.error(str(err))
     trial = parser.parse_args(
         ["train", "--model", args.model, "--rule", args.rules[0], *train_flags]
     )

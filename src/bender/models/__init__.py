@@ -150,8 +150,7 @@ def build_model(
 ) -> nn.Module:
     """The model called ``name`` (see the module docstring), for images of ``in_channels`` ×
     ``image_size`` and ``num_classes`` classes; a ``ValueError`` listing the names otherwise."""
-    if not isinstance(name, str):
-        raise TypeError(f"a model name must be a string, got {type(name).__name__}")
+    check_model_name(name)
     if name.startswith("torchvision:"):
         return _torchvision(name.removeprefix("torchvision:"), in_channels, num_classes)
     if name in MODELS:
@@ -162,17 +161,24 @@ def build_model(
                 f"{name} takes {height}×{width} images, got {image_size[0]}×{image_size[1]}"
             )
         return spec.build(in_channels, tuple(image_size), num_classes)
-    if ":" in name:
-        model = _imported(name)(
-            in_channels=in_channels, image_size=tuple(image_size), num_classes=num_classes
-        )
-        if not isinstance(model, nn.Module):
-            raise ValueError(f"model {name!r} returned {type(model).__name__}, not an nn.Module")
-        return model
-    raise ValueError(
-        f"unknown model {name!r}; choose one of {', '.join(MODELS)}, torchvision:NAME "
-        "(a torchvision classification model) or package.module:function (your own builder)"
+    model = _imported(name)(  # package.module:function
+        in_channels=in_channels, image_size=tuple(image_size), num_classes=num_classes
     )
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model {name!r} returned {type(model).__name__}, not an nn.Module")
+    return model
+
+
+def check_model_name(name: str) -> None:
+    """Raise unless ``name`` has the form of a model name: a zoo name, ``torchvision:NAME`` or
+    ``package.module:function`` (whether those exist shows when the model is built)."""
+    if not isinstance(name, str):
+        raise TypeError(f"a model name must be a string, got {type(name).__name__}")
+    if name not in MODELS and ":" not in name:
+        raise ValueError(
+            f"unknown model {name!r}; choose one of {', '.join(MODELS)}, torchvision:NAME "
+            "(a torchvision classification model) or package.module:function (your own builder)"
+        )
 
 
 __all__ = [
@@ -181,6 +187,7 @@ __all__ = [
     "ModelSpec",
     "VisionTransformer",
     "build_model",
+    "check_model_name",
     "cifar_resnet",
     "cnn",
     "lenet5",
