@@ -1018,6 +1018,43 @@ def test_a_sweep_writes_its_table_and_plot_and_trains_nothing_twice(tmp_path, da
     assert "trained 4 run(s)" in capsys.readouterr().out  # another command: trained anew
 
 
+def test_a_sweep_on_several_devices_runs_one_at_a_time_on_each(tmp_path, monkeypatch):
+    from bender import sweep
+
+    launched, running = [], []
+
+    class Run:  # stands for one `bender train` process; finishes at its second poll
+        def __init__(self, command, stdout, stderr):
+            device = command[command.index("--device") + 1]
+            assert device not in [r.device for r in running]  # its GPU is free
+            self.device, self.polls, self.returncode = device, 0, None
+            launched.append(device)
+            running.append(self)
+
+        def poll(self):
+            self.polls += 1
+            if self.polls == 2:
+                running.remove(self)
+                self.returncode = 0
+            return self.returncode
+
+        def wait(self):
+            return 0
+
+    monkeypatch.setattr(sweep.subprocess, "Popen", Run)
+    monkeypatch.setattr(sweep.time, "sleep", lambda seconds: None)
+    trained = sweep.sweep("mlp", ["bp", "fa"], [0, 1, 2], tmp_path, [], 2, ["cuda:0", "cuda:1"])
+    assert len(trained) == 6 and sorted(launched) == ["cuda:0"] * 3 + ["cuda:1"] * 3
+    command = json.loads((tmp_path / "mlp+fa-seed2" / "command.json").read_text())
+    assert "--device" not in command  # the same run, whichever GPU it had
+
+
+def test_a_sweep_takes_its_devices_once(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["sweep", "--rules", "bp", "--devices", "cpu", "--device", "cpu"])
+    assert "with --devices or --device, not both" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     ("extra", "says"),
     [

@@ -184,7 +184,10 @@ def test_dataset_checks_labels_against_num_classes():
         Dataset("own", split, negative)
     with pytest.raises(ValueError, match="num_classes must be a positive int, got 0"):
         Dataset("own", split, split, num_classes=0)
-    with pytest.raises(TypeError, match=r"Dataset\.test must be a bender\.data\.Split, got tuple"):
+    with pytest.raises(
+        TypeError,
+        match=r"Dataset\.test must be a bender\.data\.Split \(or FolderSplit\), got tuple",
+    ):
         Dataset("own", split, (split.x, split.y))
 
 

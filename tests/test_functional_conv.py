@@ -183,3 +183,28 @@ def test_kolen_pollack_conv_errors():
         conv_kp_dx(torch.randn(3, 5, 5), w, torch.randn(4, 3, 3, 3, requires_grad=True))
     with pytest.raises(ValueError, match="conv_kp_dx needs a feedback kernel"):
         conv_kp_dx(torch.randn(1, 3, 5, 5), w, None)
+
+
+@pytest.mark.parametrize("rule", ["asym", "kp"])
+def test_bent_conv_in_channels_last_memory_follows_the_formula(rule, batch, dtype):
+    """channels_last inputs, kernels and feedback (a conv net trained with --channels-last):
+    the same ∂x (transposed convolution of δ with B) and ∂W as in contiguous memory."""
+    last = torch.channels_last
+    x = torch.randn(batch, 4, 9, 8, dtype=dtype).contiguous(memory_format=last)
+    w = torch.randn(6, 4, 3, 3, dtype=dtype).contiguous(memory_format=last)
+    b = torch.randn(6, 4, 3, 3, dtype=dtype).contiguous(memory_format=last)
+    x.requires_grad_()
+    w.requires_grad_()
+    b.requires_grad_(rule == "kp")
+    y = (conv_asym_dx if rule == "asym" else conv_kp_dx)(x, w, b, 1, 1, 1, 1)
+    delta = torch.randn(y.shape, dtype=dtype)
+    y.backward(delta)
+    xr = x.detach().contiguous().requires_grad_()
+    wr = w.detach().contiguous().requires_grad_()
+    close(y, F.conv2d(xr.detach(), wr.detach(), None, 1, 1))
+    F.conv2d(xr, b.detach().contiguous(), None, 1, 1).backward(delta)
+    F.conv2d(x.detach().contiguous(), wr, None, 1, 1).backward(delta)
+    close(x.grad, xr.grad)
+    close(w.grad, wr.grad)
+    if rule == "kp":
+        close(b.grad, wr.grad)

@@ -167,7 +167,7 @@ GOOD = {
         ("resumed", "notalist", "a list of objects"),
         ("optimizer", "lion", "one of adam, adamw, sgd"),
         ("optimizer_options", {"momentum": "0.9"}, "an object of names to numbers"),
-        ("dataset", "cifar", "one of mnist, fashion-mnist, cifar10, cifar100"),
+        ("dataset", "cifar", "one of mnist, fashion-mnist, cifar10, cifar100, folder"),
     ],
 )
 def test_every_field_read_back_is_checked_and_named(tmp_path, field, value, wanted):

@@ -2,6 +2,7 @@ import functools
 from itertools import pairwise
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
@@ -467,6 +468,37 @@ def test_low_precision_runs_the_forward_pass_under_autocast(small_mnist, precisi
     assert all(p.dtype == torch.float32 for p in model.parameters())
     with pytest.raises(ValueError, match="precision must be one of fp32, bf16, fp16, got 'fp8'"):
         train(model, images, precision="fp8")
+
+
+def test_channels_last_trains_a_conv_net_in_that_layout_to_the_same_numbers(mnist):
+    from bender.models import build_model
+    from bender.rules import apply_rule
+
+    images = Dataset(
+        "mnist",
+        *(Split(s.x[:256].view(-1, 1, 28, 28), s.y[:256]) for s in (mnist.train, mnist.test)),
+    )
+    layouts = []
+
+    def model():
+        torch.manual_seed(0)
+        net = apply_rule(build_model("cnn"), "fa")
+        net[3].register_forward_pre_hook(  # the second conv: 16 channels, unambiguous
+            lambda m, i: layouts.append(i[0].is_contiguous(memory_format=torch.channels_last))
+        )
+        return net
+
+    last, plain = model(), model()
+    table_last = train(last, images, epochs=2, channels_last=True)
+    assert layouts[0] and last[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert last[0].feedback.is_contiguous(memory_format=torch.channels_last)
+    layouts.clear()
+    table = train(plain, images, epochs=2)
+    assert not layouts[0]
+    numbers = ["loss_train", "loss_test", "acc_train", "acc_test"]
+    pd.testing.assert_frame_equal(table_last[numbers], table[numbers], rtol=1e-4, atol=1e-5)
+    for a, b in zip(last.parameters(), plain.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
 def test_many_classes_get_top5_accuracy_and_a_validation_split_its_columns():

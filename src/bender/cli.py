@@ -16,6 +16,7 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 
 import torch
+from torch import Tensor
 
 from bender import (
     __version__,
@@ -35,7 +36,8 @@ from bender.constraints import (
     binary_layers,
     kernel_quantized_binary_layers,
 )
-from bender.data.augment import CropFlip
+from bender.data.augment import AUGMENTATIONS, CropFlip
+from bender.data.folder import ImageError, describe_folder
 from bender.optimizers import FlipRatio
 from bender.run_folder import (
     LOCK,
@@ -223,10 +225,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     t.add_argument(
         "--augment",
-        choices=["none", "crop-flip"],
-        help="augmentation of the training batches on the device: crop-flip pads by 4 pixels, "
-        "crops at random and flips half the images left to right (default: crop-flip for "
-        "CIFAR, none for the MNIST family)",
+        choices=AUGMENTATIONS,
+        help="augmentation of the training batches: crop-flip (on the device) pads by 4 pixels, "
+        "crops at random and flips half the images left to right; resized-crop (image folders "
+        "with --image-size) takes a random 8-100%% of each image, resizes and flips it "
+        "(default: crop-flip for CIFAR, resized-crop for a folder with --image-size, else none)",
     )
     t.add_argument(
         "--schedule",
@@ -239,6 +242,12 @@ def _parser() -> argparse.ArgumentParser:
         default="fp32",
         help="bf16 or fp16 runs each training step's forward pass under torch.autocast "
         "(fp16 with a gradient scaler); weights and evaluation stay fp32 (default: %(default)s)",
+    )
+    t.add_argument(
+        "--channels-last",
+        action="store_true",
+        help="keep conv kernels and image batches in channels_last memory (faster convolutions "
+        "on GPUs with tensor cores; the same numbers up to summation order)",
     )
     t.add_argument(
         "--tensorboard",
@@ -266,7 +275,20 @@ def _parser() -> argparse.ArgumentParser:
         "as BinaryConnect does (Larq's weight_clip uses 1; default: no clipping)",
     )
     t.add_argument(
-        "--dataset", choices=list(data.DATASETS), default="mnist", help="(default: %(default)s)"
+        "--dataset",
+        choices=data.SOURCES,
+        default="mnist",
+        help="folder: the image folder that the data root names, holding ROOT/train/<class>/"
+        "<image> and ROOT/val/<class>/<image> (torchvision's ImageFolder layout), read from "
+        "disk batch by batch (default: %(default)s)",
+    )
+    t.add_argument(
+        "--image-size",
+        type=_positive(int),
+        metavar="PIXELS",
+        help="with --dataset folder: resize to PIXELS×PIXELS; trains on random resized crops "
+        "(ImageNet's protocol: --augment resized-crop) and evaluates on centre crops (default: "
+        "the images as they are, all of one size)",
     )
     _where_options(t)
     t.add_argument(
@@ -318,7 +340,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     w.add_argument("--model", default="mlp", help="see `bender models` (default: %(default)s)")
     w.add_argument(
-        "--jobs", type=_positive(int), default=1, help="runs at a time (default: %(default)s)"
+        "--jobs",
+        type=_positive(int),
+        help="runs at a time (default: one per device of --devices, else 1)",
+    )
+    w.add_argument(
+        "--devices",
+        type=_names,
+        help="comma-separated devices the runs take turns on, e.g. cuda:0,cuda:1: each run "
+        "gets the least busy one (default: each run's --device, else auto)",
     )
     w.add_argument(
         "--out",
@@ -342,7 +372,18 @@ def _where_options(p: argparse.ArgumentParser) -> None:
         default="auto",
         help="auto (CUDA if present), cpu, cuda, cuda:1 (default: %(default)s)",
     )
-    p.add_argument("--data-dir", help="data root (default: $BENDER_DATA, else ~/.cache/bender)")
+    p.add_argument(
+        "--data-dir",
+        help="data root (default: $BENDER_DATA, else ~/.cache/bender); for --dataset folder the "
+        "image folder, which resume finds from the record",
+    )
+    p.add_argument(
+        "--workers",
+        type=_positive(int, zero=True),
+        default=min(8, os.cpu_count() or 1),
+        help="for an image folder: processes that read and decode the images (default: "
+        "%(default)s)",
+    )
     p.add_argument("--no-progress", action="store_true", help="hide the per-epoch progress bar")
     p.add_argument(
         "--threads",
@@ -389,7 +430,7 @@ def _check_experiment(args: argparse.Namespace, parser: argparse.ArgumentParser)
         if args.model or args.rule or args.blocks:
             parser.error("name a recipe or give --model and --rule, not both")
         _known_recipe(args.recipe, parser)
-        if data.IMAGE_SHAPES[args.dataset] != (1, 28, 28):
+        if args.dataset not in data.IMAGE_SHAPES or data.IMAGE_SHAPES[args.dataset] != (1, 28, 28):
             parser.error(
                 f"the recipes are MNIST-family networks (784 inputs); for {args.dataset} give a "
                 "model and a rule, e.g. --model resnet20 --rule fa"
@@ -410,9 +451,20 @@ def _check_experiment(args: argparse.Namespace, parser: argparse.ArgumentParser)
         parser.error(f"--blocks is for --rule dfa, not {args.rule}")
 
 
-def _default_augment(dataset: str) -> str:
-    """``--augment``'s default: CIFAR's crop and flip for CIFAR, none for the MNIST family."""
+def _default_augment(dataset: str, image_size: int | None = None) -> str:
+    """``--augment``'s default: CIFAR's crop and flip for CIFAR, ImageNet's random resized
+    crops for an image folder resized to ``image_size``, none for the MNIST family."""
+    if dataset == "folder":
+        return "none" if image_size is None else "resized-crop"
     return "crop-flip" if dataset in data.CIFAR else "none"
+
+
+def _dataset_shape(args: argparse.Namespace) -> tuple[int, tuple[int, int, int]]:
+    """The number of classes and ``(channels, height, width)`` of the run's dataset (an image
+    folder's from its class folders and ``--image-size`` or its first image)."""
+    if args.dataset == "folder":
+        return describe_folder(args.data_dir, args.image_size)
+    return data.NUM_CLASSES[args.dataset], data.IMAGE_SHAPES[args.dataset]
 
 
 def _recorded_network(record: dict) -> dict:
@@ -425,13 +477,14 @@ def _recorded_network(record: dict) -> dict:
         "seed": record["seed"],
         "dataset": record["dataset"],
         "quantizer": record.get("quantizer"),
+        "image_size": record.get("image_size"),
     }
 
 
 def _image_shape(args: argparse.Namespace) -> tuple[int, int, int]:
     """The images the run's model gets: the dataset's (MNIST-family 1×28×28, CIFAR 3×32×32),
     padded to the size the zoo model needs (LeNet-5: 32×32)."""
-    channels, height, width = data.IMAGE_SHAPES[args.dataset]
+    channels, height, width = _dataset_shape(args)[1]
     return (channels, *(models.model_image_size(args.model) or (height, width)))
 
 
@@ -440,7 +493,7 @@ def _build(args: argparse.Namespace) -> torch.nn.Module:
     quantizer = getattr(args, "quantizer", None)
     if args.recipe is not None:
         return recipes.build(args.recipe, args.seed, quantizer=quantizer)
-    classes = data.NUM_CLASSES[args.dataset]
+    classes = _dataset_shape(args)[0]
     return recipes.build_network(
         args.model,
         args.rule,
@@ -510,8 +563,9 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """``bender train``: a new run, in a folder that holds no earlier results."""
     _check_experiment(args, parser)
     _optimizer_settings(args, parser)
+    _check_dataset(args, parser)
     if args.augment is None:
-        args.augment = _default_augment(args.dataset)
+        args.augment = _default_augment(args.dataset, args.image_size)
     if args.augment == "crop-flip" and args.recipe is not None:
         parser.error(
             "--augment crop-flip crops images, but the recipes take flattened ones; give a "
@@ -573,6 +627,41 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         return 1
 
 
+def _check_dataset(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """A usage error for the image-folder flags given without a folder, a folder without its
+    root, or random resized crops without a size to resize them to."""
+    if args.dataset != "folder":
+        if args.image_size is not None or args.augment == "resized-crop":
+            parser.error("--image-size and --augment resized-crop are for --dataset folder")
+        return
+    if args.data_dir is None:
+        parser.error(
+            "--dataset folder needs --data-dir ROOT, the folder holding ROOT/train/<class>/"
+            "<image> and ROOT/val/<class>/<image>"
+        )
+    if args.augment == "resized-crop" and args.image_size is None:
+        parser.error("--augment resized-crop resizes the crops to --image-size; give it")
+    try:
+        describe_folder(args.data_dir, args.image_size)
+    except (OSError, ValueError) as err:
+        parser.error(f"--data-dir: {err}")
+
+
+def _load_dataset(args: argparse.Namespace) -> data.Dataset:
+    """The run's dataset as ``--dataset`` names it, read from ``--data-dir``."""
+    if args.dataset == "folder":
+        return data.load_image_folder(
+            args.data_dir,
+            size=args.image_size,
+            workers=args.workers,
+            random_crop=args.augment == "resized-crop",
+        )
+    dataset = data.load(args.dataset, args.data_dir, flatten=args.recipe is not None)
+    if args.recipe is None:
+        dataset = data.pad_images(dataset, _image_shape(args)[1:])
+    return dataset
+
+
 def _load(args: argparse.Namespace, parser: argparse.ArgumentParser):
     """The dataset and the device the run asks for, with ``--threads`` applied; or the exit
     code 1 after a message, when either cannot be had."""
@@ -580,9 +669,7 @@ def _load(args: argparse.Namespace, parser: argparse.ArgumentParser):
         torch.set_num_threads(args.threads)
     try:
         device = resolve_device(args.device)
-        dataset = data.load(args.dataset, args.data_dir, flatten=args.recipe is not None)
-        if args.recipe is None:
-            dataset = data.pad_images(dataset, _image_shape(args)[1:])
+        dataset = _load_dataset(args)
     except (OSError, RuntimeError, ValueError) as err:
         print(f"bender: error: {err}", file=sys.stderr)
         return 1
@@ -593,7 +680,7 @@ def _load(args: argparse.Namespace, parser: argparse.ArgumentParser):
             dataset = dataset.with_validation(args.val)
         except ValueError as err:
             parser.error(f"--val: {err}")
-    if args.dataset in data.CIFAR:  # per channel, by the training images the run uses
+    if args.dataset in (*data.CIFAR, "folder"):  # per channel, by the run's training images
         dataset = data.normalize(dataset)
     if len(dataset.train) < args.batch_size:  # no complete batch: an epoch would do nothing
         limited = f" with --limit {args.limit}" if args.limit else ""
@@ -640,16 +727,18 @@ def _train_command(record: dict, folder: Path) -> str:
     for key, value in record.get("optimizer_options", {}).items():
         words += [f"--{key.replace('_', '-')}", value]
     words += [] if record["reshuffle"] else ["--shuffle-once"]
-    augment = record.get("augment", _default_augment(record["dataset"]))
-    words += ["--augment", augment] if augment != _default_augment(record["dataset"]) else []
+    default_augment = _default_augment(record["dataset"], record.get("image_size"))
+    augment = record.get("augment", default_augment)
+    words += ["--augment", augment] if augment != default_augment else []
     words += ["--schedule", record["schedule"]] if record.get("schedule") else []
     precision = record.get("precision", "fp32")
     words += ["--precision", precision] if precision != "fp32" else []
-    for key in ("limit", "clip_weights", "val", "quantizer"):
+    for key in ("limit", "clip_weights", "val", "quantizer", "image_size", "data_dir"):
         if record.get(key) is not None:
             words += [f"--{key.replace('_', '-')}", record[key]]
     words += ["--alignment"] if "alignment_probe" in record else []
     words += ["--tensorboard"] if record.get("tensorboard") else []
+    words += ["--channels-last"] if record.get("channels_last") else []
     words += ["--flip-ratio"] if record.get("flip_ratio") else []
     words += ["--out", folder, "--overwrite"]
     return " ".join(shlex.quote(str(word)) for word in words)
@@ -693,9 +782,13 @@ def _resume_locked(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
             "shuffle_once": not record["reshuffle"],
             "limit": record.get("limit"),
             "clip_weights": record.get("clip_weights"),
-            "augment": record.get("augment", _default_augment(record["dataset"])),
+            "augment": record.get(
+                "augment", _default_augment(record["dataset"], record.get("image_size"))
+            ),
+            "data_dir": args.data_dir or record.get("data_dir"),
             "schedule": record.get("schedule"),
             "precision": record.get("precision", "fp32"),
+            "channels_last": record.get("channels_last", False),
             "tensorboard": record.get("tensorboard", False),
             "val": record.get("val"),
             "flip_ratio": record.get("flip_ratio", False),
@@ -705,6 +798,13 @@ def _resume_locked(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
             "alignment": "alignment_probe" in record,
         }
     )
+    if run.dataset == "folder":
+        try:
+            describe_folder(run.data_dir, run.image_size)
+        except (OSError, ValueError) as err:
+            parser.error(
+                f"{folder}: the run's image folder: {err}; give where it is with --data-dir"
+            )
     model = _rebuilt(run, folder, parser)
     loaded = _load(run, parser)
     if isinstance(loaded, int):
@@ -763,6 +863,8 @@ def _resumed_record(record: dict, state: dict, args: argparse.Namespace, device)
         )
     record = {k: v for k, v in record.items() if k != "stopped"}
     record["epochs_requested"] = args.epochs
+    if record["dataset"] == "folder":  # where the images are now (--data-dir, if moved)
+        record["data_dir"] = str(Path(args.data_dir).resolve())
     record["resumed"] = [*record.get("resumed", []), {"after_epoch": state["epoch"], **now}]
     return record
 
@@ -799,6 +901,13 @@ def _rows_so_far(state: dict, record: dict) -> list[dict]:
         extra = recorded.get(row["epoch"], {})
         rows.append(row | {k: v for k, v in extra.items() if k not in row and k == "flip_ratio"})
     return rows
+
+
+def _first_examples(split: data.Split | data.FolderSplit, n: int) -> tuple[Tensor, Tensor]:
+    """The inputs and labels of the first ``n`` examples of ``split`` (read, for a folder)."""
+    if isinstance(split, data.Split):
+        return split.x[:n], split.y[:n]
+    return next(split.batches(torch.arange(min(n, len(split))), n))
 
 
 def _resumable_hint(out: Path, data_dir: str | None) -> str:
@@ -847,11 +956,15 @@ def _fit(
             "augment": args.augment,
             "schedule": args.schedule,
             "precision": args.precision,
+            "channels_last": args.channels_last,
             "tensorboard": args.tensorboard,
             "val": args.val,
             "quantizer": args.quantizer,
+            "image_size": args.image_size,
             "flip_ratio": args.flip_ratio,
             "normalize": getattr(dataset, "stats", None),
+            # an image folder's root, which resume reads again (a dataset name finds its own)
+            "data_dir": str(Path(args.data_dir).resolve()) if args.dataset == "folder" else None,
             "after_step": [repr(fn) for fn in every_step],
             "bender": __version__,
             "torch": torch.__version__,
@@ -874,7 +987,7 @@ def _fit(
 
     recorder = None
     if args.alignment:
-        recorder = AlignmentRecorder(dataset.test.x[:PROBE], dataset.test.y[:PROBE])
+        recorder = AlignmentRecorder(*_first_examples(dataset.test, PROBE))
         if state is None:
             recorder({"epoch": 0}, model)  # the starting point, before any training
             record["alignment_probe"] = f"first {len(recorder.x)} test examples"
@@ -940,12 +1053,20 @@ def _fit(
             after_step=after_step,
             augment=CropFlip() if args.augment == "crop-flip" else None,
             precision=args.precision,
+            channels_last=args.channels_last,
             scheduler=None if args.schedule is None else make_schedule,
         )
     except KeyboardInterrupt:  # Ctrl-C: finish the record of the epochs completed so far
         interrupted = True
         table = run_folder.table_of(history)
         table.attrs["stopped"] = f"interrupted (Ctrl-C) in epoch {len(history) + 1}"
+    except ImageError as err:  # an image of the folder, read in the middle of an epoch
+        print(
+            f"bender: error: {err}. The run stopped; {out} keeps the files written "
+            f"before{_resumable_hint(out, args.data_dir)}.",
+            file=sys.stderr,
+        )
+        return 1
     except OSError as err:  # a result file could not be written: disk full, folder gone
         if history:  # the numbers are in memory: show them, as they may be nowhere else
             print(run_folder.table_of(history).round(3).to_string(index=False))
@@ -1061,10 +1182,15 @@ def _sweep(
             "the sweep sets each run's --out and --seed; give --seeds and the sweep's --out"
         )
     _check_experiment(trial, parser)
+    if args.devices and "--device" in train_flags:
+        parser.error("give the devices with --devices or --device, not both")
+    jobs = args.jobs or (len(args.devices) if args.devices else 1)
     out = args.out or Path("runs") / f"sweep-{args.model}-{trial.dataset}"
     title = f"{args.model} on {trial.dataset}, {len(args.seeds)} seed(s)"
     try:
-        trained = sweep.sweep(args.model, args.rules, args.seeds, out, train_flags, args.jobs)
+        trained = sweep.sweep(
+            args.model, args.rules, args.seeds, out, train_flags, jobs, args.devices
+        )
         table = sweep.write_results(out, args.model, args.rules, args.seeds, title)
     except (RuntimeError, OSError) as err:
         print(f"bender: error: {err}", file=sys.stderr)

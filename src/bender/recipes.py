@@ -153,7 +153,8 @@ def binary_cnn(quantizer: str = "ste_sign") -> nn.Sequential:
     )
 
 
-SMALL, LARGE = (784, 128, 64, 10), (784, 512, 256, 10)
+SMALL = (784, 128, 64, 10)
+LARGE = (784, 512, 256, 10)
 
 RECIPES: dict[str, Recipe] = {
     r.name: r

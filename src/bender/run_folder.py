@@ -32,7 +32,8 @@ from typing import Any
 import pandas as pd
 
 from bender.checkpoint import write_atomically
-from bender.data import DATASETS
+from bender.data import SOURCES
+from bender.data.augment import AUGMENTATIONS
 from bender.schedules import parse_schedule
 from bender.training import COLUMNS, OPTIMIZERS, PRECISIONS, SEED_RANGE
 
@@ -307,12 +308,15 @@ RECORD_FIELDS: dict[str, tuple[bool, Callable[[Any], bool], str]] = {
     "network": (False, _optional(lambda v: isinstance(v, str)), "null or a model name (a string)"),
     "rule": (False, _optional(lambda v: isinstance(v, str)), "null or a rule name (a string)"),
     "blocks": (False, _optional(_names), "null or a list of module names"),
-    "augment": (False, lambda v: v in ("none", "crop-flip"), "none or crop-flip"),
+    "augment": (False, lambda v: v in AUGMENTATIONS, f"one of {', '.join(AUGMENTATIONS)}"),
     "tensorboard": (False, lambda v: isinstance(v, bool), "true or false"),
+    "channels_last": (False, lambda v: isinstance(v, bool), "true or false"),
     "flip_ratio": (False, lambda v: isinstance(v, bool), "true or false"),
     "precision": (False, lambda v: v in PRECISIONS, f"one of {', '.join(PRECISIONS)}"),
     "schedule": (False, _optional(_schedule), "null or a schedule such as step:50,75"),
-    "dataset": (True, lambda v: v in DATASETS, f"one of {', '.join(DATASETS)}"),
+    "dataset": (True, lambda v: v in SOURCES, f"one of {', '.join(SOURCES)}"),
+    "image_size": (False, _optional(_int(1)), "null or a positive int"),
+    "data_dir": (False, _optional(lambda v: isinstance(v, str)), "null or a folder (a string)"),
     "epochs_requested": (True, _int(1), "a positive int"),
     "lr": (True, _positive_number, "a positive finite number"),
     "batch_size": (True, _int(1), "a positive int"),

@@ -1,7 +1,8 @@
 """Comparison tables as the field reports them: every rule × seed, one ``bender train`` each.
 
 ``sweep(rules, seeds, out, train_flags, jobs)`` runs ``bender train --model M --rule R --seed S
---out OUT/M+R-seedS`` for each pair, ``jobs`` processes at a time, and skips a run whose folder
+--out OUT/M+R-seedS`` for each pair, ``jobs`` processes at a time (each on the least busy of
+``devices``, when given: one run per GPU), and skips a run whose folder
 holds a finished run of the same command (so a stopped sweep goes on where it stopped). Then
 :func:`summarize` writes one table of the final and the best test accuracy per rule, mean ±
 sample standard deviation over seeds (``summary.csv``, ``summary.md``), and :func:`plot`
@@ -49,12 +50,14 @@ def sweep(
     out: Path,
     train_flags: list[str],
     jobs: int = 1,
+    devices: list[str] | None = None,
 ) -> list[str]:
     """Train every rule × seed that ``out`` does not hold finished; the folders trained now.
 
     Each run is a fresh ``python -m bender train`` process whose output goes to its folder's
-    ``log.txt``; a run that fails stops the sweep with its log's name (the runs finished so far
-    stay, and are skipped next time).
+    ``log.txt``, with ``--device`` the least busy of ``devices`` when given (not part of the
+    command a finished run is recognised by); a run that fails stops the sweep with its log's
+    name (the runs finished so far stay, and are skipped next time).
     """
     out.mkdir(parents=True, exist_ok=True)
     todo = []
@@ -65,7 +68,7 @@ def sweep(
             command += ["--out", str(folder), "--no-progress", *train_flags]
             if not finished(folder, command):
                 todo.append((folder, command))
-    running: list[tuple[Path, subprocess.Popen, object]] = []
+    running: list[tuple[Path, subprocess.Popen, object, str | None]] = []
     trained = []
     failed = None
     while (todo or running) and failed is None:
@@ -73,18 +76,23 @@ def sweep(
             folder, command = todo.pop(0)
             folder.mkdir(parents=True, exist_ok=True)
             log = open(folder / "log.txt", "w")  # noqa: SIM115 (closed when the run ends)
+            device = None
+            if devices:
+                busy = [entry[3] for entry in running]
+                device = min(devices, key=busy.count)  # the first of the least busy
+            where = [] if device is None else ["--device", device]
             process = subprocess.Popen(
-                [sys.executable, "-m", "bender", *command, "--overwrite"],
+                [sys.executable, "-m", "bender", *command, *where, "--overwrite"],
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
-            running.append((folder, process, log))
+            running.append((folder, process, log, device))
             write_atomically(
                 folder / "command.json", lambda p, c=command: p.write_text(json.dumps(c))
             )
         time.sleep(0.2)
         for entry in list(running):
-            folder, process, log = entry
+            folder, process, log, _ = entry
             if process.poll() is None:
                 continue
             running.remove(entry)
@@ -93,7 +101,7 @@ def sweep(
                 failed = folder
             else:
                 trained.append(folder.name)
-    for _, process, log in running:  # after a failure: let the others finish
+    for _, process, log, _ in running:  # after a failure: let the others finish
         process.wait()
         log.close()
     if failed is not None:

@@ -1,4 +1,5 @@
-"""MNIST, Fashion-MNIST, CIFAR-10 and CIFAR-100 as in-memory tensors, batched on the device.
+"""MNIST, Fashion-MNIST, CIFAR-10 and CIFAR-100 as in-memory tensors, batched on the device;
+image folders (ImageNet) streamed from disk (:mod:`bender.data.folder`).
 
 Files are read from torchvision's layout, ``<root>/MNIST/raw/train-images-idx3-ubyte``,
 ``<root>/cifar-10-batches-py/data_batch_1`` etc. (CIFAR: see :mod:`bender.data.cifar`). The
@@ -23,6 +24,7 @@ from torch import Tensor
 
 from bender.data import cifar
 from bender.data.augment import channel_stats, normalized
+from bender.data.folder import FolderSplit, load_folder
 from bender.functional._checks import check_positive_int
 
 # name: torchvision's dataset class, which also names the MNIST family's folder
@@ -38,6 +40,8 @@ IMAGE_SHAPES = {
     "cifar10": (3, 32, 32),
     "cifar100": (3, 32, 32),
 }
+# --dataset's names: those above, and an image folder (:func:`load_image_folder`)
+SOURCES = (*DATASETS, "folder")
 NUM_CLASSES = {"mnist": 10, "fashion-mnist": 10, "cifar10": 10, "cifar100": 100}
 CIFAR = tuple(cifar.LAYOUTS)
 FILES = {
@@ -177,6 +181,22 @@ class Split:
         check_positive_int("subset size", n)
         return Split(self.x[:n], self.y[:n])
 
+    def select(self, index: Tensor) -> Split:
+        """The examples at ``index``, in that order."""
+        index = index.to(self.y.device)
+        return Split(self.x.index_select(0, index), self.y.index_select(0, index))
+
+    def batches(
+        self, order: Tensor | None, batch_size: int, seed: int | None = None
+    ) -> Iterator[tuple[Tensor, Tensor]]:
+        """Batches of the examples at ``order`` (all, in order, when ``None``); ``seed`` is
+        for splits that draw at random per example (:class:`bender.data.folder.FolderSplit`)."""
+        if order is None:
+            yield from zip(self.x.split(batch_size), self.y.split(batch_size), strict=True)
+            return
+        for idx in order.to(self.y.device).split(batch_size):
+            yield self.x.index_select(0, idx), self.y.index_select(0, idx)
+
 
 @dataclass
 class Dataset:
@@ -184,18 +204,20 @@ class Dataset:
     a validation split (see :meth:`with_validation`)."""
 
     name: str
-    train: Split
-    test: Split
+    train: Split | FolderSplit
+    test: Split | FolderSplit
     num_classes: int = 10
-    val: Split | None = None
+    val: Split | FolderSplit | None = None
 
     def __post_init__(self) -> None:
         for split in ("train", "test", "val"):
             if split == "val" and self.val is None:
                 continue
-            if not isinstance(getattr(self, split), Split):
+            if not isinstance(getattr(self, split), Split | FolderSplit):
                 got = type(getattr(self, split)).__name__
-                raise TypeError(f"Dataset.{split} must be a bender.data.Split, got {got}")
+                raise TypeError(
+                    f"Dataset.{split} must be a bender.data.Split (or FolderSplit), got {got}"
+                )
         check_positive_int("num_classes", self.num_classes)
         k = self.num_classes
         for split in ("train", "test", "val"):
@@ -236,9 +258,10 @@ class Dataset:
         order = torch.randperm(len(self.train), generator=torch.Generator().manual_seed(seed))
         held = torch.zeros(len(self.train), dtype=torch.bool)
         held[order[:n]] = True
-        held = held.to(self.train.x.device)
-        train = Split(self.train.x[~held], self.train.y[~held])
-        val = Split(self.train.x[held], self.train.y[held])
+        train = self.train.select(torch.nonzero(~held).flatten())
+        val = self.train.select(torch.nonzero(held).flatten())
+        if isinstance(val, FolderSplit):  # evaluated: centre crops, not training's random ones
+            val = val.for_evaluation()
         return Dataset(self.name, train, self.test, self.num_classes, val)
 
 
@@ -311,8 +334,31 @@ def load(
     return Dataset(name, splits["train"], splits["test"])
 
 
+def load_image_folder(
+    root: str | os.PathLike,
+    *,
+    size: int | None = None,
+    workers: int = 0,
+    random_crop: bool | None = None,
+) -> Dataset:
+    """An image folder, ``root/train/<class>/...`` and ``root/val/<class>/...``, streamed from
+    disk by ``workers`` processes (see :mod:`bender.data.folder`): ``val`` is the test split.
+
+    With ``size``, training takes random resized crops of ``size × size``, flipped at random,
+    and evaluation centre crops (ImageNet's protocol); without, images are used as they are and
+    must all have one size; ``random_crop=False`` trains on centre crops too.
+    ``dataset.classes`` holds the class names, in label order.
+    """
+    classes, train, val = load_folder(root, size=size, workers=workers, random_crop=random_crop)
+    dataset = Dataset(Path(root).expanduser().resolve().name, train, val, len(classes))
+    dataset.classes = classes
+    return dataset
+
+
 def image_shape(dataset: Dataset) -> tuple[int, int, int]:
     """``(channels, height, width)`` of the dataset's images (``N×C×H×W`` inputs)."""
+    if isinstance(dataset.train, FolderSplit):
+        return dataset.train.image_shape()
     x = dataset.train.x
     if x.dim() != 4:
         raise ValueError(
@@ -322,11 +368,22 @@ def image_shape(dataset: Dataset) -> tuple[int, int, int]:
     return tuple(x.shape[1:])
 
 
+STATS_SAMPLE = 1000  # training images an image folder's channel statistics are taken from
+
+
 def normalize(dataset: Dataset) -> Dataset:
     """The dataset with each channel of its images shifted and scaled by the training split's
-    mean and standard deviation (``dataset.stats`` holds them), for CIFAR's protocol."""
-    mean, std = channel_stats(dataset.train.x)
-    result = dataset.map_splits(lambda split: Split(normalized(split.x, mean, std), split.y))
+    mean and standard deviation (``dataset.stats`` holds them), for CIFAR's protocol. For an
+    image folder they are taken from ``STATS_SAMPLE`` training images (a permutation seeded
+    with 0, centre-cropped as for evaluation) and applied as each batch is read."""
+    if isinstance(dataset.train, FolderSplit):
+        sample = dataset.train.for_evaluation().subset(STATS_SAMPLE)
+        images = torch.cat([x for x, _ in sample.batches(None, 100)])
+        mean, std = channel_stats(images)
+        result = dataset.map_splits(lambda split: split._with(mean=mean, std=std))
+    else:
+        mean, std = channel_stats(dataset.train.x)
+        result = dataset.map_splits(lambda split: Split(normalized(split.x, mean, std), split.y))
     result.stats = {"mean": mean, "std": std}
     return result
 
@@ -338,7 +395,7 @@ def pad_images(dataset: Dataset, size: tuple[int, int]) -> Dataset:
     target_h, target_w = size
     if (height, width) == (target_h, target_w):
         return dataset
-    if height > target_h or width > target_w:
+    if height > target_h or width > target_w or isinstance(dataset.train, FolderSplit):
         raise ValueError(
             f"{dataset.name}'s {height}×{width} images cannot be padded to {target_h}×{target_w}"
         )
@@ -372,27 +429,37 @@ def _load_cifar(
 
 
 class Batches:
-    """Mini-batches of a :class:`Split` on its own device, reshuffled every epoch.
+    """Mini-batches of a :class:`Split` (or :class:`FolderSplit`), reshuffled every epoch.
 
     Iterating once is one epoch. The order comes from a generator seeded with ``seed``, so a
     fresh ``Batches`` with the same seed yields the same sequence of epochs. With
     ``reshuffle=False`` the first epoch's order is kept for every epoch: that is how Bender.jl's
     tutorials train, since their ``gpu.(train_data)`` collects the shuffled DataLoader's batches
     once. With ``drop_last`` (Bender.jl's ``partial=false``) the last incomplete batch is skipped.
+    With ``part=(rank, world)`` each batch is cut into ``world`` equal parts and only part
+    ``rank`` is read (a process's share under torchrun). A :class:`FolderSplit` also gets a
+    seed per epoch, drawn from the same generator, for its random crops.
     """
 
     def __init__(
         self,
-        split: Split,
+        split: Split | FolderSplit,
         batch_size: int,
         *,
         shuffle: bool = True,
         reshuffle: bool = True,
         drop_last: bool = True,
         seed: int = 0,
+        part: tuple[int, int] = (0, 1),
     ) -> None:
         check_positive_int("batch_size", batch_size)
-        self.split, self.batch_size = split, batch_size
+        rank, world = part
+        if not 0 <= rank < world or batch_size % world or (world > 1 and not drop_last):
+            raise ValueError(
+                f"part {part}: a batch of {batch_size} cannot be cut into {world} equal parts "
+                "(each batch whole: drop_last=True)"
+            )
+        self.split, self.batch_size, self.part = split, batch_size, part
         self.shuffle, self.reshuffle, self.drop_last = shuffle, reshuffle, drop_last
         self.generator = torch.Generator().manual_seed(seed)
         self._order: Tensor | None = None
@@ -406,18 +473,24 @@ class Batches:
         return len(self) * self.batch_size if self.drop_last else len(self.split)
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        x, y = self.split.x, self.split.y
         n = self._examples()
         if n == 0:  # splitting an empty tensor would still give one (empty) batch
             return
-        if self.shuffle:
-            if self.reshuffle or self._order is None:
-                order = torch.randperm(len(y), generator=self.generator, device="cpu")
-                self._order = order[:n].to(y.device)
-            for idx in self._order.split(self.batch_size):
-                yield x.index_select(0, idx), y.index_select(0, idx)
-        else:
-            yield from zip(x[:n].split(self.batch_size), y[:n].split(self.batch_size), strict=True)
+        if not self.shuffle:
+            order = None if n == len(self.split) else torch.arange(n)
+        elif self.reshuffle or self._order is None:
+            order = torch.randperm(len(self.split), generator=self.generator, device="cpu")
+            self._order = order[:n].to(self.split.y.device)
+        streamed = isinstance(self.split, FolderSplit)
+        order = self._order if self.shuffle else order
+        seed = int(torch.randint(2**62, (), generator=self.generator)) if streamed else None
+        size = self.batch_size
+        rank, world = self.part
+        if world > 1:
+            order = torch.arange(n, device=self.split.y.device) if order is None else order
+            size //= world
+            order = order.view(-1, self.batch_size)[:, rank * size : (rank + 1) * size].flatten()
+        yield from self.split.batches(order, size, seed)
 
     def state_dict(self) -> dict[str, Tensor | None]:
         """What the next epochs' order depends on: the generator's state and, with

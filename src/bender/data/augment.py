@@ -14,6 +14,10 @@ from torch import Tensor
 
 from bender.functional._checks import check_positive_int
 
+# the command line's augmentations: CropFlip on the device, or an image folder's random
+# resized crops as its workers read the images (bender.data.folder)
+AUGMENTATIONS = ("none", "crop-flip", "resized-crop")
+
 
 class CropFlip:
     """``x`` (``N × C × H × W``) → random ``H × W`` crops of ``x`` padded by ``padding``, each
