@@ -1,4 +1,4 @@
-"""Every Python snippet in README.md and docs/ (API page and tutorials) runs as written.
+"""Every Python snippet in README.md and every page of docs/ runs as written.
 
 Each document's snippets run once, in order, in one namespace: a tutorial's later snippets may
 use what the earlier ones defined.
@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCS = [ROOT / "README.md", ROOT / "docs" / "api.md", *sorted(ROOT.glob("docs/tutorials/*.md"))]
+PAGES = sorted(ROOT.glob("docs/**/*.md"))
+DOCS = [ROOT / "README.md", *(page for page in PAGES if "```python" in page.read_text())]
 
 
 def _snippets(doc: Path) -> list[str]:
@@ -18,11 +19,11 @@ def _snippets(doc: Path) -> list[str]:
 
 
 def test_docs_have_snippets():
-    assert len(_snippets(ROOT / "README.md")) >= 5
-    assert all(_snippets(doc) for doc in DOCS)
+    assert len(_snippets(ROOT / "README.md")) >= 1
+    assert len(DOCS) >= 8  # the tutorials, the tour, the how-to guides
 
 
-@pytest.mark.parametrize("doc", DOCS, ids=lambda d: d.name)
+@pytest.mark.parametrize("doc", DOCS, ids=lambda d: str(d.relative_to(ROOT)))
 def test_snippets_run(doc, data_root, monkeypatch):
     from bender.mappings import MAPPINGS
 
