@@ -6,8 +6,10 @@ interleaved epochs, every net trained by ``bender.train``, the same loop):
   usf-mlp        /  nn.Linear MLP 784-128-64-10                              target ≤ 1.05
   binary-mlp     /  nn.Linear MLP 784-128-64-10                              target ≤ 1.05
   dfa-mlp-large  /  nn.Linear MLP 784-512-256-10 (backprop)                  target ≤ 0.95
+  binary-mlp-bn  /  the same net in float: Linear, batch norm, hardtanh       target ≤ 1.10
   fa-mlp (bender.train)  /  nn.Linear MLP (DataLoader+TensorDataset loop)   target ≤ 1.00
-``--recipes`` picks others (any MLP recipe of 784-128-64-10 or 784-512-256-10).
+``--recipes`` picks others (any MLP recipe of 784-128-64-10 or 784-512-256-10). Each recipe
+trains with its own after-step functions (binary-mlp-bn's weight clipping).
 
 ``--breakdown`` adds three nets to say where fa-mlp's extra time goes, each against the plain net:
   bp-mlp: the GenDense layers with the exact ``linear`` mapping (what the layer wrapper costs);
@@ -24,8 +26,12 @@ backend), compiled and warmed up by one untimed epoch before the timed ones.
 same with ``WeightMirror(layers=["1", "2"])``, which spares the first layer (whose ``B`` carries
 no gradient), each against fa-mlp: what mirror mode costs.
 
+``--unfused`` adds binary-mlp-bn with its layers' fusion turned off (each layer's quantizers,
+the weight's parametrization and ``F.linear`` one after the other), against the fused recipe.
+
 Usage: python benchmarks/epoch_time.py [--data-dir DIR] [--repeats N] [--threads N] [--device D]
                                        [--recipes R ...] [--breakdown] [--compile] [--mirror]
+                                       [--unfused]
 """
 
 from __future__ import annotations
@@ -60,6 +66,15 @@ def plain_mlp() -> nn.Sequential:
     )
 
 
+def float_bn_mlp() -> nn.Sequential:
+    """binary-mlp-bn with float weights and activations: no bias, batch norm after every
+    layer, ``hardtanh`` where the binary net takes the sign of the next layer's input."""
+    layers: list[nn.Module] = []
+    for n_in, n_out in ((784, 128), (128, 64), (64, 10)):
+        layers += [nn.Linear(n_in, n_out, bias=False), nn.BatchNorm1d(n_out), nn.Hardtanh()]
+    return nn.Sequential(*layers[:-1])
+
+
 def plain_mlp_large() -> nn.Sequential:
     return nn.Sequential(
         nn.Linear(784, 512), nn.ReLU(), nn.Linear(512, 256), nn.ReLU(), nn.Linear(256, 10)
@@ -67,14 +82,27 @@ def plain_mlp_large() -> nn.Sequential:
 
 
 # The recipes timed by default, each with its target against the plain net of its size.
-TARGETS = {"fa-mlp": 1.05, "usf-mlp": 1.05, "binary-mlp": 1.05, "dfa-mlp-large": 0.95}
-PLAIN = {"784-128-64-10": plain_mlp, "784-512-256-10": plain_mlp_large}
+TARGETS = {
+    "fa-mlp": 1.05,
+    "usf-mlp": 1.05,
+    "binary-mlp": 1.05,
+    "dfa-mlp-large": 0.95,
+    "binary-mlp-bn": 1.10,
+}
+PLAIN = {
+    "784-128-64-10": plain_mlp,
+    "784-512-256-10": plain_mlp_large,
+    "784-128-64-10, float batch norm": float_bn_mlp,
+}
 
 
 def plain_twin(recipe: str) -> str:
     """The size of ``recipe``'s net, as a key of ``PLAIN``; a clear error for other nets."""
-    sizes = [m.in_features for m in recipes.build(recipe).modules() if hasattr(m, "in_features")]
+    model = recipes.build(recipe)
+    sizes = [m.in_features for m in model.modules() if hasattr(m, "in_features")]
     key = "-".join(map(str, [*sizes, 10]))
+    if any(isinstance(m, nn.BatchNorm1d) for m in model.modules()):
+        key += ", float batch norm"
     if key not in PLAIN:
         raise SystemExit(f"epoch_time times MLPs of {' or '.join(PLAIN)}; {recipe} is {key}")
     return key
@@ -143,6 +171,15 @@ def swapped_fa_mlp() -> nn.Sequential:
     return _fa_mlp_with(SwappedSaveLinear)
 
 
+def unfused_binary_mlp_bn() -> nn.Sequential:
+    """binary-mlp-bn whose layers do not fuse their quantizers into one Function."""
+    model = recipes.build("binary-mlp-bn")
+    for layer in model.modules():
+        if hasattr(layer, "_fusable"):
+            layer._fusable = False
+    return model
+
+
 def _options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--recipes",
@@ -160,6 +197,11 @@ def _options(parser: argparse.ArgumentParser) -> None:
         "--compile",
         action="store_true",
         help="also time fa-mlp and the plain net under torch.compile",
+    )
+    parser.add_argument(
+        "--unfused",
+        action="store_true",
+        help="also time binary-mlp-bn with each layer's quantizers and product unfused",
     )
     parser.add_argument(
         "--mirror",
@@ -190,8 +232,9 @@ def main() -> None:
         size = plain_twin(recipe)
         twin = f"nn.Linear {size}"
         contenders.setdefault(twin, lambda b=PLAIN[size]: bender_epoch(b, data, device=device))
-        contenders[recipe] = lambda r=recipe: bender_epoch(
-            recipes.get(r).build, data, device=device
+        built = recipes.get(recipe)
+        contenders[recipe] = lambda r=built: bender_epoch(
+            r.build, data, device=device, after_step=list(r.after_step)
         )
         target = TARGETS.get(recipe)
         ratios[f"{recipe} / {twin}"] = (recipe, twin, f"<= {target}" if target else "-")
@@ -229,6 +272,16 @@ def main() -> None:
         )
         ratios["wm-mlp / fa-mlp (mirror mode)"] = (wm, fa, "-")
         ratios["wm-mlp, layers 1 and 2 / fa-mlp"] = (hidden, fa, "-")
+    if args.unfused:
+        bn, unfused = "binary-mlp-bn", "binary-mlp-bn, unfused"
+        steps = recipes.get(bn).after_step
+        contenders.setdefault(
+            bn, lambda: bender_epoch(recipes.get(bn).build, data, device=device, after_step=steps)
+        )
+        contenders[unfused] = lambda: bender_epoch(
+            unfused_binary_mlp_bn, data, device=device, after_step=list(steps)
+        )
+        ratios["binary-mlp-bn / unfused"] = (bn, unfused, "-")
     report(time_contenders(contenders, args.repeats), ratios)
 
 

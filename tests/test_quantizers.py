@@ -69,6 +69,83 @@ def test_a_dense_layer_computes_with_quantized_inputs_and_weights(batch, dtype):
     assert [n for n, _ in layer.named_parameters()] == ["bias", "parametrizations.weight.original"]
 
 
+BETA = 5.0
+# name: (forward q(v), pseudo-gradient p(v)), written out here from the quantizers' formulas
+ELEMENTWISE = {
+    "ste_sign": (lambda v: torch.where(v >= 0, 1.0, -1.0), lambda v: (v.abs() <= 1) * 1.0),
+    "approx_sign": (
+        lambda v: torch.where(v >= 0, 1.0, -1.0),
+        lambda v: torch.clamp(2 - 2 * v.abs(), min=0),
+    ),
+    "swish_sign": (
+        lambda v: torch.where(v >= 0, 1.0, -1.0),
+        lambda v: BETA * (2 - BETA * v * torch.tanh(BETA * v / 2)) / (1 + torch.cosh(BETA * v)),
+    ),
+    "ste_heaviside": (lambda v: (v > 0) * 1.0, lambda v: (v.abs() <= 1) * 1.0),
+    "dorefa": (
+        lambda v: torch.round(3 * v.clamp(0, 1)) / 3,  # 2 bits: n = 3
+        lambda v: ((v >= 0) & (v <= 1)) * 1.0,
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(ELEMENTWISE))
+def test_a_layer_fuses_elementwise_quantizers_into_one_product_with_their_gradients(
+    name, batch, dtype
+):
+    """Eager training steps run q_in(x) q_w(W)ᵀ + b as one Function; its gradients are the
+    quantizers' pseudo-gradients around the exact product, as unfused."""
+    layer = GenDense(6, 4, input_quantizer=name, kernel_quantizer=name, dtype=dtype)
+    latent = layer.latent_weight()
+    with torch.no_grad():
+        latent.copy_(torch.randn(4, 6, dtype=dtype) * 1.5)  # some |W| > 1: clipped there
+        layer.bias.copy_(torch.randn(4, dtype=dtype))
+    x = torch.randn(batch, 6, dtype=dtype, requires_grad=True)
+    y = layer(x)
+    assert type(y.grad_fn).__name__ == "QuantizedLinearBackward"
+    q, p = ELEMENTWISE[name]
+    w, v = latent.detach(), x.detach()
+    close(y, q(v).to(dtype) @ q(w).to(dtype).t() + layer.bias.detach())
+    g = torch.randn(batch, 4, dtype=dtype)
+    y.backward(g)
+    close(x.grad, (g @ q(w).to(dtype)) * p(v).to(dtype))
+    close(latent.grad, (g.t() @ q(v).to(dtype)) * p(w).to(dtype))
+    close(layer.bias.grad, g.sum(0))
+    # the general path (taken under torch.func) gives the same gradients
+    params = {"bias": layer.bias, "parametrizations.weight.original": latent}
+
+    def loss(params, x):
+        return (torch.func.functional_call(layer, params, (x,)) * g).sum()
+
+    grads = torch.func.grad(loss, argnums=(0, 1))(
+        {k: t.detach() for k, t in params.items()}, x.detach()
+    )
+    close(grads[1], x.grad)
+    close(grads[0]["parametrizations.weight.original"], latent.grad)
+
+
+def test_what_is_not_elementwise_or_not_plain_is_not_fused(dtype):
+    x = torch.randn(3, 6, dtype=dtype, requires_grad=True)
+    scaled = GenDense(6, 4, kernel_quantizer="magnitude_aware_sign", dtype=dtype)
+    assert type(scaled(x).grad_fn).__name__ != "QuantizedLinearBackward"
+
+    class Halved(SteSign):  # changes the forward only: its parts would not say what it does
+        def forward(self, v):
+            return super().forward(v) / 2
+
+    halved = GenDense(6, 4, kernel_quantizer=Halved(), bias=False, dtype=dtype)
+    sign = torch.where(halved.latent_weight().detach() >= 0, 1.0, -1.0).to(dtype)
+    close(halved(x), x.detach() @ sign.t() / 2)
+    fa = GenDense(6, 4, forward="linear_asym_dx", feedback=True, kernel_quantizer="ste_sign")
+    assert type(fa(x.float()).grad_fn).__name__ != "QuantizedLinearBackward"
+    normed = GenDense(6, 4, kernel_quantizer="ste_sign", dtype=dtype)
+    torch.nn.utils.parametrize.register_parametrization(normed, "weight", nn.Identity())
+    assert type(normed(x).grad_fn).__name__ != "QuantizedLinearBackward"
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        plain = GenDense(6, 4, kernel_quantizer="ste_sign")(x.float())
+    assert type(plain.grad_fn).__name__ != "QuantizedLinearBackward"
+
+
 def test_a_binary_weight_layer_trained_by_feedback_alignment_is_one_line(dtype):
     layer = GenDense(6, 4, forward="linear_asym_dx", feedback=True, kernel_quantizer="ste_sign")
     layer = layer.to(dtype)

@@ -6,8 +6,10 @@ under ``torch.no_grad()`` after each ``optimizer.step()``.
 
 from __future__ import annotations
 
+import weakref
+
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from bender.functional._checks import check_positive_number
@@ -48,13 +50,27 @@ class ClipBinaryWeights:
     A pruned layer's ``weight_orig`` is clamped (the mask keeps zeros at zero), and a layer with
     a 1-bit kernel quantizer has its latent weight clamped; a binary layer whose weight is
     parametrized otherwise is refused, since clamping the parametrization's inputs would not
-    bound the weight it computes.
+    bound the weight it computes. The latent weights are found at the first call for a model and
+    kept, as an optimizer keeps the parameters it is given (this runs after every step).
     """
 
     def __init__(self, bound: float = 1.0) -> None:
         self.bound = check_positive_number("bound", bound)
+        self._model: weakref.ref | None = None
+        self._latents: list[Tensor] = []
 
     def __call__(self, model: nn.Module) -> None:
+        if self._model is None or self._model() is not model:
+            self._latents = self.latent_weights(model)
+            self._model = weakref.ref(model)
+        with torch.no_grad():
+            for latent in self._latents:
+                latent.clamp_(-self.bound, self.bound)
+
+    @staticmethod
+    def latent_weights(model: nn.Module) -> list[Tensor]:
+        """The latent weights of ``model``'s binary layers; a ``ValueError`` when it has none,
+        or when a binary layer's weight is parametrized otherwise than by a kernel quantizer."""
         layers = binary_layers(model)
         if not layers:
             raise ValueError(
@@ -69,15 +85,16 @@ class ClipBinaryWeights:
                     f"layer {name or type(layer).__name__} has a parametrized weight; "
                     "ClipBinaryWeights cannot bound what a parametrization computes"
                 )
-        with torch.no_grad():
-            for layer in layers.values():
-                if getattr(layer, "kernel_quantizer", None) is not None:
-                    latent = layer.latent_weight()  # what the kernel quantizer quantizes
-                else:
-                    latent = layer._parameters.get("weight")
-                    if latent is None:  # pruned: the parameter is weight_orig
-                        latent = layer._parameters["weight_orig"]
-                latent.clamp_(-self.bound, self.bound)
+        latents = []
+        for layer in layers.values():
+            if getattr(layer, "kernel_quantizer", None) is not None:
+                latent = layer.latent_weight()  # what the kernel quantizer quantizes
+            else:
+                latent = layer._parameters.get("weight")
+                if latent is None:  # pruned: the parameter is weight_orig
+                    latent = layer._parameters["weight_orig"]
+            latents.append(latent)
+        return latents
 
     def __repr__(self) -> str:
         return f"ClipBinaryWeights(bound={self.bound:g})"

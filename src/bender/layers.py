@@ -17,8 +17,10 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
+from bender.functional._apply import _is_compiling, _transforms_active
 from bender.functional._checks import check_positive_int
 from bender.functional.conv import named_padding, pad_input
+from bender.functional.quantized_linear import quantized_linear
 from bender.mappings import MAPPINGS, Mapping, conv_linear, linear, mapping_name, resolve_mapping
 from bender.quantizers import QuantizerLike, resolve_quantizer
 
@@ -145,6 +147,13 @@ class _GenLayer(nn.Module):
                     "(linear, linear_asym_dx, conv_linear, ...)"
                 )
             parametrize.register_parametrization(self, "weight", self.kernel_quantizer)
+        # whether the quantizers say what they compute elementwise (Quantizer.parts), so that a
+        # dense layer may fuse them into its product (GenDense._fused_parts)
+        self._fusable = self.kernel_quantizer is not None and all(
+            _parts(quantizer) is not None
+            for quantizer in (self.input_quantizer, self.kernel_quantizer)
+            if quantizer is not None
+        )
 
     def latent_weight(self) -> Tensor:
         """The weight the optimizer trains: ``weight`` itself, or, under a kernel quantizer,
@@ -281,6 +290,30 @@ class GenDense(_GenLayer):
         )
         self.set_quantizers(input_quantizer, kernel_quantizer)
 
+    def _apply_mapping(self, x: Tensor) -> Tensor:
+        if self._fusable and self._fuses(x):
+            inputs = self.input_quantizer
+            input_parts = None if inputs is None else inputs.parts()
+            kernel_parts = self.kernel_quantizer.parts()
+            if kernel_parts is not None and (inputs is None or input_parts is not None):
+                latent = self.parametrizations.weight.original
+                y = quantized_linear(x, latent, self.bias, input_parts, kernel_parts)
+                return y if self.activation is None else self.activation(y)
+        return super()._apply_mapping(x)
+
+    def _fuses(self, x: Tensor) -> bool:
+        """Whether this layer, whose quantizers are elementwise, runs its product as one
+        :class:`~bender.functional.quantized_linear.QuantizedLinear`: with the exact mapping
+        ``linear``, the kernel quantizer the weight's only parametrization, in eager mode without
+        autocast. Otherwise the quantizers and the mapping run one after the other, to the same
+        numbers."""
+        return (
+            self.mapping is linear
+            and len(self.parametrizations.weight) == 1
+            and not (_is_compiling() or _transforms_active())
+            and not torch.is_autocast_enabled(x.device.type)
+        )
+
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() == 0 or x.shape[-1] != self.in_features:
             raise ValueError(
@@ -294,6 +327,16 @@ class GenDense(_GenLayer):
 
     def __repr__(self) -> str:
         return self._describe(f"{self.in_features} → {self.out_features}")
+
+
+def _parts(quantizer: nn.Module):
+    """The quantizer's elementwise (forward, pseudo-gradient), when its own class says what they
+    are (``Quantizer.parts``); ``None`` for a subclass that changes ``forward`` alone."""
+    own = vars(type(quantizer))
+    if "parts" not in own and "forward" in own:
+        return None
+    parts = getattr(quantizer, "parts", None)
+    return None if parts is None else parts()
 
 
 def _tuple(name: str, value: int | Sequence[int], dims: int, minimum: int = 1) -> tuple[int, ...]:

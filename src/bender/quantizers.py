@@ -16,9 +16,16 @@ from bender.functional import quantizers as q
 
 
 class Quantizer(nn.Module):
-    """Base of bender's quantizer modules: ``bits`` per quantized value (1 for ``±1``)."""
+    """Base of bender's quantizer modules: ``bits`` per quantized value (1 for ``±1``).
+
+    :meth:`parts` gives an elementwise quantizer's forward and pseudo-gradient, which
+    ``GenDense`` fuses into its product; ``None`` for the others (a scale or threshold taken
+    from the whole tensor)."""
 
     bits: int = 1
+
+    def parts(self) -> q.Parts | None:
+        return None
 
 
 class SteSign(Quantizer):
@@ -33,6 +40,9 @@ class SteSign(Quantizer):
     def forward(self, x: Tensor) -> Tensor:
         return q.ste_sign(x, self.clip_value)
 
+    def parts(self) -> q.Parts | None:
+        return q.ste_sign_parts(self.clip_value)
+
     def extra_repr(self) -> str:
         return f"clip_value={self.clip_value}"
 
@@ -43,6 +53,9 @@ class ApproxSign(Quantizer):
 
     def forward(self, x: Tensor) -> Tensor:
         return q.approx_sign(x)
+
+    def parts(self) -> q.Parts:
+        return q.approx_sign_parts()
 
 
 class SwishSign(Quantizer):
@@ -57,6 +70,9 @@ class SwishSign(Quantizer):
     def forward(self, x: Tensor) -> Tensor:
         return q.swish_sign(x, self.beta)
 
+    def parts(self) -> q.Parts:
+        return q.swish_sign_parts(self.beta)
+
     def extra_repr(self) -> str:
         return f"beta={self.beta}"
 
@@ -67,6 +83,9 @@ class MagnitudeAwareSign(SteSign):
 
     def forward(self, x: Tensor) -> Tensor:
         return q.magnitude_aware_sign(x, self.clip_value)
+
+    def parts(self) -> None:  # its scale is taken from the whole tensor
+        return None
 
 
 class SteTern(Quantizer):
@@ -108,6 +127,9 @@ class SteHeaviside(SteSign):
     def forward(self, x: Tensor) -> Tensor:
         return q.ste_heaviside(x, self.clip_value)
 
+    def parts(self) -> q.Parts:
+        return q.ste_heaviside_parts(self.clip_value)
+
 
 class DoReFa(Quantizer):
     """DoReFa's ``k_bit`` quantization of activations or weights; see
@@ -121,6 +143,9 @@ class DoReFa(Quantizer):
 
     def forward(self, x: Tensor) -> Tensor:
         return q.dorefa(x, self.k_bit, self.mode)
+
+    def parts(self) -> q.Parts | None:
+        return q.dorefa_activation_parts(self.k_bit) if self.mode == "activations" else None
 
     def extra_repr(self) -> str:
         return f"k_bit={self.k_bit}, mode={self.mode}"

@@ -7,7 +7,9 @@ everywhere) and its reference, as Larq's quantizers do. The sign quantizers map 
 Bender.jl's ``sign(0) = 0``.
 
 All are one :class:`Quantize` autograd Function given two plain functions: the forward and the
-pseudo-gradient, each of ``x``.
+pseudo-gradient, each of ``x``. For the elementwise ones (``ste_sign``, ``approx_sign``,
+``swish_sign``, ``ste_heaviside``, DoReFa's activations) ``*_parts`` gives the pair, which a
+layer can fuse into its own product (:mod:`bender.functional.quantized_linear`).
 """
 
 from __future__ import annotations
@@ -108,6 +110,43 @@ def check_mode(mode: object) -> None:
         raise ValueError(f"mode must be 'activations' or 'weights', got {mode!r}")
 
 
+Parts = tuple[Elementwise, Elementwise]  # an elementwise quantizer: forward, pseudo-gradient
+
+
+def ste_sign_parts(clip_value: float | None = 1.0) -> Parts:
+    """:func:`ste_sign`'s forward and pseudo-gradient."""
+    check_clip(clip_value)
+    return _sign, _inside(clip_value)
+
+
+def approx_sign_parts() -> Parts:
+    """:func:`approx_sign`'s forward and pseudo-gradient."""
+    return _sign, _approx_sign_gradient
+
+
+def swish_sign_parts(beta: float = 5.0) -> Parts:
+    """:func:`swish_sign`'s forward and pseudo-gradient."""
+    check_beta(beta)
+
+    def pseudo_gradient(v: Tensor) -> Tensor:
+        bx = beta * v
+        return beta * (2 - bx * torch.tanh(bx / 2)) / (1 + torch.cosh(bx))
+
+    return _sign, pseudo_gradient
+
+
+def ste_heaviside_parts(clip_value: float | None = 1.0) -> Parts:
+    """:func:`ste_heaviside`'s forward and pseudo-gradient."""
+    check_clip(clip_value)
+    return _heaviside, _inside(clip_value)
+
+
+def dorefa_activation_parts(k_bit: int = 2) -> Parts:
+    """:func:`dorefa`'s forward and pseudo-gradient for activations."""
+    n = 2 ** check_bits(k_bit) - 1
+    return (lambda v: torch.round(v.clamp(0, 1) * n) / n), _in_unit_interval
+
+
 def ste_sign(x: Tensor, clip_value: float | None = 1.0) -> Tensor:
     """Sign with the clipped straight-through estimator.
 
@@ -116,8 +155,7 @@ def ste_sign(x: Tensor, clip_value: float | None = 1.0) -> Tensor:
     the unclipped estimator of :func:`~bender.functional.sign_ste`). Reference: Hubara,
     Courbariaux, Soudry, El-Yaniv, Bengio, "Binarized Neural Networks", arXiv:1602.02830.
     """
-    check_clip(clip_value)
-    return _quantize(x, _sign, _inside(clip_value))
+    return _quantize(x, *ste_sign_parts(clip_value))
 
 
 def _approx_sign_gradient(x: Tensor) -> Tensor:
@@ -131,7 +169,7 @@ def approx_sign(x: Tensor) -> Tensor:
     ``∂q/∂x = 2 − 2|x|`` where ``|x| ≤ 1``, else ``0``. Reference: Liu, Wu, Luo, Yang, Liu,
     Cheng, "Bi-Real Net", ECCV 2018, arXiv:1808.00278.
     """
-    return _quantize(x, _sign, _approx_sign_gradient)
+    return _quantize(x, *approx_sign_parts())
 
 
 def swish_sign(x: Tensor, beta: float = 5.0) -> Tensor:
@@ -142,13 +180,7 @@ def swish_sign(x: Tensor, beta: float = 5.0) -> Tensor:
     sign as ``β`` grows. Reference: Darabi, Belbahri, Courbariaux, Nia, "BNN+: Improved binary
     network training", arXiv:1812.11800.
     """
-    check_beta(beta)
-
-    def pseudo_gradient(v: Tensor) -> Tensor:
-        bx = beta * v
-        return beta * (2 - bx * torch.tanh(bx / 2)) / (1 + torch.cosh(bx))
-
-    return _quantize(x, _sign, pseudo_gradient)
+    return _quantize(x, *swish_sign_parts(beta))
 
 
 def channel_mean_abs(x: Tensor) -> Tensor:
@@ -225,8 +257,7 @@ def ste_heaviside(x: Tensor, clip_value: float | None = 1.0) -> Tensor:
     Forward: ``q(x) = 1`` for ``x > 0``, else ``0``. Pseudo-gradient: ``∂q/∂x = 1`` where
     ``|x| ≤ clip_value``, else ``0``. (Larq's ``ste_heaviside``.)
     """
-    check_clip(clip_value)
-    return _quantize(x, _heaviside, _inside(clip_value))
+    return _quantize(x, *ste_heaviside_parts(clip_value))
 
 
 def check_bits(k_bit: object) -> int:
@@ -249,10 +280,10 @@ def dorefa(x: Tensor, k_bit: int = 2, mode: str = "activations") -> Tensor:
     rounding passed straight through, so the gradient is that of ``2w′ − 1`` (the maximum
     included). Reference: Zhou, Wu, Ni, Zhou, Wen, Zou, "DoReFa-Net", arXiv:1606.06160.
     """
-    n = 2 ** check_bits(k_bit) - 1
     check_mode(mode)
     if mode == "activations":
-        return _quantize(x, lambda v: torch.round(v.clamp(0, 1) * n) / n, _in_unit_interval)
+        return _quantize(x, *dorefa_activation_parts(k_bit))
+    n = 2 ** check_bits(k_bit) - 1
     t = torch.tanh(x)
     unit = t / (2 * t.abs().max()) + 0.5
     return 2 * _quantize(unit, lambda v: torch.round(v * n) / n, torch.ones_like) - 1
