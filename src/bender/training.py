@@ -345,7 +345,9 @@ def train(
     ``DistributedDataParallel`` (gradients averaged: the whole batch's gradient; buffers such
     as feedback matrices broadcast from rank 0), evaluates its share of each split (sums
     all-reduced); callbacks run and the checkpoint is written in rank 0 only, and a callback's
-    stop reaches every process. With CUDA each process takes the GPU ``LOCAL_RANK``.
+    stop reaches every process. With CUDA each process takes the GPU ``LOCAL_RANK``. An image
+    folder's training split (:class:`bender.data.FolderSplit`) is read from disk by each
+    process for its own part of every batch only, and ``augment`` then draws for that part.
 
     ``checkpoint`` names a file written after every completed epoch, after the callbacks (see
     :mod:`bender.checkpoint`). ``resume`` takes such a file (or its contents, from
