@@ -461,10 +461,22 @@ def _default_augment(dataset: str, image_size: int | None = None) -> str:
 
 def _dataset_shape(args: argparse.Namespace) -> tuple[int, tuple[int, int, int]]:
     """The number of classes and ``(channels, height, width)`` of the run's dataset (an image
-    folder's from its class folders and ``--image-size`` or its first image)."""
+    folder's as :func:`_describe_folder` found them)."""
     if args.dataset == "folder":
-        return describe_folder(args.data_dir, args.image_size)
+        return args.folder_shape
     return data.NUM_CLASSES[args.dataset], data.IMAGE_SHAPES[args.dataset]
+
+
+def _describe_folder(
+    args: argparse.Namespace, parser: argparse.ArgumentParser, before: str, after: str = ""
+) -> None:
+    """``args.folder_shape``: the classes and image shape of the image folder ``--data-dir``
+    (its class folders and one image's header, read once for the command); a usage error,
+    the reason between ``before`` and ``after``, when the folder is not in the expected layout."""
+    try:
+        args.folder_shape = describe_folder(args.data_dir, args.image_size)
+    except (OSError, ValueError) as err:
+        parser.error(f"{before}{err}{after}")
 
 
 def _recorded_network(record: dict) -> dict:
@@ -641,10 +653,7 @@ def _check_dataset(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
         )
     if args.augment == "resized-crop" and args.image_size is None:
         parser.error("--augment resized-crop resizes the crops to --image-size; give it")
-    try:
-        describe_folder(args.data_dir, args.image_size)
-    except (OSError, ValueError) as err:
-        parser.error(f"--data-dir: {err}")
+    _describe_folder(args, parser, "--data-dir: ")
 
 
 def _load_dataset(args: argparse.Namespace) -> data.Dataset:
@@ -799,12 +808,8 @@ def _resume_locked(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
         }
     )
     if run.dataset == "folder":
-        try:
-            describe_folder(run.data_dir, run.image_size)
-        except (OSError, ValueError) as err:
-            parser.error(
-                f"{folder}: the run's image folder: {err}; give where it is with --data-dir"
-            )
+        after = "; give where it is with --data-dir"
+        _describe_folder(run, parser, f"{folder}: the run's image folder: ", after)
     model = _rebuilt(run, folder, parser)
     loaded = _load(run, parser)
     if isinstance(loaded, int):

@@ -147,10 +147,10 @@ class _GenLayer(nn.Module):
                     "(linear, linear_asym_dx, conv_linear, ...)"
                 )
             parametrize.register_parametrization(self, "weight", self.kernel_quantizer)
-        # whether the quantizers say what they compute elementwise (Quantizer.parts), so that a
-        # dense layer may fuse them into its product (GenDense._fused_parts)
+        # whether the quantizers' classes say what they compute elementwise (Quantizer.parts),
+        # so that a dense layer may fuse them into its product (GenDense._apply_mapping)
         self._fusable = self.kernel_quantizer is not None and all(
-            _parts(quantizer) is not None
+            _defines_parts(quantizer)
             for quantizer in (self.input_quantizer, self.kernel_quantizer)
             if quantizer is not None
         )
@@ -329,14 +329,16 @@ class GenDense(_GenLayer):
         return self._describe(f"{self.in_features} → {self.out_features}")
 
 
-def _parts(quantizer: nn.Module):
-    """The quantizer's elementwise (forward, pseudo-gradient), when its own class says what they
-    are (``Quantizer.parts``); ``None`` for a subclass that changes ``forward`` alone."""
-    own = vars(type(quantizer))
-    if "parts" not in own and "forward" in own:
-        return None
-    parts = getattr(quantizer, "parts", None)
-    return None if parts is None else parts()
+def _defines_parts(quantizer: nn.Module) -> bool:
+    """Whether ``Quantizer.parts`` is defined by the class that defines the quantizer's
+    ``forward`` (or one below it), so that the parts say what the forward does: not for a
+    subclass that changes ``forward`` alone, nor for a module without ``parts``."""
+    for cls in type(quantizer).__mro__:
+        if "parts" in vars(cls):
+            return True
+        if "forward" in vars(cls):
+            return False
+    return False
 
 
 def _tuple(name: str, value: int | Sequence[int], dims: int, minimum: int = 1) -> tuple[int, ...]:

@@ -380,7 +380,7 @@ def normalize(dataset: Dataset) -> Dataset:
         sample = dataset.train.for_evaluation().subset(STATS_SAMPLE)
         images = torch.cat([x for x, _ in sample.batches(None, 100)])
         mean, std = channel_stats(images)
-        result = dataset.map_splits(lambda split: split._with(mean=mean, std=std))
+        result = dataset.map_splits(lambda split: split.with_stats(mean, std))
     else:
         mean, std = channel_stats(dataset.train.x)
         result = dataset.map_splits(lambda split: Split(normalized(split.x, mean, std), split.y))
@@ -478,11 +478,12 @@ class Batches:
             return
         if not self.shuffle:
             order = None if n == len(self.split) else torch.arange(n)
-        elif self.reshuffle or self._order is None:
-            order = torch.randperm(len(self.split), generator=self.generator, device="cpu")
-            self._order = order[:n].to(self.split.y.device)
+        else:
+            if self.reshuffle or self._order is None:
+                drawn = torch.randperm(len(self.split), generator=self.generator, device="cpu")
+                self._order = drawn[:n].to(self.split.y.device)
+            order = self._order
         streamed = isinstance(self.split, FolderSplit)
-        order = self._order if self.shuffle else order
         seed = int(torch.randint(2**62, (), generator=self.generator)) if streamed else None
         size = self.batch_size
         rank, world = self.part

@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -60,6 +61,22 @@ def class_folders(folder: Path) -> list[str]:
     return classes
 
 
+def images_in(folder: Path) -> list[str]:
+    """The image files under a class folder (its subfolders too), sorted by path; a
+    ``ValueError`` naming the folder when it holds none."""
+    found = sorted(
+        str(path)
+        for path in folder.rglob("*")
+        if path.suffix.lower() in SUFFIXES and path.is_file()
+    )
+    if not found:
+        raise ValueError(
+            f"{folder} holds no image ({', '.join(SUFFIXES)}): every class folder needs at "
+            "least one"
+        )
+    return found
+
+
 def describe_folder(root: str | os.PathLike, size: int | None = None) -> tuple[int, tuple]:
     """The number of classes and the ``(3, height, width)`` of the images that the image
     folder ``root`` gives, without reading it whole (its class folders, one image's header)."""
@@ -67,17 +84,7 @@ def describe_folder(root: str | os.PathLike, size: int | None = None) -> tuple[i
     classes = class_folders(root / "train")
     if size is not None:
         return len(classes), (3, size, size)
-    first = next(
-        (
-            p
-            for p in sorted((root / "train" / classes[0]).rglob("*"))
-            if p.suffix.lower() in SUFFIXES
-        ),
-        None,
-    )
-    if first is None:
-        raise ValueError(f"{root / 'train' / classes[0]} holds no image ({', '.join(SUFFIXES)})")
-    width, height = image_sizes([str(first)])[0]
+    width, height = image_sizes(images_in(root / "train" / classes[0])[:1])[0]
     return len(classes), (3, height, width)
 
 
@@ -91,41 +98,45 @@ def find_images(folder: Path) -> tuple[list[str], list[str], Tensor]:
     files: list[str] = []
     labels: list[int] = []
     for label, name in enumerate(classes):
-        found = sorted(
-            str(path)
-            for path in (folder / name).rglob("*")
-            if path.suffix.lower() in SUFFIXES and path.is_file()
-        )
-        if not found:
-            raise ValueError(
-                f"{folder / name} holds no image ({', '.join(SUFFIXES)}): every class folder "
-                "needs at least one"
-            )
+        found = images_in(folder / name)
         files += found
         labels += [label] * len(found)
     return classes, files, torch.tensor(labels, dtype=torch.long)
 
 
+@contextmanager
+def opened(path: str) -> Iterator[Image.Image]:
+    """The image in ``path``, open; an :class:`ImageError` naming the file when it, or what is
+    done with it, cannot be decoded."""
+    try:
+        with Image.open(path) as image:
+            yield image
+    except (OSError, SyntaxError, ValueError) as err:  # PIL's errors for a damaged file
+        raise ImageError(f"{path} cannot be read as an image: {err}") from None
+
+
 def read_image(path: str) -> Image.Image:
     """The image in ``path`` as RGB; an :class:`ImageError` naming the file if it cannot be
     decoded."""
-    try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except (OSError, SyntaxError, ValueError) as err:  # PIL's errors for a damaged file
-        raise ImageError(f"{path} cannot be read as an image: {err}") from None
+    with opened(path) as image:
+        return image.convert("RGB")
 
 
 def image_sizes(files: Sequence[str]) -> list[tuple[int, int]]:
     """``(width, height)`` of each file, from its header alone."""
     sizes = []
     for path in files:
-        try:
-            with Image.open(path) as image:
-                sizes.append(image.size)
-        except (OSError, SyntaxError, ValueError) as err:
-            raise ImageError(f"{path} cannot be read as an image: {err}") from None
+        with opened(path) as image:
+            sizes.append(image.size)
     return sizes
+
+
+def different_sizes(where: str, first: str, first_size, other: str, other_size) -> ImageError:
+    """The error for two images of different sizes, each ``(width, height)``, used as they are."""
+    return ImageError(
+        f"images of different sizes{where}: {first} is {first_size[0]}×{first_size[1]}, {other} "
+        f"is {other_size[0]}×{other_size[1]}; give a size to resize them to (--image-size)"
+    )
 
 
 def random_crop_box(
@@ -198,11 +209,9 @@ def collate(examples: list[tuple[Tensor, int, int]], files: Sequence[str]) -> tu
     first = examples[0][0]
     for image, _, i in examples:
         if image.shape != first.shape:
-            raise ImageError(
-                f"images of different sizes in one batch: {files[examples[0][2]]} is "
-                f"{first.shape[2]}×{first.shape[1]}, {files[i]} is "
-                f"{image.shape[2]}×{image.shape[1]}; "
-                "give a size to resize them to (--image-size)"
+            sizes = (first.shape[2], first.shape[1]), (image.shape[2], image.shape[1])
+            raise different_sizes(
+                " in one batch", files[examples[0][2]], sizes[0], files[i], sizes[1]
             )
     images = torch.stack([image for image, _, _ in examples])
     return images, torch.tensor([label for _, label, _ in examples], dtype=torch.long)
@@ -276,6 +285,10 @@ class FolderSplit:
             return self
         chosen = torch.randperm(len(self), generator=torch.Generator().manual_seed(0))[:n]
         return self.select(chosen.sort().values)
+
+    def with_stats(self, mean: list[float], std: list[float]) -> FolderSplit:
+        """The same examples, normalized per channel by ``mean`` and ``std`` as they are read."""
+        return self._with(mean=mean, std=std)
 
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> FolderSplit:
         return self._with(device=torch.device(device), dtype=dtype or self.dtype)
@@ -359,11 +372,7 @@ def load_folder(
         sizes = image_sizes(files)
         for path, image_size in zip(files, sizes, strict=True):
             if image_size != sizes[0]:
-                raise ValueError(
-                    f"{root}: images of different sizes, {files[0]} is "
-                    f"{sizes[0][0]}×{sizes[0][1]} and {path} is {image_size[0]}×{image_size[1]}; "
-                    "give a size to resize them to (--image-size)"
-                )
+                raise different_sizes(f" in {root}", files[0], sizes[0], path, image_size)
     train = FolderSplit(
         found["train"][1], found["train"][2], size=size, random_crop=random_crop, workers=workers
     )
