@@ -10,6 +10,7 @@ from collections.abc import Callable
 import torch
 
 from bender.data import Dataset, load
+from bender.functional.native import native_linear
 from bender.training import train
 
 
@@ -136,4 +137,5 @@ def header(title: str, device: str = "cpu") -> None:
     where = "CPU"
     if torch.device(device).type == "cuda":
         where = f"{device}: {torch.cuda.get_device_name(device)}"
-    print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads, {where}")
+    native = ", bender's C++ Function (BENDER_NATIVE=1)" if native_linear() is not None else ""
+    print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads, {where}{native}")

@@ -19,8 +19,10 @@ trains with its own after-step functions (binary-mlp-bn's weight clipping).
   swapped saved tensor: feedback alignment with autograd's own kernels and no Python backward
   (see ``SwappedSaveLinear``; a measurement of the floor, not something bender uses).
 
-``--compile`` adds fa-mlp and the plain net each wrapped in ``torch.compile`` (default Inductor
-backend), compiled and warmed up by one untimed epoch before the timed ones.
+``--compile`` adds every timed recipe and its plain net trained with ``train(compile=True)``
+(``bender train --compile``: the training steps through ``torch.compile``, default Inductor
+backend), each compiled by one untimed first epoch, against the recipe in eager mode, the plain
+net compiled and the plain net in eager mode.
 
 ``--mirror`` adds wm-mlp, fa-mlp with the recipe's ``WeightMirror`` after every step, and the
 same with ``WeightMirror(layers=["1", "2"])``, which spares the first layer (whose ``B`` carries
@@ -37,7 +39,6 @@ Usage: python benchmarks/epoch_time.py [--data-dir DIR] [--repeats N] [--threads
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 from torch import nn
@@ -196,7 +197,7 @@ def _options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--compile",
         action="store_true",
-        help="also time fa-mlp and the plain net under torch.compile",
+        help="also time every recipe and its plain net trained with train(compile=True)",
     )
     parser.add_argument(
         "--unfused",
@@ -208,14 +209,6 @@ def _options(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="also time wm-mlp, fa-mlp with a weight mirror step after every optimizer step",
     )
-
-
-def compiled(build, data, device: str) -> tuple[nn.Module, float]:
-    """``torch.compile(build())``, warmed up by one epoch; also the seconds that epoch took."""
-    model = torch.compile(build().to(device))
-    start = time.perf_counter()
-    bender_epoch(lambda: model, data, device=device)
-    return model, time.perf_counter() - start
 
 
 def main() -> None:
@@ -251,15 +244,31 @@ def main() -> None:
         swapped = "swapped saved tensor MLP"
         contenders[swapped] = lambda: bender_epoch(swapped_fa_mlp, data, device=device)
         ratios["swapped saved tensor / nn.Linear (no Python backward)"] = (swapped, plain, "-")
-    if args.compile:
-        fa_c, plain_c = "fa-mlp compiled", "nn.Linear 784-128-64-10 compiled"
-        fa_model, fa_first = compiled(recipes.get("fa-mlp").build, data, device)
-        plain_model, plain_first = compiled(plain_mlp, data, device)
-        print(f"first epoch, compiling: fa-mlp {fa_first:.1f} s, nn.Linear MLP {plain_first:.1f} s")
-        contenders[fa_c] = lambda: bender_epoch(lambda: fa_model, data, device=device)
-        contenders[plain_c] = lambda: bender_epoch(lambda: plain_model, data, device=device)
-        ratios["fa-mlp compiled / fa-mlp"] = (fa_c, fa, "-")
-        ratios["fa-mlp compiled / nn.Linear compiled"] = (fa_c, plain_c, "-")
+    if args.compile:  # each net compiled once, by a first untimed epoch, then trained on
+        for recipe in args.recipes:
+            built, twin = recipes.get(recipe), f"nn.Linear {plain_twin(recipe)}"
+            steps = list(built.after_step)
+            for name, build, after in (
+                (recipe, built.build, steps),
+                (twin, PLAIN[plain_twin(recipe)], []),
+            ):
+                if f"{name} compiled" in contenders:
+                    continue
+                model = build().to(device)
+                first = bender_epoch(
+                    lambda m=model: m, data, device=device, after_step=after, compile=True
+                )
+                print(f"first epoch of {name} under torch.compile (compiling): {first:.1f} s")
+                contenders[f"{name} compiled"] = lambda m=model, a=after: bender_epoch(
+                    lambda: m, data, device=device, after_step=a, compile=True
+                )
+            ratios[f"{recipe} compiled / {recipe}"] = (f"{recipe} compiled", recipe, "-")
+            ratios[f"{recipe} compiled / {twin} compiled"] = (
+                f"{recipe} compiled",
+                f"{twin} compiled",
+                "-",
+            )
+            ratios[f"{recipe} compiled / {twin}"] = (f"{recipe} compiled", twin, "-")
     if args.mirror:
         wm, hidden = "wm-mlp", "wm-mlp, layers 1 and 2 only"
         mirror = recipes.get("wm-mlp")

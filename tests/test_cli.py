@@ -869,6 +869,22 @@ def test_threads_are_applied_and_recorded(tmp_path, data_root):
         torch.set_num_threads(before)
 
 
+def test_compile_is_recorded_and_kept_on_resume(tmp_path, data_root, monkeypatch):
+    """--compile trains through torch.compile (Inductor), and resume compiles again."""
+    seen = []
+    real_train = cli.train
+    monkeypatch.setattr(
+        cli, "train", lambda *a, **k: seen.append(k["compile"]) or real_train(*a, **k)
+    )
+    code, out = _train(tmp_path, data_root, "--compile", recipe="binary-mlp-bn", epochs=1)
+    assert code == 0 and seen == [True]
+    record = json.loads((out / "metrics.json").read_text())
+    assert record["compile"] is True
+    assert _resume(out, data_root, "--epochs", "2") == 0
+    assert seen == [True, True]
+    assert len((out / "metrics.csv").read_text().splitlines()) == 3  # header and two epochs
+
+
 def test_a_damaged_data_file_is_one_message_naming_it(tmp_path, capsys):
     raw = write_mnist(tmp_path / "data", gz=True)
     path = raw / "t10k-labels-idx1-ubyte.gz"

@@ -250,6 +250,13 @@ def _parser() -> argparse.ArgumentParser:
         "on GPUs with tensor cores; the same numbers up to summation order)",
     )
     t.add_argument(
+        "--compile",
+        action="store_true",
+        help="run the training steps through torch.compile (Inductor): the first step compiles, "
+        "then elementwise work is fused (binary nets train about a quarter faster on a CPU); "
+        "needs a C++ compiler on the CPU, Triton on a GPU",
+    )
+    t.add_argument(
         "--tensorboard",
         action="store_true",
         help="also write every epoch's numbers, the learning rate and (with --alignment) the "
@@ -748,6 +755,7 @@ def _train_command(record: dict, folder: Path) -> str:
     words += ["--alignment"] if "alignment_probe" in record else []
     words += ["--tensorboard"] if record.get("tensorboard") else []
     words += ["--channels-last"] if record.get("channels_last") else []
+    words += ["--compile"] if record.get("compile") else []
     words += ["--flip-ratio"] if record.get("flip_ratio") else []
     words += ["--out", folder, "--overwrite"]
     return " ".join(shlex.quote(str(word)) for word in words)
@@ -798,6 +806,7 @@ def _resume_locked(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
             "schedule": record.get("schedule"),
             "precision": record.get("precision", "fp32"),
             "channels_last": record.get("channels_last", False),
+            "compile": record.get("compile", False),
             "tensorboard": record.get("tensorboard", False),
             "val": record.get("val"),
             "flip_ratio": record.get("flip_ratio", False),
@@ -962,6 +971,7 @@ def _fit(
             "schedule": args.schedule,
             "precision": args.precision,
             "channels_last": args.channels_last,
+            "compile": args.compile,
             "tensorboard": args.tensorboard,
             "val": args.val,
             "quantizer": args.quantizer,
@@ -1059,6 +1069,7 @@ def _fit(
             augment=CropFlip() if args.augment == "crop-flip" else None,
             precision=args.precision,
             channels_last=args.channels_last,
+            compile=args.compile,
             scheduler=None if args.schedule is None else make_schedule,
         )
     except KeyboardInterrupt:  # Ctrl-C: finish the record of the epochs completed so far

@@ -311,6 +311,7 @@ RECORD_FIELDS: dict[str, tuple[bool, Callable[[Any], bool], str]] = {
     "augment": (False, lambda v: v in AUGMENTATIONS, f"one of {', '.join(AUGMENTATIONS)}"),
     "tensorboard": (False, lambda v: isinstance(v, bool), "true or false"),
     "channels_last": (False, lambda v: isinstance(v, bool), "true or false"),
+    "compile": (False, lambda v: isinstance(v, bool), "true or false"),
     "flip_ratio": (False, lambda v: isinstance(v, bool), "true or false"),
     "precision": (False, lambda v: v in PRECISIONS, f"one of {', '.join(PRECISIONS)}"),
     "schedule": (False, _optional(_schedule), "null or a schedule such as step:50,75"),

@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from bender.functional._apply import direct_apply
+from bender.functional import native
+from bender.functional._apply import _is_compiling, _transforms_active, direct_apply
 from bender.functional._checks import check_features, check_same_shape
 from bender.functional._precision import in_grad_dtype
 
@@ -110,8 +111,14 @@ def bent_linear(
     (``x`` needs no grad, e.g. a first layer, or grad mode is off), the rule is the exact one,
     so the plain ``F.linear`` is used as well. With ``feedback_learns=True`` it is
     :class:`KolenPollackLinear` (``∂B = ∂W``) wherever ``B`` requires a gradient, also for an
-    input that needs none.
+    input that needs none. With :func:`bender.functional.native.enable`, a fixed ``B``, a 2-D
+    input and one dtype, an eager call runs the same Function compiled in C++.
     """
+    fast = native.native_linear()
+    if fast is not None and not (feedback_learns or _is_compiling() or _transforms_active()):
+        y = fast(x, weight, feedback, bias)  # checks in C++: this runs every layer and step
+        if y is not None:
+            return y
     if x.shape[-1:] != weight.shape[1:]:  # compared inline: this runs every layer and step
         check_features(x, weight)
     if feedback is None:
