@@ -1,4 +1,4 @@
-"""bender.functional.native: feedback alignment's dense product compiled as a C++ Function.
+"""bender.functional.native: feedback alignment's dense product and the sign STE in C++.
 
 Built once per test session (about a minute; then from the cache under ~/.cache/bender). The
 gradients are checked against the formula written here, as for the Python Function; training
@@ -47,6 +47,22 @@ def test_native_gradients_follow_the_formula(compiled, batch, with_bias, dtype):
         close(bias.grad, delta.sum(0))
 
 
+@pytest.mark.parametrize("batch", [1, 37])
+def test_native_sign_ste_follows_the_formula(compiled, batch, dtype):
+    from bender.functional.ste import sign_ste
+
+    x = torch.randn(batch, 6, dtype=dtype)
+    x[0, :3] = torch.tensor([0.0, -0.0, 2.0], dtype=dtype)
+    x.requires_grad_()
+    y = sign_ste(x)
+    assert type(y.grad_fn).__name__ == "CppFunction"
+    expected = torch.where(x > 0, 1.0, torch.where(x < 0, -1.0, 0.0)).to(dtype)  # sign(0) = 0
+    assert torch.equal(y, expected.detach())
+    g = torch.randn(batch, 6, dtype=dtype)
+    y.backward(g)
+    assert torch.equal(x.grad, g)  # straight through: ∂x = g, also where |x| > 1
+
+
 def test_native_computes_only_the_gradients_asked_for(compiled):
     x = torch.randn(5, 6, requires_grad=True)
     weight, feedback, bias = torch.randn(4, 6), torch.randn(4, 6), torch.randn(4)
@@ -66,16 +82,17 @@ def test_native_steps_aside_where_the_python_function_is_needed(compiled):
     close(grad, torch.ones(5, 4).t() @ x[0].detach())
 
 
-def test_training_through_native_gives_the_python_numbers(compiled, small_mnist):
+@pytest.mark.parametrize("recipe", ["fa-mlp", "usf-mlp", "binary-mlp"])
+def test_training_through_native_gives_the_python_numbers(compiled, small_mnist, recipe):
     from bender import recipes
     from bender.training import train
 
     data = small_mnist.subset(512, 256)
     numbers = ["loss_train", "loss_test", "acc_train", "acc_test"]
-    fast = train(recipes.build("fa-mlp"), data, epochs=2)
+    fast = train(recipes.build(recipe), data, epochs=2)
     native.disable()
     try:
-        python = train(recipes.build("fa-mlp"), data, epochs=2)
+        python = train(recipes.build(recipe), data, epochs=2)
     finally:
         native.enable()
     assert fast[numbers].equals(python[numbers])

@@ -1,19 +1,20 @@
-"""Feedback alignment's dense product as a C++ autograd Function, built on this machine.
+"""Feedback alignment's dense product and the sign STE as C++ autograd Functions, built here.
 
 A backward written in Python costs PyTorch about 20–40 µs a call more than autograd's own C++
 one: a feedback-alignment layer of 64×128 → 64 takes 1.1–1.2× the time of ``F.linear``, and
 so do small MLPs per epoch. The same Function written in C++ (``torch::autograd::Function``:
 ``y = x Wᵀ + b``, ``∂x = δ B``, ``∂W = δᵀ x``, ``∂b = Σ_n δ_n``) costs what ``F.linear`` costs
-(``benchmarks/layer_speed.py --cpp``).
+(``benchmarks/layer_speed.py --cpp``). The sign with the straight-through estimator
+(:func:`bender.functional.ste.sign_ste`, behind ``linear_binary_weights``) is built with it.
 
 It is opt-in, since it is compiled on the user's machine by
 :func:`torch.utils.cpp_extension.load_inline` (a C++ compiler and ninja; about a minute the
 first time, then cached per torch release and Python under ``~/.cache/bender/native``):
-:func:`enable` (or ``BENDER_NATIVE=1`` in the environment) builds it, after which every eager
-call of :func:`bender.functional.dense.bent_linear` with a fixed feedback matrix, a 2-D input and
-one dtype, outside autocast, runs it. A build that fails warns with the compiler's reason and
-leaves the Python Function in place. torch.compile and torch.func always take the Python
-Function, which they trace.
+:func:`enable` (or ``BENDER_NATIVE=1`` in the environment) builds it. Then every eager call of
+:func:`bender.functional.dense.bent_linear` with a fixed feedback matrix, a 2-D input and one
+dtype, outside autocast, runs it, and so does every eager ``sign_ste``. A build that fails warns
+with the compiler's reason and leaves the Python Functions in place. torch.compile and
+torch.func always take the Python Functions, which they trace.
 """
 
 from __future__ import annotations
@@ -73,6 +74,14 @@ struct BentLinearNoBias : public torch::autograd::Function<BentLinearNoBias> {
   }
 };
 
+// sign(x) with the straight-through estimator: backward ∂x = g.
+struct SignSTE : public torch::autograd::Function<SignSTE> {
+  static Tensor forward(AutogradContext* ctx, const Tensor& x) { return torch::sign(x); }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) { return {grads[0]}; }
+};
+
+Tensor sign_ste(const Tensor& x) { return SignSTE::apply(x); }
+
 // The C++ Function where it applies, else None (the caller takes the Python Function, which
 // also raises the errors for shapes that do not fit): a fixed feedback matrix other than the
 // weight, an input of N × in that needs a gradient in grad mode, one dtype, no autocast.
@@ -100,7 +109,7 @@ std::optional<Tensor> bent_linear(const Tensor& x, const Tensor& weight,
 
 NativeLinear = Callable[..., torch.Tensor]
 
-_built: NativeLinear | None = None  # the compiled entry, once built in this process
+_built: object | None = None  # the compiled module, once built in this process
 _failed = False  # a build failed in this process: not tried again
 _enabled = False
 
@@ -126,7 +135,7 @@ def enable() -> bool:
             module = load_inline(
                 "bender_native",
                 cpp_sources=SOURCE,
-                functions=["bent_linear"],
+                functions=["bent_linear", "sign_ste"],
                 extra_cflags=["-O2"],  # load_inline passes no optimization flag of its own
                 build_directory=str(folder),
             )
@@ -139,21 +148,38 @@ def enable() -> bool:
                 stacklevel=2,
             )
         else:
-            _built = module.bent_linear
+            _built = module
     _enabled = _built is not None
+    _set_entries()
     return _enabled
+
+
+_linear: NativeLinear | None = None
+_sign_ste: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+
+def _set_entries() -> None:
+    global _linear, _sign_ste
+    _linear = _built.bent_linear if _enabled else None
+    _sign_ste = _built.sign_ste if _enabled else None
 
 
 def native_linear() -> NativeLinear | None:
     """The C++ entry ``f(x, weight, feedback, bias)`` when it is enabled: the product with
     the C++ Function where it applies, else ``None``."""
-    return _built if _enabled else None
+    return _linear
+
+
+def native_sign_ste() -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """The C++ :func:`~bender.functional.ste.sign_ste` (``sign(x)``, ``∂x = g``) when enabled."""
+    return _sign_ste
 
 
 def disable() -> None:
-    """Use the Python Function again (:func:`enable` takes the C++ one back, without a build)."""
+    """Use the Python Functions again (:func:`enable` takes the C++ ones back, without a build)."""
     global _enabled
     _enabled = False
+    _set_entries()
 
 
 if os.environ.get("BENDER_NATIVE", "") not in ("", "0"):

@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from bender.functional._apply import direct_apply
+from bender.functional import native
+from bender.functional._apply import _is_compiling, _transforms_active, direct_apply
 from bender.functional._uniform import uniform
 
 
@@ -109,6 +110,9 @@ def sign_ste(x: Tensor) -> Tensor:
     ``sign(0) = 0`` as in Julia and :func:`torch.sign`. Reference: Bengio, Léonard, Courville,
     "Estimating or propagating gradients through stochastic neurons", arXiv:1308.3432.
     """
+    fast = native.native_sign_ste()  # the C++ Function, where enabled (bender.functional.native)
+    if fast is not None and not (_is_compiling() or _transforms_active()):
+        return fast(x)
     return _sign_ste_apply(x)
 
 
