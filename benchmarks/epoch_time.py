@@ -9,7 +9,9 @@ interleaved epochs, every net trained by ``bender.train``, the same loop):
   binary-mlp-bn  /  the same net in float: Linear, batch norm, hardtanh       target ≤ 1.10
   fa-mlp (bender.train)  /  nn.Linear MLP (DataLoader+TensorDataset loop)   target ≤ 1.00
 ``--recipes`` picks others (any MLP recipe of 784-128-64-10 or 784-512-256-10). Each recipe
-trains with its own after-step functions (binary-mlp-bn's weight clipping).
+trains with its own after-step functions (binary-mlp-bn's weight clipping). With
+``BENDER_NATIVE=1`` in the environment the recipes run bender's C++ Functions
+(``bender.functional.native``), and the header says so.
 
 ``--breakdown`` adds three nets to say where fa-mlp's extra time goes, each against the plain net:
   bp-mlp: the GenDense layers with the exact ``linear`` mapping (what the layer wrapper costs);

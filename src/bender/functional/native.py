@@ -9,7 +9,8 @@ so do small MLPs per epoch. The same Function written in C++ (``torch::autograd:
 
 It is opt-in, since it is compiled on the user's machine by
 :func:`torch.utils.cpp_extension.load_inline` (a C++ compiler and ninja; about a minute the
-first time, then cached per torch release and Python under ``~/.cache/bender/native``):
+first time, then cached per torch release and Python under ``~/.cache/bender/native``, or
+``$BENDER_NATIVE_CACHE``):
 :func:`enable` (or ``BENDER_NATIVE=1`` in the environment) builds it. Then every eager call of
 :func:`bender.functional.dense.bent_linear` with a fixed feedback matrix, a 2-D input and one
 dtype, outside autocast, runs it, and so does every eager ``sign_ste``. A build that fails warns
