@@ -253,7 +253,7 @@ def _parser() -> argparse.ArgumentParser:
         "--compile",
         action="store_true",
         help="run the training steps through torch.compile (Inductor): the first step compiles, "
-        "then elementwise work is fused (binary nets train about a quarter faster on a CPU); "
+        "then elementwise work is fused (a binary net trains about a fifth faster on a CPU); "
         "needs a C++ compiler on the CPU, Triton on a GPU",
     )
     t.add_argument(
