@@ -122,3 +122,21 @@ def test_bender_native_in_the_environment_enables_it_at_import(compiled, tmp_pat
     run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "True"  # from the cache the module fixture built
+
+
+def test_a_build_killed_midway_does_not_stop_the_next(compiled, tmp_path):
+    """A kill during the build leaves torch's ``lock`` file (before torch 2.14, a file whose
+    existence blocks every later build forever); the next process removes it and loads."""
+    import os
+    import shutil
+
+    cache = tmp_path / "cache"
+    shutil.copytree(native.build_folder(), cache / native.build_folder().name)
+    (cache / native.build_folder().name / "lock").touch()  # what the killed build left
+    code = "from bender.functional import native; print(native.native_linear() is not None)"
+    env = {**os.environ, "BENDER_NATIVE": "1", "BENDER_NATIVE_CACHE": str(cache)}
+    run = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "True"

@@ -24,7 +24,8 @@ import hashlib
 import os
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from subprocess import SubprocessError
 
@@ -133,18 +134,20 @@ def enable() -> bool:
         folder = build_folder()
         try:
             folder.mkdir(parents=True, exist_ok=True)
-            module = load_inline(
-                "bender_native",
-                cpp_sources=SOURCE,
-                functions=["bent_linear", "sign_ste"],
-                extra_cflags=["-O2"],  # load_inline passes no optimization flag of its own
-                build_directory=str(folder),
-            )
+            with _building(folder):
+                module = load_inline(
+                    "bender_native",
+                    cpp_sources=SOURCE,
+                    functions=["bent_linear", "sign_ste"],
+                    extra_cflags=["-O2"],  # load_inline passes no optimization flag of its own
+                    build_directory=str(folder),
+                )
         except (OSError, RuntimeError, ImportError, SubprocessError) as err:
             _failed = True
             warnings.warn(
                 f"bender could not build its C++ feedback-alignment Function in {folder} "
-                f"({err}); the Python Function is used, to the same numbers",
+                f"({err}); the Python Function is used, to the same numbers (delete that "
+                "folder to build it afresh)",
                 RuntimeWarning,
                 stacklevel=2,
             )
@@ -163,6 +166,26 @@ def _set_entries() -> None:
     global _linear, _sign_ste
     _linear = _built.bent_linear if _enabled else None
     _sign_ste = _built.sign_ste if _enabled else None
+
+
+@contextmanager
+def _building(folder: Path) -> Iterator[None]:
+    """Held while loading or building in ``folder``, one process at a time.
+
+    Before torch 2.14, ``load_inline`` marks a build by the mere existence of a ``lock`` file,
+    which a build killed midway leaves behind, and every later call then waits for it forever.
+    This lock is the operating system's (``flock``), released when its holder dies, so a
+    ``lock`` file found while holding it is such a leftover, and is removed.
+    """
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: torch's own lock alone
+        yield
+        return
+    with open(folder / "bender.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        (folder / "lock").unlink(missing_ok=True)
+        yield
 
 
 def native_linear() -> NativeLinear | None:
