@@ -113,7 +113,9 @@ NativeLinear = Callable[..., torch.Tensor]
 
 _built: object | None = None  # the compiled module, once built in this process
 _failed = False  # a build failed in this process: not tried again
-_enabled = False
+# the entries in use: the compiled module's while enabled, else None
+_linear: NativeLinear | None = None
+_sign_ste: Callable[[torch.Tensor], torch.Tensor] | None = None
 
 
 def build_folder() -> Path:
@@ -127,7 +129,7 @@ def build_folder() -> Path:
 def enable() -> bool:
     """Build (once per process; from the cache when it holds this build) and use the C++
     Function; ``True`` when it is in use, ``False`` (with a warning) when it could not be built."""
-    global _built, _failed, _enabled
+    global _built, _failed
     if _built is None and not _failed:
         from torch.utils.cpp_extension import load_inline
 
@@ -153,19 +155,15 @@ def enable() -> bool:
             )
         else:
             _built = module
-    _enabled = _built is not None
-    _set_entries()
-    return _enabled
+    _use(_built)
+    return _linear is not None
 
 
-_linear: NativeLinear | None = None
-_sign_ste: Callable[[torch.Tensor], torch.Tensor] | None = None
-
-
-def _set_entries() -> None:
+def _use(module: object | None) -> None:
+    """Route the eager calls to ``module``'s entries (``None``: the Python Functions)."""
     global _linear, _sign_ste
-    _linear = _built.bent_linear if _enabled else None
-    _sign_ste = _built.sign_ste if _enabled else None
+    _linear = None if module is None else module.bent_linear
+    _sign_ste = None if module is None else module.sign_ste
 
 
 @contextmanager
@@ -201,9 +199,7 @@ def native_sign_ste() -> Callable[[torch.Tensor], torch.Tensor] | None:
 
 def disable() -> None:
     """Use the Python Functions again (:func:`enable` takes the C++ ones back, without a build)."""
-    global _enabled
-    _enabled = False
-    _set_entries()
+    _use(None)
 
 
 if os.environ.get("BENDER_NATIVE", "") not in ("", "0"):
